@@ -1,0 +1,114 @@
+"""Build a ready Engine from user options: the embedded upstream when none is given, the value
+models, the chat template and the end-of-turn markers. Shared by `generate`, `serve`, `demo`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from . import progress
+from .assets import DATA_DIR, smollm2_gguf
+from .engine import Engine, Guidance
+from .errors import ConfigError
+from .templates import ChatTemplate, from_gguf, load_template
+from .upstream.client import UpstreamClient
+from .upstream.local import LocalUpstream
+from .values import ValueFunction, load_value
+
+HEURISTIC_VALUE = "py:vas_proxy.values.heuristics:positivity"
+
+
+def default_value_specs() -> dict[str, str]:
+    """The bundled demo value model when it is installed, else the documented heuristic."""
+    if (DATA_DIR / "values" / "positivity" / "vas_value.json").is_file():
+        return {"positivity": "bundled:positivity"}
+    return {"positivity": HEURISTIC_VALUE}
+
+
+def parse_value_specs(items: Sequence[str] | None) -> dict[str, str]:
+    """`NAME=SPEC` items → {name: spec}; none → the defaults."""
+    if not items:
+        return default_value_specs()
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, spec = item.partition("=")
+        if not sep or not name or not spec:
+            raise ConfigError(f"--value expects NAME=SPEC, got {item!r}")
+        if name in out:
+            raise ConfigError(f"value model name {name!r} given twice")
+        out[name] = spec
+    return out
+
+
+@dataclass
+class Options:
+    upstream: str | None = None
+    model: str | None = None
+    api_key: str | None = None
+    provider: str = "llamacpp"
+    values: dict[str, str] = field(default_factory=default_value_specs)
+    guidance: Guidance = field(default_factory=Guidance)
+    chat_template: str | None = None  # None: the GGUF's own for the embedded upstream, else raw
+    device: str = "cpu"
+    dtype: str | None = None
+    timeout: float = 60.0
+    verbose: bool = True
+
+
+@dataclass
+class Runtime:
+    engine: Engine
+    template: ChatTemplate | None
+    model: str
+    base_url: str
+
+    def render_prompt(self, prompt: str, raw: bool = False) -> str:
+        if raw or self.template is None:
+            return prompt
+        return self.template.render([{"role": "user", "content": prompt}])
+
+    def render_messages(self, messages: list[dict]) -> str:
+        if self.template is None:
+            raise ConfigError("chat needs a chat template for this upstream: pass --chat-template")
+        return self.template.render(messages)
+
+
+def load_values(specs: dict[str, str], *, device: str = "cpu", dtype: str | None = None,
+                verbose: bool = True) -> dict[str, ValueFunction]:
+    out = {}
+    for name, spec in specs.items():
+        with progress.step(f"loading value model {name} ({spec})",
+                           enabled=verbose and not spec.startswith("py:")):
+            out[name] = load_value(spec, name=name, device=device, dtype=dtype)
+    return out
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(opts: Options) -> AsyncIterator[Runtime]:
+    """Start what `opts` needs (embedded upstream, value models) and stop it all on exit."""
+    with contextlib.ExitStack() as stack:
+        base_url, model = opts.upstream, opts.model
+        template = load_template(opts.chat_template) if opts.chat_template else None
+        if base_url is None:
+            local = LocalUpstream()
+            with progress.step("starting the embedded SmolLM2 upstream", enabled=opts.verbose):
+                stack.enter_context(local)
+            base_url, model = local.base_url, model or local.model
+            template = template or from_gguf(str(smollm2_gguf()))
+        values = load_values(opts.values, device=opts.device, dtype=opts.dtype,
+                             verbose=opts.verbose)
+        client = UpstreamClient(base_url, model or "default", api_key=opts.api_key,
+                                profile=opts.provider, timeout=opts.timeout)
+        try:
+            if model is None:  # ask the upstream which model it serves
+                models = await client.models()
+                if not models:
+                    raise ConfigError(f"upstream {base_url} lists no model; pass --model")
+                client.model = model = models[0]
+            eos = template.stop_strings if template else []
+            engine = Engine(client, values, defaults=opts.guidance, eos_texts=eos)
+            yield Runtime(engine, template, model, base_url)
+        finally:
+            await client.aclose()

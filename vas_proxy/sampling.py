@@ -1,0 +1,107 @@
+"""The VAS target distribution and its samplers: pure math, no IO (DESIGN §1, §3).
+
+Target over the k highest-logprob candidates the upstream returned for a step:
+
+    q(a) ∝ exp((logp(a) + Σ_i beta·w_i·(V_i(a) − mean_topk V_i)) / T)
+
+renormalised over those k. Tokens outside the top-k get zero mass. beta = 0, T = 1 gives the
+upstream's top-k distribution renormalised, exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+
+def combine_values(values: Mapping[str, Sequence[float]], weights: Mapping[str, float] | None,
+                   k: int) -> np.ndarray:
+    """Σ_i w_i·(V_i − mean_topk V_i) for the k candidates; missing weights default to 1.
+
+    Centring each value model by its own top-k mean is what the method's code does; it leaves
+    the target unchanged (a constant shift cancels in the softmax) but keeps traces readable.
+    """
+    total = np.zeros(k, dtype=np.float64)
+    for name, v in values.items():
+        w = 1.0 if weights is None else float(weights.get(name, 0.0))
+        if w == 0.0:
+            continue
+        arr = np.asarray(v, dtype=np.float64)
+        if arr.shape != (k,):
+            raise ValueError(f"value model {name!r} returned {arr.shape} scores for {k} candidates")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"value model {name!r} returned a non-finite score")
+        total += w * (arr - arr.mean())
+    return total
+
+
+def target_logits(logprobs: Sequence[float], values: np.ndarray | Sequence[float] | None,
+                  beta: float, temperature: float = 1.0) -> np.ndarray:
+    """Unnormalised log-target (logp + beta·V) / T; T = 0 is handled by `target_probs`."""
+    lp = np.asarray(logprobs, dtype=np.float64)
+    tilt = np.zeros_like(lp) if values is None or beta == 0 else beta * np.asarray(values, np.float64)
+    return (lp + tilt) / (temperature if temperature > 0 else 1.0)
+
+
+def target_probs(logprobs: Sequence[float], values: np.ndarray | Sequence[float] | None = None,
+                 beta: float = 0.0, temperature: float = 1.0) -> np.ndarray:
+    """The DESIGN §1 target q over the given candidates (probabilities summing to 1).
+
+    temperature 0 is greedy: all mass on the argmax of logp + beta·V (first one on ties).
+    """
+    if temperature < 0:
+        raise ValueError("temperature must be >= 0")
+    z = target_logits(logprobs, values, beta, temperature)
+    if z.size == 0:
+        raise ValueError("no candidates")
+    if temperature == 0:
+        q = np.zeros_like(z)
+        q[int(np.argmax(z))] = 1.0
+        return q
+    z = z - z.max()
+    q = np.exp(z)
+    return q / q.sum()
+
+
+def apply_top_p(q: np.ndarray, top_p: float) -> np.ndarray:
+    """Nucleus truncation applied to the *target* q (not the base): keep the smallest set of
+    most-probable candidates whose mass reaches top_p, renormalise. top_p >= 1 is a no-op."""
+    if top_p >= 1.0:
+        return q
+    if top_p <= 0:
+        raise ValueError("top_p must be in (0, 1]")
+    order = np.argsort(-q, kind="stable")
+    cum = np.cumsum(q[order])
+    keep = order[: int(np.searchsorted(cum, top_p - 1e-12) + 1)]
+    out = np.zeros_like(q)
+    out[keep] = q[keep]
+    return out / out.sum()
+
+
+def sample_index(q: np.ndarray, rng: np.random.Generator) -> int:
+    """Draw one index from q with the request's own generator (same seed → same draw)."""
+    u = rng.random()
+    idx = int(np.searchsorted(np.cumsum(q), u * q.sum(), side="right"))
+    return min(idx, len(q) - 1)
+
+
+def speculative_accept(q: np.ndarray, d: np.ndarray, draft: int, rng: np.random.Generator
+                       ) -> tuple[bool, int]:
+    """Leviathan et al. (2023) acceptance: accept `draft` with prob min(1, q/d); on reject draw
+    from norm(max(0, q − d)). The result is distributed exactly as q for any draft law d with
+    d[draft] > 0. Returns (accepted, token index)."""
+    if d[draft] <= 0:
+        raise ValueError("draft token has zero draft probability")
+    if rng.random() < min(1.0, q[draft] / d[draft]):
+        return True, draft
+    residual = np.maximum(q - d, 0.0)
+    if residual.sum() <= 0:  # q == d up to rounding: any sample from q is exact
+        residual = q
+    return False, sample_index(residual / residual.sum(), rng)
+
+
+def kl_step(q: np.ndarray, logprobs: Sequence[float], chosen: int) -> float:
+    """log q − log p of the chosen token, p = base top-k renormalised (the eval's KL estimator)."""
+    p = target_probs(logprobs)
+    return float(np.log(q[chosen]) - np.log(p[chosen]))

@@ -1,0 +1,186 @@
+"""The one place that talks HTTP to upstreams: async `/v1/completions` with logprobs.
+
+Parses both logprob shapes (DESIGN §2): legacy completions (`top_logprobs` is a dict
+token→logprob per position; two tokens with the same text collide) and chat (lists of
+{token, logprob, bytes}). `-9999` marks "outside the top-k" on some servers and is dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import httpx2 as httpx
+
+from ..errors import (ContextLengthError, NoLogprobsError, TooFewCandidatesError,
+                      UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable)
+from ..protocol import Candidate, Position, UpstreamResult
+from .profiles import Profile, get_profile
+
+_OUTSIDE_TOPK = -9999.0
+_CONTEXT_HINTS = ("context window", "context length", "exceed", "too long", "n_ctx",
+                  "maximum context")
+
+
+def _candidate(token: str, logprob: float, raw: Sequence[int] | None = None) -> Candidate:
+    return Candidate(text=token, logprob=float(logprob), raw=bytes(raw) if raw else b"")
+
+
+def _usable(lp) -> bool:
+    return lp is not None and math.isfinite(lp) and lp > _OUTSIDE_TOPK
+
+
+def parse_positions(choice: dict, top_k: int) -> list[Position]:
+    """Positions of one choice, each with its candidates best-first, cut to `top_k`.
+
+    llama.cpp adds the sampled token when it is not among the top-k: extras are dropped so the
+    target is always over exactly the k highest-logprob candidates (DESIGN §1).
+    """
+    lp = choice.get("logprobs")
+    if not lp:
+        raise NoLogprobsError("the upstream answered without logprobs; it must support "
+                              "`logprobs` on /v1/completions (see the provider profiles)")
+    out: list[Position] = []
+    if isinstance(lp.get("content"), list):  # chat shape
+        for entry in lp["content"]:
+            cands = [_candidate(t["token"], t["logprob"], t.get("bytes"))
+                     for t in entry.get("top_logprobs") or [] if _usable(t.get("logprob"))]
+            sampled = _candidate(entry["token"], entry.get("logprob", _OUTSIDE_TOPK), entry.get("bytes"))
+            out.append(Position(sorted(cands, key=lambda c: -c.logprob)[:top_k], sampled))
+    else:  # legacy completions shape
+        tokens = lp.get("tokens") or []
+        token_lps = lp.get("token_logprobs") or []
+        tops = lp.get("top_logprobs") or []
+        if tokens and not tops:
+            raise NoLogprobsError("the upstream returned tokens but no top_logprobs")
+        for i, top in enumerate(tops):
+            cands = [_candidate(t, v) for t, v in (top or {}).items() if _usable(v)]
+            sampled = None
+            if i < len(tokens):
+                sampled = _candidate(tokens[i], token_lps[i] if i < len(token_lps) and
+                                     token_lps[i] is not None else _OUTSIDE_TOPK)
+            out.append(Position(sorted(cands, key=lambda c: -c.logprob)[:top_k], sampled))
+    return out
+
+
+def _error_message(resp: httpx.Response) -> tuple[str, str | None]:
+    try:
+        body = resp.json()
+    except ValueError:
+        return (resp.text or resp.reason_phrase)[:500], None
+    err = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(err, dict):
+        return str(err.get("message") or err.get("detail") or err)[:500], err.get("code")
+    return str(err)[:500], None
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    ms = resp.headers.get("retry-after-ms")
+    if ms:
+        try:
+            return float(ms) / 1000.0
+        except ValueError:
+            pass
+    s = resp.headers.get("retry-after")
+    if s:
+        try:
+            return float(s)
+        except ValueError:
+            return None
+    return None
+
+
+class UpstreamClient:
+    """Async client of one upstream (base URL ending in /v1, model name, provider profile).
+
+    The API key only ever goes into the Authorization header: never into errors or logs.
+    """
+
+    def __init__(self, base_url: str, model: str, *, api_key: str | None = None,
+                 profile: str | Profile = "llamacpp", timeout: float = 60.0,
+                 transport: httpx.AsyncBaseTransport | None = None):
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.profile = get_profile(profile) if isinstance(profile, str) else profile
+        self.profile.check()
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout,
+                                       transport=transport)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> "UpstreamClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    async def _post(self, path: str, body: dict) -> dict:
+        try:
+            resp = await self._http.post(path, json=body)
+        except httpx.TimeoutException as e:
+            raise UpstreamTimeout(f"upstream {self.base_url} timed out ({type(e).__name__})") from None
+        except httpx.TransportError as e:
+            raise UpstreamUnreachable(f"cannot reach upstream {self.base_url}: {e}") from None
+        if resp.status_code >= 400:
+            msg, code = _error_message(resp)
+            cls = UpstreamHTTPError
+            if resp.status_code in (400, 413, 422) and any(h in msg.lower() for h in _CONTEXT_HINTS):
+                cls = ContextLengthError
+            raise cls(resp.status_code, msg, retry_after=_retry_after(resp), error_code=code)
+        try:
+            return resp.json()
+        except ValueError:
+            raise UpstreamError(f"upstream {self.base_url} answered with invalid JSON") from None
+
+    async def models(self) -> list[str]:
+        try:
+            resp = await self._http.get("/models")
+        except httpx.TransportError as e:
+            raise UpstreamUnreachable(f"cannot reach upstream {self.base_url}: {e}") from None
+        if resp.status_code >= 400:
+            raise UpstreamHTTPError(resp.status_code, _error_message(resp)[0])
+        return [m["id"] for m in resp.json().get("data", [])]
+
+    async def complete(self, prompt: str | list[int], *, max_tokens: int, top_k: int,
+                       temperature: float = 1.0, seed: int | None = None,
+                       stop: list[str] | None = None, extra: dict | None = None) -> UpstreamResult:
+        """One `/v1/completions` call asking for `top_k` logprobs at each generated position."""
+        k = self.profile.clamp_top_k(top_k)
+        body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens,
+                "logprobs": k, "temperature": temperature, "stream": False,
+                **self.profile.sampler_params, **(extra or {})}
+        if seed is not None:
+            body["seed"] = seed
+        if stop:
+            body["stop"] = stop
+        data = await self._post("/completions", body)
+        return self.parse(data, k, max_tokens)
+
+    def parse(self, data: dict, k: int, max_tokens: int | None = None) -> UpstreamResult:
+        choices = data.get("choices") or []
+        if not choices:
+            raise UpstreamError("the upstream answered with no choices")
+        choice = choices[0]
+        # llama-cpp-python may run past max_tokens to finish a partial UTF-8 character and then
+        # reports a stub position for the extra token: keep only what was asked for.
+        positions = parse_positions(choice, k)[:max_tokens]
+        finish = choice.get("finish_reason")
+        if positions:
+            positions[-1].finish_reason = finish
+        # The legacy dict shape collides tokens with the same text (llama-cpp-python prints every
+        # special token and every partial UTF-8 token as ""), so a few missing there is normal.
+        chat_shape = isinstance((choice.get("logprobs") or {}).get("content"), list)
+        need = k if chat_shape else (k + 1) // 2
+        for p in positions:
+            if len(p.candidates) < need:
+                raise TooFewCandidatesError(
+                    f"the upstream returned {len(p.candidates)} logprob candidates where {k} were "
+                    f"asked; lower --top-k or check the provider's logprobs limit")
+        usage = data.get("usage") or {}
+        return UpstreamResult(positions=positions, text=choice.get("text", ""),
+                              finish_reason=finish,
+                              prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                              completion_tokens=int(usage.get("completion_tokens") or 0),
+                              raw=data)

@@ -1,0 +1,128 @@
+"""The embedded local upstream: llama-cpp-python's OpenAI-compatible server on the SmolLM2 GGUF.
+
+`LocalUpstream` is a context manager that starts the server on a free loopback port, waits until
+it answers, and always stops it: the server runs in its own process group which is terminated
+(then killed) on exit, exception or Ctrl-C; on Linux the child also gets PR_SET_PDEATHSIG so a
+SIGKILLed parent leaves no orphan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+
+from ..assets import smollm2_gguf
+from ..errors import ConfigError, UpstreamUnreachable
+
+LOCAL_MODEL_NAME = "smollm2-135m-instruct"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _child_setup() -> None:  # runs in the child between fork and exec
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            PR_SET_PDEATHSIG = 1
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class LocalUpstream:
+    """Run `python -m llama_cpp.server` on the bundled GGUF (or `model_path`) for the `with` block.
+
+    Attributes once started: `base_url` (ending in /v1), `model` (the served model alias).
+    """
+
+    def __init__(self, model_path: str | Path | None = None, *, host: str = "127.0.0.1",
+                 port: int | None = None, n_ctx: int = 2048, n_threads: int | None = None,
+                 startup_timeout: float = 120.0, model_alias: str = LOCAL_MODEL_NAME):
+        self.model_path = Path(model_path) if model_path else None
+        self.host, self.port = host, port
+        self.n_ctx, self.n_threads = n_ctx, n_threads
+        self.startup_timeout = startup_timeout
+        self.model = model_alias
+        self._proc: subprocess.Popen | None = None
+        self._log = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def start(self) -> "LocalUpstream":
+        try:
+            import llama_cpp.server  # noqa: F401  (only to fail early with a clear message)
+        except ImportError as e:
+            raise ConfigError("the embedded upstream needs llama-cpp-python's server: "
+                              "pip install 'vas_proxy[local]'") from e
+        path = self.model_path or smollm2_gguf()
+        self.port = self.port or free_port(self.host)
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(path),
+               "--model_alias", self.model, "--host", self.host, "--port", str(self.port),
+               "--n_ctx", str(self.n_ctx)]
+        if self.n_threads:
+            cmd += ["--n_threads", str(self.n_threads)]
+        self._log = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, preexec_fn=_child_setup)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise UpstreamUnreachable(
+                    f"the local llama.cpp server exited with code {self._proc.returncode}: "
+                    f"{self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.base_url}/models", timeout=2.0).status_code == 200:
+                    return
+            time.sleep(0.2)
+        raise UpstreamUnreachable(
+            f"the local llama.cpp server did not answer within {self.startup_timeout:.0f} s")
+
+    def log_tail(self, n: int = 800) -> str:
+        if self._log is None:
+            return ""
+        self._log.seek(0)
+        return self._log.read().decode("utf-8", "replace")[-n:].strip().replace("\n", " | ")
+
+    def stop(self) -> None:
+        """Terminate the server's whole process group; kill it if it lingers."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> "LocalUpstream":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
