@@ -10,7 +10,7 @@ import sys
 
 from . import __version__
 from .engine import GenerationRequest, Guidance
-from .errors import VasError
+from .errors import ConfigError, VasError
 
 
 def _guidance_args(p: argparse.ArgumentParser) -> None:
@@ -27,7 +27,8 @@ def _guidance_args(p: argparse.ArgumentParser) -> None:
                         "repeatable (default: the bundled demo value model)")
     g.add_argument("--beta", type=float, default=1.0, help="guidance strength (default 1.0)")
     g.add_argument("--top-k", type=int, default=20, help="candidates scored per step (default 20)")
-    g.add_argument("--speculate", type=int, default=0, help=argparse.SUPPRESS)
+    g.add_argument("--speculate", type=int, default=0,
+                   help="draft tokens per upstream call (0: one token per call)")
     g.add_argument("--chat-template", metavar="SPEC",
                    help="chatml, a .gguf, a tokenizer dir or a Jinja file (default: the "
                         "embedded model's own; raw prompts for other upstreams)")
@@ -64,6 +65,36 @@ async def _generate(a: argparse.Namespace) -> int:
     return 0
 
 
+async def _serve(a: argparse.Namespace) -> int:
+    import ipaddress
+    import logging
+
+    import uvicorn
+
+    from .runtime import open_runtime
+    from .service.app import create_app
+
+    key = a.api_key or os.environ.get("VAS_PROXY_API_KEY") or None
+    try:
+        loopback = a.host == "localhost" or ipaddress.ip_address(a.host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not key:
+        raise ConfigError(f"refusing to serve on non-loopback address {a.host} without an API key: "
+                          "pass --api-key or set VAS_PROXY_API_KEY")
+    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    upstream_key = a.upstream_api_key or os.environ.get("VAS_UPSTREAM_API_KEY")
+    async with open_runtime(_options(a, upstream_key)) as rt:
+        app = create_app(rt, api_key=key)
+        config = uvicorn.Config(app, host=a.host, port=a.port, log_level=a.log_level,
+                                access_log=False)
+        server = uvicorn.Server(config)
+        print(f"vas-proxy serving {rt.model} (upstream {rt.base_url}) on "
+              f"http://{a.host}:{a.port}/v1", file=sys.stderr, flush=True)
+        await server.serve()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vas-proxy", description=(
         "Value Augmented Sampling for hosted LLMs: steer any OpenAI-compatible endpoint that "
@@ -84,6 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--raw", action="store_true", help="send PROMPT as is, no chat template")
     gen.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     gen.set_defaults(func=_generate)
+
+    srv = sub.add_parser("serve", help="OpenAI-compatible guided service")
+    _guidance_args(srv)
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--api-key", help="require Authorization: Bearer KEY on /v1 "
+                                       "(or VAS_PROXY_API_KEY); needed off loopback")
+    srv.add_argument("--upstream-api-key", help="the upstream's key (or VAS_UPSTREAM_API_KEY)")
+    srv.add_argument("--log-level", default="info",
+                     choices=["debug", "info", "warning", "error"])
+    srv.set_defaults(func=_serve)
     return p
 
 

@@ -79,12 +79,14 @@ class GenerationRequest:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     guidance: Guidance = field(default_factory=Guidance)
+    model: str | None = None  # upstream model; None: the client's own
 
 
 @dataclass
 class Usage:
     """Counts for `usage` and `usage.vas` (DESIGN §5), plus timings for benchmarks."""
 
+    prompt_tokens: int = 0  # the prompt as the upstream counted it (first call)
     completion_tokens: int = 0
     upstream_calls: int = 0
     upstream_prompt_tokens: int = 0
@@ -116,6 +118,8 @@ class TokenEvent:
     logprob: float  # log q of the chosen token under the target
     kl: float = 0.0  # log q − log p of the chosen token (p = base top-k renormalised)
     trace: dict | None = None
+    candidates: list[Candidate] = field(default_factory=list, repr=False)
+    probs: np.ndarray | None = field(default=None, repr=False)  # the target q over candidates
 
 
 @dataclass
@@ -221,10 +225,12 @@ class Engine:
         for _ in range(1 + self.EOS_RETRIES):
             t0 = time.perf_counter()
             res = await self.upstream.complete(req.prompt + text, max_tokens=1,
-                                               top_k=req.guidance.top_k,
+                                               top_k=req.guidance.top_k, model=req.model,
                                                seed=int(seeds.integers(2**31)))
             usage.upstream_seconds += time.perf_counter() - t0
             usage.upstream_calls += 1
+            if usage.upstream_calls == 1:
+                usage.prompt_tokens = res.prompt_tokens
             usage.upstream_prompt_tokens += res.prompt_tokens
             usage.upstream_completion_tokens += res.completion_tokens
             usage.cache_hits += int(res.cached)
@@ -243,7 +249,7 @@ class Engine:
         rng = np.random.default_rng(req.seed)
         # Upstream seeds come from their own stream so retries never shift our samples.
         seeds = np.random.default_rng(None if req.seed is None else [req.seed, 1])
-        resp = _Response(req.stop)
+        resp = _Response(req.stop or [])
         for step in range(req.max_tokens):
             pos = await self._candidates(req, resp.text, usage, seeds)
             if pos is None:
@@ -270,7 +276,7 @@ class Engine:
                     {"token": c.text, "logprob": c.logprob, "value": float(v), "prob": float(p)}
                     for c, v, p in zip(cands, values, q)]}
             ev = TokenEvent("", chosen.bytes, float(np.log(q[i])),
-                            sampling.kl_step(q, lps, i), trace)
+                            sampling.kl_step(q, lps, i), trace, cands, q)
             # An empty token cannot extend a text prompt: llama-cpp-python prints its end-of-turn
             # token (and partial UTF-8 tokens, which collide with it) as "". It ends the turn.
             if chosen.text in self.eos_texts or not chosen.bytes:

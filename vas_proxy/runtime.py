@@ -70,8 +70,13 @@ class Runtime:
         return self.template.render([{"role": "user", "content": prompt}])
 
     def render_messages(self, messages: list[dict]) -> str:
+        """Chat → raw continuation prompt. A trailing assistant message is a partial answer to
+        continue (prefill), so it is appended after the generation prompt, unterminated."""
         if self.template is None:
-            raise ConfigError("chat needs a chat template for this upstream: pass --chat-template")
+            raise ConfigError("chat needs a chat template for this upstream: start with "
+                              "--chat-template (or pass chat_template= to wrap)")
+        if messages and messages[-1]["role"] == "assistant":
+            return self.template.render(messages[:-1]) + messages[-1]["content"]
         return self.template.render(messages)
 
 

@@ -49,12 +49,15 @@ class LocalUpstream:
 
     def __init__(self, model_path: str | Path | None = None, *, host: str = "127.0.0.1",
                  port: int | None = None, n_ctx: int = 2048, n_threads: int | None = None,
-                 startup_timeout: float = 120.0, model_alias: str = LOCAL_MODEL_NAME):
+                 startup_timeout: float = 120.0, model_alias: str = LOCAL_MODEL_NAME,
+                 extra_args: list[str] | None = None, deterministic: bool = True):
         self.model_path = Path(model_path) if model_path else None
         self.host, self.port = host, port
         self.n_ctx, self.n_threads = n_ctx, n_threads
         self.startup_timeout = startup_timeout
         self.model = model_alias
+        self.extra_args = list(extra_args or [])
+        self.deterministic = deterministic
         self._proc: subprocess.Popen | None = None
         self._log = None
 
@@ -75,6 +78,16 @@ class LocalUpstream:
                "--n_ctx", str(self.n_ctx)]
         if self.n_threads:
             cmd += ["--n_threads", str(self.n_threads)]
+        if self.deterministic:
+            # llama.cpp's batched prompt evaluation (quantised activations, other kernels) gives
+            # logits that differ by up to ~0.1 nat from one-token evaluation, so the reported
+            # logprobs depend on the server's prefix-cache state: on what was asked before and how
+            # requests interleave (measured). Evaluating one token per batch makes them a pure
+            # function of the text: same seed → same text, exact cache hits, and multi-token calls
+            # that report the very distributions one-token calls would. Costs a slower first
+            # prompt evaluation (~2× on a 300-token prompt); later steps reuse the prefix.
+            cmd += ["--n_batch", "1", "--n_ubatch", "1"]
+        cmd += self.extra_args
         self._log = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL, preexec_fn=_child_setup)

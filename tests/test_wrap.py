@@ -1,0 +1,83 @@
+"""`vas_proxy.wrap(client)`: the real openai SDK, sync and async, against the real upstream."""
+
+from __future__ import annotations
+
+import asyncio
+
+import openai
+import pytest
+
+import vas_proxy
+from vas_proxy.assets import smollm2_gguf
+
+VALUES = {"h": "py:valuefns:char_hash"}
+
+
+@pytest.fixture(scope="module")
+def guided(upstream):
+    client = openai.OpenAI(base_url=upstream.base_url, api_key="sk-upstream", max_retries=0)
+    return client, vas_proxy.wrap(client, values=VALUES, beta=1.0,
+                                  chat_template=str(smollm2_gguf()))
+
+
+def test_same_type_guided_and_seeded(guided, upstream):
+    client, g = guided
+    assert type(g) is openai.OpenAI and g.base_url == client.base_url
+    kw = dict(model=upstream.model, prompt="My favourite food is", max_tokens=8, seed=4)
+    a, b = g.completions.create(**kw), g.completions.create(**kw)
+    assert a.choices[0].text == b.choices[0].text and a.choices[0].text
+    assert a.usage.model_extra["vas"]["upstream_calls"] >= a.usage.completion_tokens
+    plain = client.completions.create(**kw)  # the original client is untouched
+    assert "vas" not in (plain.usage.model_extra or {})
+
+
+def test_chat_stream_raw_response_and_options(guided, upstream):
+    _, g = guided
+    msgs = [{"role": "user", "content": "Say something kind."}]
+    kw = dict(model=upstream.model, messages=msgs, max_tokens=10, seed=2)
+    full = g.chat.completions.create(**kw)
+    text = "".join(c.choices[0].delta.content or "" for c in
+                   g.chat.completions.create(stream=True, **kw) if c.choices)
+    assert text == full.choices[0].message.content
+    raw = g.chat.completions.with_raw_response.create(**kw)
+    assert raw.http_request.url.path.endswith("/chat/completions")
+    assert raw.headers["content-type"].startswith("application/json")
+    assert raw.parse().choices[0].message.content == text
+    copy = g.with_options(timeout=42.0)
+    assert copy.chat.completions.create(**kw).choices[0].message.content == text
+
+
+def test_per_call_vas_options(guided, upstream):
+    _, g = guided
+    r = g.completions.create(model=upstream.model, prompt="Hello", max_tokens=2, seed=1,
+                             extra_body={"vas": {"beta": 0.0, "top_k": 5, "trace": True}})
+    trace = r.choices[0].model_extra["vas_trace"]
+    assert all(len(t["candidates"]) == 5 for t in trace)
+    with pytest.raises(openai.BadRequestError, match="loaded: h"):
+        g.completions.create(model=upstream.model, prompt="Hello", max_tokens=2,
+                             extra_body={"vas": {"weights": {"other": 1.0}}})
+
+
+def test_async_client(upstream):
+    client = openai.AsyncOpenAI(base_url=upstream.base_url, api_key="sk-upstream",
+                                max_retries=0)
+    g = vas_proxy.wrap(client, values=VALUES, beta=1.0, chat_template=str(smollm2_gguf()))
+    assert type(g) is openai.AsyncOpenAI
+
+    async def go():
+        kw = dict(model=upstream.model, prompt="The weather today", max_tokens=8, seed=6)
+        full = await g.completions.create(**kw)
+        stream = await g.completions.create(stream=True, **kw)
+        text = "".join([c.choices[0].text async for c in stream if c.choices])
+        many = await asyncio.gather(*(g.completions.create(**{**kw, "seed": s})
+                                      for s in range(4)))
+        return full, text, many
+
+    full, text, many = asyncio.run(go())
+    assert text == full.choices[0].text
+    assert all(m.choices[0].text for m in many)
+
+
+def test_wrap_rejects_other_objects():
+    with pytest.raises(TypeError, match="openai.OpenAI"):
+        vas_proxy.wrap(object())

@@ -1,0 +1,62 @@
+"""`vas_proxy.wrap(client)`: an openai client of the same type whose requests run the guided
+engine in-process (DESIGN §2, §5). Not a monkey-patch: `client.copy(http_client=...)` with a
+transport that answers through the very app `vas-proxy serve` runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+import httpx2 as httpx
+
+from .engine import Engine, Guidance
+from .runtime import Runtime, default_value_specs
+from .service.app import create_app
+from .service.transport import AsyncAppTransport, SyncAppTransport
+from .templates import ChatTemplate, load_template
+from .upstream.client import UpstreamClient
+from .values import ValueFunction, load_value
+
+
+def wrap(client, values: Mapping[str, str | ValueFunction] | None = None, beta: float = 1.0,
+         top_k: int = 20, speculate: int = 0, cache_dir: str | None = None, *,
+         provider: str = "llamacpp", chat_template: str | ChatTemplate | None = None,
+         device: str = "cpu", dtype: str | None = None):
+    """Return a guided copy of `client` (`openai.OpenAI` or `openai.AsyncOpenAI`).
+
+    The copy sends to the same upstream (its base_url and api_key) but every
+    `completions.create` / `chat.completions.create` is VAS-guided; per call, `extra_body=
+    {"vas": {...}}` overrides beta, top_k, weights, speculate, trace. `values` maps names to
+    value SPECs (or loaded value functions); default: the bundled demo value model. Chat needs
+    `chat_template` (a spec for `templates.load_template` or a ChatTemplate) because the
+    upstream is continued through /v1/completions.
+    """
+    import openai
+
+    if not isinstance(client, (openai.OpenAI, openai.AsyncOpenAI)):
+        raise TypeError(f"wrap expects openai.OpenAI or openai.AsyncOpenAI, got {type(client)!r}")
+    specs = dict(values) if values is not None else default_value_specs()
+    loaded = {name: v if isinstance(v, ValueFunction) else
+              load_value(v, name=name, device=device, dtype=dtype) for name, v in specs.items()}
+    template = load_template(chat_template) if isinstance(chat_template, str) else chat_template
+    base_url = str(client.base_url).rstrip("/")
+    upstream = UpstreamClient(base_url, "", api_key=client.api_key or None, profile=provider,
+                              timeout=_timeout(client.timeout), cache_dir=cache_dir)
+    engine = Engine(upstream, loaded, defaults=Guidance(beta=beta, top_k=top_k,
+                                                        speculate=speculate),
+                    eos_texts=template.stop_strings if template else [])
+    app = create_app(Runtime(engine, template, model="", base_url=base_url),
+                     passthrough_models=True)
+    prefix = urlsplit(base_url).path
+    if isinstance(client, openai.AsyncOpenAI):
+        http = httpx.AsyncClient(transport=AsyncAppTransport(app, prefix), timeout=client.timeout)
+    else:
+        http = httpx.Client(transport=SyncAppTransport(app, prefix), timeout=client.timeout)
+    return client.copy(http_client=http)
+
+
+def _timeout(t) -> float:
+    if isinstance(t, (int, float)):
+        return float(t)
+    return float(getattr(t, "read", None) or 600.0)
