@@ -9,6 +9,12 @@ from vas_proxy.templates import from_gguf
 from vas_proxy.upstream.local import LocalUpstream
 
 
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Never touch the user's response cache (subprocess CLI tests inherit the variable)."""
+    monkeypatch.setenv("VAS_PROXY_CACHE_DIR", str(tmp_path / "vas-cache"))
+
+
 @pytest.fixture(scope="session")
 def upstream():
     with LocalUpstream() as up:

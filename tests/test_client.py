@@ -13,11 +13,12 @@ from vas_proxy.errors import (ContextLengthError, NoLogprobsError, TooFewCandida
                               UnsupportedProviderError, UpstreamHTTPError)
 from vas_proxy.upstream.client import UpstreamClient
 from vas_proxy.upstream.profiles import get_profile
+from vas_proxy.upstream.retry import RetryPolicy
 
 
 def fake(handler):
-    return UpstreamClient("http://fake/v1", "m", api_key="sk-secret-123",
-                          transport=httpx.MockTransport(handler))
+    return UpstreamClient("http://fake/v1", "m", api_key="sk-secret-123", use_cache=False,
+                          retry=RetryPolicy.none(), transport=httpx.MockTransport(handler))
 
 
 def call(client, **kw):

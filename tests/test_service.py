@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -196,3 +197,31 @@ def test_serve_refuses_public_bind_without_key():
                         "--value", "h=py:vas_proxy.values.heuristics:positivity"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "without an API key" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_16_concurrent_streams_all_make_progress(service):
+    """Scoring runs off the event loop and upstream calls interleave: every one of 16 streams
+    gets its first token before any of them finishes."""
+    url, model = service
+
+    async def one(client, i, t0):
+        first = None
+        async with client.stream("POST", f"{url}/v1/completions", json={
+                "model": model, "prompt": f"Story number {i}:", "max_tokens": 6, "seed": i,
+                "stream": True, "vas": {"beta": 1.0, "top_k": 10}}) as r:
+            assert r.status_code == 200
+            async for line in r.aiter_lines():
+                if line.startswith("data: {") and first is None and '"text":""' not in line:
+                    first = time.perf_counter() - t0
+        return first, time.perf_counter() - t0
+
+    async def main():
+        t0 = time.perf_counter()
+        async with httpx.AsyncClient(timeout=300,
+                                     headers={"authorization": f"Bearer {KEY}"}) as client:
+            return await asyncio.gather(*(one(client, i, t0) for i in range(16)))
+
+    res = asyncio.run(main())
+    firsts, dones = [f for f, _ in res], [d for _, d in res]
+    assert all(f is not None for f in firsts)
+    assert max(firsts) < min(dones)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import os
 import sys
 
@@ -32,7 +33,10 @@ def _guidance_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--chat-template", metavar="SPEC",
                    help="chatml, a .gguf, a tokenizer dir or a Jinja file (default: the "
                         "embedded model's own; raw prompts for other upstreams)")
-    g.add_argument("--cache-dir", metavar="DIR", help="upstream response cache directory")
+    g.add_argument("--cache-dir", metavar="DIR",
+                   help="upstream response cache (default: $VAS_PROXY_CACHE_DIR or "
+                        "~/.cache/vas-proxy); only seeded requests are cached")
+    g.add_argument("--no-cache", action="store_true", help="never read or write the cache")
     g.add_argument("--device", default="cpu", help="value-model device: cpu, cuda, cuda:1 ...")
     g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="value-model dtype (default float32 on CPU)")
@@ -47,7 +51,8 @@ def _options(a: argparse.Namespace, api_key: str | None):
     return Options(upstream=a.upstream, model=a.model, api_key=api_key, provider=a.provider,
                    values=parse_value_specs(a.value), guidance=guidance,
                    chat_template=a.chat_template, device=a.device, dtype=a.dtype,
-                   timeout=a.timeout, verbose=not getattr(a, "quiet", False))
+                   timeout=a.timeout, cache_dir=a.cache_dir, use_cache=not a.no_cache,
+                   verbose=not getattr(a, "quiet", False))
 
 
 async def _generate(a: argparse.Namespace) -> int:
@@ -126,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--log-level", default="info",
                      choices=["debug", "info", "warning", "error"])
     srv.set_defaults(func=_serve)
+
+    # Subcommands owned by other modules register here (each adds its own parser).
+    from .train.command import register as _register_train
+    _register_train(sub)
     return p
 
 
@@ -133,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     try:
-        return asyncio.run(a.func(a))
+        result = a.func(a)
+        if inspect.iscoroutine(result):
+            result = asyncio.run(result)
+        return int(result or 0)
     except VasError as e:
         if a.debug:
             raise

@@ -57,8 +57,9 @@ class Guidance:
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
             bad("top_k", "must be an integer >= 1")
         if isinstance(self.speculate, bool) or not isinstance(self.speculate, int) \
-                or self.speculate < 0:
-            bad("speculate", "must be an integer >= 0")
+                or self.speculate < -1 or self.speculate > 64:
+            bad("speculate", "must be an integer: 0 (one token per call), 1..64 (drafted tokens "
+                             "per call) or -1 (adaptive)")
         if not isinstance(self.trace, bool):
             bad("trace", "must be true or false")
         if self.weights is not None:
@@ -179,9 +180,11 @@ class Engine:
     """Guided generation against one upstream with a fixed set of loaded value models."""
 
     EOS_RETRIES = 4
+    MAX_ADAPTIVE_DRAFT = 12
 
     def __init__(self, upstream: UpstreamClient, values: Mapping[str, ValueFunction] | None = None,
-                 *, defaults: Guidance | None = None, eos_texts: list[str] | None = None):
+                 *, defaults: Guidance | None = None, eos_texts: list[str] | None = None,
+                 draft: str | None = None):
         self.upstream = upstream
         self.values = dict(values or {})
         self.defaults = defaults or Guidance()
@@ -189,6 +192,13 @@ class Engine:
         # Candidate texts that end the answer (the model's end-of-turn token as the upstream
         # spells it). They are never appended to the response.
         self.eos_texts = set(eos_texts or [])
+        # Speculative drafts: the upstream's own temperature-1 samples (d = its reported p) only
+        # where its profile says those follow its logprobs; greedy drafts (d = δ) otherwise.
+        if draft is None:
+            draft = "sample" if upstream.profile.samples_follow_logprobs else "greedy"
+        if draft not in ("sample", "greedy"):
+            raise ConfigError("draft must be 'sample' or 'greedy'")
+        self.draft = draft
 
     def resolve(self, override: Mapping | None) -> Guidance:
         g = self.defaults.merged(override)
@@ -212,35 +222,81 @@ class Engine:
                   for name, w in weights.items() if w != 0.0}
         return sampling.combine_values(scores, weights, len(cands))
 
-    async def _candidates(self, req: GenerationRequest, text: str, usage: Usage,
-                          seeds: np.random.Generator) -> Position | None:
-        """Top-k candidates of the next position, or None when the turn has surely ended.
-
-        The upstream samples a token of its own on every call and, when that token is its
-        end-of-turn token, llama-cpp-python answers with no position at all (its loop breaks
-        before recording logprobs). Its reported logprobs do not depend on its sample, so asking
-        again with another upstream seed is exact; after `EOS_RETRIES` such answers in a row the
-        turn is taken as ended (the end token then had probability ≳ 0.5 at this position).
-        """
-        for _ in range(1 + self.EOS_RETRIES):
-            t0 = time.perf_counter()
-            res = await self.upstream.complete(req.prompt + text, max_tokens=1,
-                                               top_k=req.guidance.top_k, model=req.model,
-                                               seed=int(seeds.integers(2**31)))
-            usage.upstream_seconds += time.perf_counter() - t0
+    async def _call(self, req: GenerationRequest, text: str, usage: Usage,
+                    seeds: np.random.Generator, n: int, temperature: float) -> list[Position]:
+        t0 = time.perf_counter()
+        # Unseeded requests draw random upstream seeds: caching them would only fill the cache.
+        res = await self.upstream.complete(req.prompt + text, max_tokens=n,
+                                           top_k=req.guidance.top_k, model=req.model,
+                                           temperature=temperature,
+                                           seed=int(seeds.integers(2**31)),
+                                           cache=req.seed is not None)
+        usage.upstream_seconds += time.perf_counter() - t0
+        if not usage.prompt_tokens:
+            usage.prompt_tokens = res.prompt_tokens
+        if res.cached:  # served from the response cache: nothing billed
+            usage.cache_hits += 1
+        else:
             usage.upstream_calls += 1
-            if usage.upstream_calls == 1:
-                usage.prompt_tokens = res.prompt_tokens
             usage.upstream_prompt_tokens += res.prompt_tokens
             usage.upstream_completion_tokens += res.completion_tokens
-            usage.cache_hits += int(res.cached)
-            if res.positions:
-                return res.positions[0]
-        return None
+        return res.positions
+
+    async def _positions(self, req: GenerationRequest, text: str, usage: Usage,
+                         seeds: np.random.Generator, draft_len: int
+                         ) -> tuple[list[Position], bool]:
+        """Top-k candidates of the next position(s) and whether they carry usable drafts;
+        ([], False) when the turn has surely ended.
+
+        draft_len > 0 asks for that many drafted tokens in one call (greedy drafts at
+        temperature 0, or the upstream's own temperature-1 samples when its profile says they
+        follow its reported logprobs). The upstream samples a token of its own on every call
+        and, when that token is its end-of-turn token, llama-cpp-python answers with no position
+        at all (its loop breaks before recording logprobs). Its reported logprobs do not depend
+        on its sample, so asking again with another upstream seed is exact; after `EOS_RETRIES`
+        such answers in a row the turn is taken as ended (the end token then had probability
+        ≳ 0.5 at this position).
+        """
+        if draft_len > 0:
+            temp = 1.0 if self.draft == "sample" else 0.0
+            positions = await self._call(req, text, usage, seeds, draft_len, temp)
+            if positions:
+                return positions, True
+        for _ in range(1 + self.EOS_RETRIES):
+            positions = await self._call(req, text, usage, seeds, 1, 1.0)
+            if positions:
+                return positions[:1], False
+        return [], False
+
+    def _draft_len(self, g: Guidance, accepted: int, trials: int, left: int) -> int:
+        if g.speculate == 0:
+            return 0
+        if g.speculate > 0:
+            return min(g.speculate, left)
+        # adaptive: running acceptance rate of this request, with a prior of 0.6 (4 pseudo-trials)
+        alpha = (accepted + 2.4) / (trials + 4.0)
+        return min(sampling.choose_draft_len(alpha, self.MAX_ADAPTIVE_DRAFT), left)
+
+    def _draft_index(self, pos: Position, cands: list[Candidate]) -> int | None | bool:
+        """Index of the upstream's drafted token among the candidates; None when it is not one
+        of them; False when it cannot be told (no draft, or an empty text that collides)."""
+        d = pos.sampled
+        if d is None or not d.bytes:
+            return False
+        matches = [j for j, c in enumerate(cands) if c.bytes == d.bytes]
+        if len(matches) > 1:
+            return False
+        return matches[0] if matches else None
 
     async def stream(self, req: GenerationRequest, outcome: Outcome | None = None
                      ) -> AsyncIterator[TokenEvent]:
-        """Yield one TokenEvent per generated token; `outcome` is filled in as it goes."""
+        """Yield one TokenEvent per generated token; `outcome` is filled in as it goes.
+
+        With `speculate`, each upstream call drafts several tokens whose top-k we see at every
+        position, and the speculative rule (DESIGN §3) accepts or replaces each draft so the
+        output is distributed exactly as with one token per call. A draft that cannot be matched
+        to a candidate is ignored (we sample from q directly and end the chunk: also exact).
+        """
         g = req.guidance
         outcome = outcome if outcome is not None else Outcome()
         usage = outcome.usage
@@ -250,46 +306,74 @@ class Engine:
         # Upstream seeds come from their own stream so retries never shift our samples.
         seeds = np.random.default_rng(None if req.seed is None else [req.seed, 1])
         resp = _Response(req.stop or [])
-        for step in range(req.max_tokens):
-            pos = await self._candidates(req, resp.text, usage, seeds)
-            if pos is None:
+        step, accepted_n, trials = 0, 0, 0
+        while step < req.max_tokens:
+            draft_len = self._draft_len(g, accepted_n, trials, req.max_tokens - step)
+            positions, drafted = await self._positions(req, resp.text, usage, seeds, draft_len)
+            if not positions:
                 outcome.finish_reason = "stop"
                 tail = resp.flush(final=True)
                 if tail:
                     yield TokenEvent(tail, b"", 0.0)
                 return
-            cands = pos.candidates
-            lps = [c.logprob for c in cands]
-            values = np.zeros(len(cands))
-            if guided:
-                t0 = time.perf_counter()
-                values = await asyncio.to_thread(self._score, req.prompt, resp.text, cands, weights)
-                usage.scoring_seconds += time.perf_counter() - t0
-            q = sampling.apply_top_p(sampling.target_probs(lps, values, g.beta, req.temperature),
-                                     req.top_p)
-            i = sampling.sample_index(q, rng)
-            chosen = cands[i]
-            usage.completion_tokens += 1
-            trace = None
-            if g.trace:
-                trace = {"chosen": chosen.text, "candidates": [
-                    {"token": c.text, "logprob": c.logprob, "value": float(v), "prob": float(p)}
-                    for c, v, p in zip(cands, values, q)]}
-            ev = TokenEvent("", chosen.bytes, float(np.log(q[i])),
-                            sampling.kl_step(q, lps, i), trace, cands, q)
-            # An empty token cannot extend a text prompt: llama-cpp-python prints its end-of-turn
-            # token (and partial UTF-8 tokens, which collide with it) as "". It ends the turn.
-            if chosen.text in self.eos_texts or not chosen.bytes:
-                outcome.finish_reason = "stop"
-                ev.text = resp.flush(final=True)
-                yield ev
-                return
-            stopped = resp.append(chosen.bytes)
-            ev.text = resp.flush(final=stopped or step == req.max_tokens - 1)
-            yield ev
-            if stopped:
-                outcome.finish_reason = "stop"
-                return
+            kept = 0  # drafts accepted in this chunk
+            try:
+                for pos in positions:
+                    cands = pos.candidates
+                    lps = [c.logprob for c in cands]
+                    values = np.zeros(len(cands))
+                    if guided:
+                        t0 = time.perf_counter()
+                        values = await asyncio.to_thread(self._score, req.prompt, resp.text,
+                                                         cands, weights)
+                        usage.scoring_seconds += time.perf_counter() - t0
+                    q = sampling.apply_top_p(
+                        sampling.target_probs(lps, values, g.beta, req.temperature), req.top_p)
+                    accepted = False
+                    draft = self._draft_index(pos, cands) if drafted else False
+                    if draft is False:
+                        i = sampling.sample_index(q, rng)
+                    else:
+                        d = (np.eye(len(cands))[draft]
+                             if self.draft == "greedy" and draft is not None
+                             else np.exp(np.asarray(lps, dtype=np.float64)))
+                        accepted, i = sampling.speculative_accept(q, d, draft, rng)
+                        trials += 1
+                        accepted_n += accepted
+                        kept += accepted
+                    ev, ended = self._emit(cands, lps, values, q, i, g, resp,
+                                           last=step + 1 == req.max_tokens)
+                    usage.completion_tokens += 1
+                    step += 1
+                    yield ev
+                    if ended:
+                        outcome.finish_reason = "stop"
+                        return
+                    if not accepted or step >= req.max_tokens:
+                        break
+            finally:
+                if drafted:  # billed drafted tokens we did not keep
+                    usage.rejected_draft_tokens += len(positions) - kept
+
+    def _emit(self, cands, lps, values, q, i, g: Guidance, resp: "_Response", last: bool
+              ) -> tuple[TokenEvent, bool]:
+        """The event for chosen candidate i, and whether it ends the answer."""
+        chosen = cands[i]
+        trace = None
+        if g.trace:
+            trace = {"chosen": chosen.text, "candidates": [
+                {"token": c.text, "logprob": c.logprob, "value": float(v), "prob": float(p)}
+                for c, v, p in zip(cands, values, q)]}
+        ev = TokenEvent("", chosen.bytes, float(np.log(q[i])), sampling.kl_step(q, lps, i),
+                        trace, cands, q)
+        # An empty token cannot extend a text prompt: llama-cpp-python prints its end-of-turn
+        # token (and partial UTF-8 tokens, which collide with it) as "". It ends the turn.
+        if chosen.text in self.eos_texts or not chosen.bytes:
+            ev.text = resp.flush(final=True)
+            return ev, True
+        stopped = resp.append(chosen.bytes)
+        ev.text = resp.flush(final=stopped or last)
+        return ev, stopped
 
     async def generate(self, req: GenerationRequest) -> Generation:
         outcome = Outcome()

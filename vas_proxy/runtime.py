@@ -54,6 +54,8 @@ class Options:
     device: str = "cpu"
     dtype: str | None = None
     timeout: float = 60.0
+    cache_dir: str | None = None  # None: the user cache directory
+    use_cache: bool = True
     verbose: bool = True
 
 
@@ -105,7 +107,8 @@ async def open_runtime(opts: Options) -> AsyncIterator[Runtime]:
         values = load_values(opts.values, device=opts.device, dtype=opts.dtype,
                              verbose=opts.verbose)
         client = UpstreamClient(base_url, model or "default", api_key=opts.api_key,
-                                profile=opts.provider, timeout=opts.timeout)
+                                profile=opts.provider, timeout=opts.timeout,
+                                cache_dir=opts.cache_dir, use_cache=opts.use_cache)
         try:
             if model is None:  # ask the upstream which model it serves
                 models = await client.models()

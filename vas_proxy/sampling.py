@@ -86,15 +86,18 @@ def sample_index(q: np.ndarray, rng: np.random.Generator) -> int:
     return min(idx, len(q) - 1)
 
 
-def speculative_accept(q: np.ndarray, d: np.ndarray, draft: int, rng: np.random.Generator
-                       ) -> tuple[bool, int]:
+def speculative_accept(q: np.ndarray, d: np.ndarray, draft: int | None,
+                       rng: np.random.Generator) -> tuple[bool, int]:
     """Leviathan et al. (2023) acceptance: accept `draft` with prob min(1, q/d); on reject draw
-    from norm(max(0, q − d)). The result is distributed exactly as q for any draft law d with
-    d[draft] > 0. Returns (accepted, token index)."""
-    if d[draft] <= 0:
-        raise ValueError("draft token has zero draft probability")
-    if rng.random() < min(1.0, q[draft] / d[draft]):
-        return True, draft
+    from norm(max(0, q − d)). The result is distributed exactly as q for any draft law d known
+    on the candidates (d may leave mass outside them: the upstream's full-vocabulary p).
+    `draft=None`: the drafted token is not a candidate, q = 0 there, so it is always rejected.
+    Returns (accepted, token index)."""
+    if draft is not None:
+        if d[draft] <= 0:
+            raise ValueError("draft token has zero draft probability")
+        if rng.random() < min(1.0, q[draft] / d[draft]):
+            return True, draft
     residual = np.maximum(q - d, 0.0)
     if residual.sum() <= 0:  # q == d up to rounding: any sample from q is exact
         residual = q
@@ -105,3 +108,24 @@ def kl_step(q: np.ndarray, logprobs: Sequence[float], chosen: int) -> float:
     """log q − log p of the chosen token, p = base top-k renormalised (the eval's KL estimator)."""
     p = target_probs(logprobs)
     return float(np.log(q[chosen]) - np.log(p[chosen]))
+
+
+def expected_tokens_per_call(alpha: float, draft_len: int) -> float:
+    """Tokens one speculative call yields: accepted drafts, plus the residual sample after a
+    rejection (no bonus token: the upstream reports no distribution past its last draft)."""
+    if draft_len <= 0:
+        return 1.0
+    if alpha >= 1.0:
+        return float(draft_len)
+    return (1.0 - alpha ** draft_len) / (1.0 - alpha)
+
+
+def choose_draft_len(alpha: float, max_len: int, token_cost: float = 0.05) -> int:
+    """Draft length maximising tokens per unit cost, a call costing 1 and each drafted (billed)
+    token `token_cost` more. Low acceptance → short drafts, high → long."""
+    best, best_val = 1, 0.0
+    for n in range(1, max_len + 1):
+        val = expected_tokens_per_call(alpha, n) / (1.0 + token_cost * n)
+        if val > best_val + 1e-12:
+            best, best_val = n, val
+    return best

@@ -21,6 +21,7 @@ from .values import ValueFunction, load_value
 
 def wrap(client, values: Mapping[str, str | ValueFunction] | None = None, beta: float = 1.0,
          top_k: int = 20, speculate: int = 0, cache_dir: str | None = None, *,
+         use_cache: bool = True,
          provider: str = "llamacpp", chat_template: str | ChatTemplate | None = None,
          device: str = "cpu", dtype: str | None = None):
     """Return a guided copy of `client` (`openai.OpenAI` or `openai.AsyncOpenAI`).
@@ -42,7 +43,8 @@ def wrap(client, values: Mapping[str, str | ValueFunction] | None = None, beta: 
     template = load_template(chat_template) if isinstance(chat_template, str) else chat_template
     base_url = str(client.base_url).rstrip("/")
     upstream = UpstreamClient(base_url, "", api_key=client.api_key or None, profile=provider,
-                              timeout=_timeout(client.timeout), cache_dir=cache_dir)
+                              timeout=_timeout(client.timeout), cache_dir=cache_dir,
+                              use_cache=use_cache)
     engine = Engine(upstream, loaded, defaults=Guidance(beta=beta, top_k=top_k,
                                                         speculate=speculate),
                     eos_texts=template.stop_strings if template else [])
@@ -53,7 +55,9 @@ def wrap(client, values: Mapping[str, str | ValueFunction] | None = None, beta: 
         http = httpx.AsyncClient(transport=AsyncAppTransport(app, prefix), timeout=client.timeout)
     else:
         http = httpx.Client(transport=SyncAppTransport(app, prefix), timeout=client.timeout)
-    return client.copy(http_client=http)
+    # The engine's upstream client already retries (tenacity); SDK retries on top would repeat
+    # whole guided generations.
+    return client.copy(http_client=http, max_retries=0)
 
 
 def _timeout(t) -> float:

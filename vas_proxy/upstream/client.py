@@ -3,19 +3,25 @@
 Parses both logprob shapes (DESIGN §2): legacy completions (`top_logprobs` is a dict
 token→logprob per position; two tokens with the same text collide) and chat (lists of
 {token, logprob, bytes}). `-9999` marks "outside the top-k" on some servers and is dropped.
+Calls are retried (`retry.py`) and reproducible answers are cached (`cache.py`).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import time
 from collections.abc import Sequence
+from email.utils import parsedate_to_datetime
 
 import httpx2 as httpx
 
 from ..errors import (ContextLengthError, NoLogprobsError, TooFewCandidatesError,
                       UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable)
 from ..protocol import Candidate, Position, UpstreamResult
+from .cache import DEFAULT_SIZE_LIMIT, ResponseCache, cache_key, cacheable
 from .profiles import Profile, get_profile
+from .retry import RetryPolicy, call_with_retry
 
 _OUTSIDE_TOPK = -9999.0
 _CONTEXT_HINTS = ("context window", "context length", "exceed", "too long", "n_ctx",
@@ -70,7 +76,10 @@ def _error_message(resp: httpx.Response) -> tuple[str, str | None]:
         return (resp.text or resp.reason_phrase)[:500], None
     err = body.get("error", body) if isinstance(body, dict) else body
     if isinstance(err, dict):
-        return str(err.get("message") or err.get("detail") or err)[:500], err.get("code")
+        code = err.get("code")
+        if not code and err.get("type") == "insufficient_quota":  # OpenAI puts it in both
+            code = "insufficient_quota"
+        return str(err.get("message") or err.get("detail") or err)[:500], code
     return str(err)[:500], None
 
 
@@ -84,8 +93,13 @@ def _retry_after(resp: httpx.Response) -> float | None:
     s = resp.headers.get("retry-after")
     if s:
         try:
-            return float(s)
+            return max(0.0, float(s))
         except ValueError:
+            pass
+        try:  # the HTTP-date form
+            when = parsedate_to_datetime(s)
+            return max(0.0, when.timestamp() - time.time())
+        except (TypeError, ValueError, OverflowError):
             return None
     return None
 
@@ -93,22 +107,32 @@ def _retry_after(resp: httpx.Response) -> float | None:
 class UpstreamClient:
     """Async client of one upstream (base URL ending in /v1, model name, provider profile).
 
-    The API key only ever goes into the Authorization header: never into errors or logs.
+    The API key only ever goes into the Authorization header: never into errors, logs or cache
+    keys. `timeout` bounds each attempt; `retry` (default `RetryPolicy()`) says how failed
+    attempts are retried; with `use_cache`, reproducible answers (see `cache.cacheable`) are kept
+    in `cache_dir` (default `cache.default_cache_dir()`, opened on first use), at most
+    `cache_size_limit` bytes.
     """
 
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None,
                  profile: str | Profile = "llamacpp", timeout: float = 60.0,
-                 transport: httpx.AsyncBaseTransport | None = None):
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
+                 retry: RetryPolicy | None = None, cache_size_limit: int = DEFAULT_SIZE_LIMIT):
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         self.profile.check()
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.cache = ResponseCache(cache_dir, size_limit=cache_size_limit) if use_cache else None
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout,
                                        transport=transport)
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        if self.cache is not None:
+            await self.cache.aclose()
 
     async def __aenter__(self) -> "UpstreamClient":
         return self
@@ -116,9 +140,10 @@ class UpstreamClient:
     async def __aexit__(self, *exc) -> None:
         await self.aclose()
 
-    async def _post(self, path: str, body: dict) -> dict:
+    async def _send(self, method: str, path: str, body: dict | None = None) -> dict:
+        """One attempt, failures as typed errors."""
         try:
-            resp = await self._http.post(path, json=body)
+            resp = await self._http.request(method, path, json=body)
         except httpx.TimeoutException as e:
             raise UpstreamTimeout(f"upstream {self.base_url} timed out ({type(e).__name__})") from None
         except httpx.TransportError as e:
@@ -130,33 +155,55 @@ class UpstreamClient:
                 cls = ContextLengthError
             raise cls(resp.status_code, msg, retry_after=_retry_after(resp), error_code=code)
         try:
-            return resp.json()
+            data = resp.json()
         except ValueError:
-            raise UpstreamError(f"upstream {self.base_url} answered with invalid JSON") from None
+            data = None
+        if not isinstance(data, dict):
+            raise UpstreamError(f"upstream {self.base_url} answered with invalid JSON")
+        return data
+
+    async def _post(self, path: str, body: dict) -> dict:
+        return await call_with_retry(self.retry, lambda: self._send("POST", path, body))
 
     async def models(self) -> list[str]:
-        try:
-            resp = await self._http.get("/models")
-        except httpx.TransportError as e:
-            raise UpstreamUnreachable(f"cannot reach upstream {self.base_url}: {e}") from None
-        if resp.status_code >= 400:
-            raise UpstreamHTTPError(resp.status_code, _error_message(resp)[0])
-        return [m["id"] for m in resp.json().get("data", [])]
+        data = await call_with_retry(self.retry, lambda: self._send("GET", "/models"))
+        return [m["id"] for m in data.get("data", [])]
 
     async def complete(self, prompt: str | list[int], *, max_tokens: int, top_k: int,
                        temperature: float = 1.0, seed: int | None = None,
-                       stop: list[str] | None = None, extra: dict | None = None) -> UpstreamResult:
-        """One `/v1/completions` call asking for `top_k` logprobs at each generated position."""
+                       stop: list[str] | None = None, extra: dict | None = None,
+                       model: str | None = None, cache: bool = True) -> UpstreamResult:
+        """One `/v1/completions` call asking for `top_k` logprobs at each generated position.
+
+        A reproducible request (a seed, or temperature 0) is answered from the cache when it can
+        be (`cached=True`, with the billed token counts of the original answer); `cache=False`
+        skips the cache for this call (e.g. random seeds that will never repeat).
+        """
         k = self.profile.clamp_top_k(top_k)
-        body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens,
+        body = {"model": model or self.model, "prompt": prompt, "max_tokens": max_tokens,
                 "logprobs": k, "temperature": temperature, "stream": False,
                 **self.profile.sampler_params, **(extra or {})}
         if seed is not None:
             body["seed"] = seed
         if stop:
             body["stop"] = stop
+        key = None
+        if cache and self.cache is not None and cacheable(body):
+            key = cache_key(self.base_url, "/completions", body)
+            data = await self.cache.aget(key)
+            if data is not None:
+                try:
+                    res = self.parse(data, k, max_tokens)
+                except (UpstreamError, LookupError, TypeError, ValueError, AttributeError):
+                    await self.cache.adelete(key)  # stored by an older parser or damaged: refetch
+                else:
+                    res.cached = True
+                    return res
         data = await self._post("/completions", body)
-        return self.parse(data, k, max_tokens)
+        res = self.parse(data, k, max_tokens)
+        if key is not None:
+            await self.cache.aset(key, data)
+        return res
 
     def parse(self, data: dict, k: int, max_tokens: int | None = None) -> UpstreamResult:
         choices = data.get("choices") or []
@@ -173,11 +220,16 @@ class UpstreamClient:
         # special token and every partial UTF-8 token as ""), so a few missing there is normal.
         chat_shape = isinstance((choice.get("logprobs") or {}).get("content"), list)
         need = k if chat_shape else (k + 1) // 2
-        for p in positions:
+        for i, p in enumerate(positions):
             if len(p.candidates) < need:
-                raise TooFewCandidatesError(
-                    f"the upstream returned {len(p.candidates)} logprob candidates where {k} were "
-                    f"asked; lower --top-k or check the provider's logprobs limit")
+                if i == 0:
+                    raise TooFewCandidatesError(
+                        f"the upstream returned {len(p.candidates)} logprob candidates where {k} "
+                        f"were asked; lower --top-k or check the provider's logprobs limit")
+                # llama-cpp-python finishing a partial UTF-8 character mid-answer reports stub
+                # positions: the usable report ends before them.
+                positions = positions[:i]
+                break
         usage = data.get("usage") or {}
         return UpstreamResult(positions=positions, text=choice.get("text", ""),
                               finish_reason=finish,

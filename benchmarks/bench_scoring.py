@@ -1,0 +1,143 @@
+"""Value-scoring time per decode step, with and without prefix-KV reuse.
+
+Simulates a real decode on the SmolLM2 backbone (bundled GGUF): at each prefix length the state
+grows by one token per step and k candidates are scored at every step. With reuse a step pays
+for the new token plus the k candidate tokens; without, it recomputes k full sequences.
+Goal (issue): reuse >= 10x faster at 1024 tokens.
+
+    python benchmarks/bench_scoring.py --repeats 5 --json .bench/scoring.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from vas_proxy.values.checkpoint import CheckpointValue, build_value_model, dtype_name
+
+# Any fixed English text: repeated until it is long enough, then cut at token boundaries.
+TEXT = (
+    "The harbour town woke slowly. Fishermen checked their nets while the bakery on the corner "
+    "pushed the smell of bread into the cold street. Children ran past the church, late for "
+    "school again, and an old dog watched them from the steps of the post office. By noon the "
+    "fog had lifted, the ferry had come and gone twice, and the market square was loud with "
+    "people arguing about the price of apples, the weather, and the new mayor's plans for the "
+    "pier. "
+)
+# Twenty plausible next-token texts, as an upstream's top-20 would return them.
+CANDIDATES = [" the", " a", ",", ".", " and", " of", " to", " in", " was", " he", " it", " that",
+              " with", " for", "\n", " on", " her", " his", " is", " at"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--repeats", type=int, default=5, help="timed decode steps per prefix length")
+    p.add_argument("--prefixes", type=int, nargs="+", default=[64, 256, 1024])
+    p.add_argument("--k", type=int, default=20, help="candidates per step (<= 20)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    return p.parse_args(argv)
+
+
+def decode_states(tokenizer, length: int, steps: int) -> list[str]:
+    """Response texts of `length`, `length`+1, ... tokens: one decode step apart."""
+    ids: list[int] = []
+    while len(ids) < length + steps:
+        ids += tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    return [tokenizer.decode(ids[:length + j]) for j in range(steps)]
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_steps(value: CheckpointValue, states: list[str], candidates: list[str],
+               device: str) -> list[float]:
+    """Seconds per step; the first state is a warm-up (with reuse: it builds the prefix cache,
+    as the earlier steps of a real decode would have)."""
+    value.reset()
+    value.score("", states[0], candidates)
+    times = []
+    for state in states[1:]:
+        sync(device)
+        start = time.perf_counter()
+        value.score("", state, candidates)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def warm_up(tokenizer, reuse: CheckpointValue, full: CheckpointValue, candidates: list[str],
+            device: str) -> None:
+    """A few untimed short steps, so first-call costs (allocator, kernel selection) do not
+    land in the first row."""
+    states = decode_states(tokenizer, 32, 4)
+    time_steps(reuse, states, candidates, device)
+    time_steps(full, states[:2], candidates, device)
+
+
+def summary(times: list[float]) -> dict[str, float]:
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    candidates = CANDIDATES[:args.k]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    model, tokenizer = build_value_model("smollm2", lora_r=0, dtype=args.dtype)
+    model.to(args.device).eval()
+    print(f"loaded SmolLM2 backbone in {time.perf_counter() - t0:.1f} s "
+          f"({dtype_name(model.backbone_dtype)}, {args.device}, {torch.get_num_threads()} threads)")
+    reuse = CheckpointValue(model, tokenizer, "reuse", use_cache=True)
+    full = CheckpointValue(model, tokenizer, "full", use_cache=False)
+
+    warm_up(tokenizer, reuse, full, candidates, args.device)
+    rows = []
+    header = f"{'prefix':>6} {'k':>3} | {'reuse median (min-max)':>26} | " \
+             f"{'no-reuse median (min-max)':>28} | {'speed-up':>8}"
+    print(header)
+    print("-" * len(header))
+    for length in args.prefixes:
+        states = decode_states(tokenizer, length, args.repeats + 1)
+        r = summary(time_steps(reuse, states, candidates, args.device))
+        f = summary(time_steps(full, states, candidates, args.device))
+        ratio = f["median_s"] / r["median_s"]
+        rows.append({"prefix_tokens": length, "k": len(candidates), "reuse": r, "no_reuse": f,
+                     "speedup_median": ratio})
+        print(f"{length:>6} {len(candidates):>3} | {fmt(r):>26} | {fmt(f):>28} | {ratio:>7.1f}x",
+              flush=True)
+
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "device": args.device, "dtype": args.dtype, "repeats": args.repeats,
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "machine": platform.processor() or platform.machine(),
+            "loadavg_1min_before_after": [load_before, os.getloadavg()[0]],
+            "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+            "rows": rows}, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    print(f"load average (1 min) before/after: {load_before:.2f}/{os.getloadavg()[0]:.2f}")
+    return 0
+
+
+def fmt(s: dict[str, float]) -> str:
+    return f"{s['median_s'] * 1e3:.0f} ms ({s['min_s'] * 1e3:.0f}-{s['max_s'] * 1e3:.0f})"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""Rewards behind one interface, for training value models and for evaluation (DESIGN §5).
+
+A reward scores finished responses: `reward(prompts, responses) -> list[float]`, one float per
+(prompt, response) pair, where `prompt` is the text the response answers. Specs:
+
+- `vader`: VADER compound sentiment of the response (-1..1), offline lexicon; the prompt is
+  ignored so a cheerful question does not lift every answer to it.
+- `concise`: `-len(words) / 100`, a cheap offline stand-in for "shorter is better".
+- `py:module:function`: any `f(prompts, responses) -> list[float]`.
+- `hf:PATH`: a transformers sequence classifier saved on disk, run in batches on `device`.
+  The score is the softmax probability (0..1) of the positive label: the label named
+  positive/pos, else the LAST label (the usual order of binary sentiment and preference
+  models). A one-output head (a regression reward model) is used as is. The classifier reads
+  the response alone, or (prompt, response) as a text pair with `hf:PATH?pair=1`.
+
+Every failure is typed: an unusable spec is a `RewardSpecError` (a `ConfigError`: the CLI prints
+one line); a reward that raises or returns garbage on a sample is a `RewardError` naming the
+sample (which prompt, which response) instead of a silent zero that would bias the training.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from .errors import ConfigError, VasError
+
+FORMS = "use vader, concise, py:module:function or hf:PATH"
+
+
+class RewardSpecError(ConfigError):
+    """A reward SPEC that cannot be loaded (unknown form, missing module or model)."""
+
+    code = "invalid_reward_spec"
+
+
+class RewardError(VasError):
+    """A reward failed on (or returned an unusable score for) a given sample."""
+
+    code = "reward_error"
+
+
+@runtime_checkable
+class Reward(Protocol):
+    """Scores finished responses; higher is better."""
+
+    name: str
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+        ...
+
+
+def _clip(text: str, n: int = 80) -> str:
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
+def sample_error(name: str, prompt: str, response: str, why: str) -> RewardError:
+    """The one-line error for a sample the reward could not score."""
+    return RewardError(f"reward {name!r} failed on prompt {_clip(prompt)!r}, response "
+                       f"{_clip(response)!r}: {why}")
+
+
+class BatchReward:
+    """Base of all rewards: checks lengths and values, and pins failures on one sample.
+
+    Subclasses implement `score(prompts, responses)`. When a batch raises, each sample is
+    scored alone to find (and report) the one that fails.
+    """
+
+    name = "reward"
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> list[float]:
+        prompts, responses = list(prompts), list(responses)
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
+        if not responses:
+            return []
+        try:
+            out = self.score(prompts, responses)
+        except RewardError:
+            raise
+        except Exception as exc:
+            if len(responses) == 1:
+                raise sample_error(self.name, prompts[0], responses[0],
+                                   f"{type(exc).__name__}: {exc}") from exc
+            # Find the sample that fails (each call raises with its sample) or, if none
+            # does alone, keep the per-sample scores.
+            return [self(prompts[i:i + 1], responses[i:i + 1])[0] for i in range(len(responses))]
+        return self._check(out, prompts, responses)
+
+    def score(self, prompts: list[str], responses: list[str]) -> Sequence[float]:
+        raise NotImplementedError
+
+    def _check(self, out, prompts: list[str], responses: list[str]) -> list[float]:
+        try:
+            values = [float(v) for v in out]
+        except (TypeError, ValueError) as exc:
+            raise RewardError(f"reward {self.name!r} must return a list of floats, got "
+                              f"{type(out).__name__} ({exc})") from exc
+        if len(values) != len(responses):
+            raise RewardError(f"reward {self.name!r} returned {len(values)} scores for "
+                              f"{len(responses)} responses; it must return one per response")
+        for p, r, v in zip(prompts, responses, values):
+            if not math.isfinite(v):
+                raise sample_error(self.name, p, r, f"non-finite score {v}")
+        return values
+
+
+@lru_cache(maxsize=1)
+def _vader():
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    return SentimentIntensityAnalyzer()
+
+
+class VaderReward(BatchReward):
+    """VADER compound sentiment of the response (the prompt is ignored)."""
+
+    name = "vader"
+
+    def score(self, prompts, responses):
+        analyzer = _vader()
+        return [analyzer.polarity_scores(r)["compound"] for r in responses]
+
+
+class ConciseReward(BatchReward):
+    """-(number of words)/100: prefers short answers; a cheap offline second objective."""
+
+    name = "concise"
+
+    def score(self, prompts, responses):
+        return [-len(r.split()) / 100.0 for r in responses]
+
+
+class CallableReward(BatchReward):
+    """A user function `f(prompts, responses) -> list[float]` named by a py: spec."""
+
+    def __init__(self, fn: Callable[[list[str], list[str]], Sequence[float]], name: str):
+        self.fn = fn
+        self.name = name
+
+    def score(self, prompts, responses):
+        return self.fn(prompts, responses)
+
+
+class ClassifierReward(BatchReward):
+    """A transformers sequence classifier on disk; score = P(positive label), or the raw output
+    of a one-output regression head."""
+
+    def __init__(self, path: str | Path, *, name: str, device: str = "cpu",
+                 batch_size: int = 16, pair: bool = False, max_length: int = 512):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.name = name
+        self.device = device
+        self.batch_size = batch_size
+        self.pair = pair
+        self.max_length = max_length
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+            self.model = AutoModelForSequenceClassification.from_pretrained(str(path))
+        except (OSError, ValueError, KeyError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise RewardSpecError(f"reward spec {name!r}: cannot load a sequence classifier from "
+                                  f"{path} ({type(exc).__name__}: {first})") from exc
+        self.model.to(device).eval()
+        self.label = positive_label(self.model.config)
+        self._torch = torch
+
+    def score(self, prompts, responses):
+        out: list[float] = []
+        for i in range(0, len(responses), self.batch_size):
+            rs = responses[i:i + self.batch_size]
+            args = (prompts[i:i + self.batch_size], rs) if self.pair else (rs,)
+            enc = self.tokenizer(*args, padding=True, truncation=True,
+                                 max_length=self.max_length, return_tensors="pt").to(self.device)
+            with self._torch.inference_mode():
+                logits = self.model(**enc).logits.float()
+            scores = logits[:, 0] if logits.shape[-1] == 1 else \
+                logits.softmax(-1)[:, self.label]
+            out.extend(scores.cpu().tolist())
+        return out
+
+
+def positive_label(config) -> int:
+    """Index of the label scored by `hf:` rewards: one named positive/pos, else the last one."""
+    labels = {int(k): str(v).lower() for k, v in (getattr(config, "id2label", None) or {}).items()}
+    for idx, label in sorted(labels.items()):
+        if label in ("positive", "pos", "label_positive"):
+            return idx
+    return max(labels) if labels else int(getattr(config, "num_labels", 1)) - 1
+
+
+BUILTINS: dict[str, type[BatchReward]] = {"vader": VaderReward, "concise": ConciseReward}
+
+
+def load_reward(spec: str, *, device: str = "cpu") -> BatchReward:
+    """Turn a reward SPEC into a `Reward` (see the module docstring for the forms)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise RewardSpecError(f"empty reward spec {spec!r}; {FORMS}")
+    spec = spec.strip()
+    if spec in BUILTINS:
+        return BUILTINS[spec]()
+    if spec.startswith("py:"):
+        return CallableReward(_import_callable(spec), spec)
+    if spec.startswith("hf:"):
+        path_part, _, query = spec[3:].partition("?")
+        path = Path(path_part).expanduser()
+        if not path_part or not path.is_dir():
+            raise RewardSpecError(f"reward spec {spec!r}: {path_part or '(empty)'} is not a "
+                                  "directory holding a transformers sequence classifier")
+        pair = query in ("pair=1", "pair=true")
+        if query and not pair and query not in ("pair=0", "pair=false"):
+            raise RewardSpecError(f"reward spec {spec!r}: unknown option {query!r} "
+                                  "(only ?pair=1 is known)")
+        return ClassifierReward(path, name=spec, device=device, pair=pair)
+    raise RewardSpecError(f"unknown reward spec {spec!r}; {FORMS}")
+
+
+def _import_callable(spec: str):
+    module_name, sep, attr_path = spec[3:].partition(":")
+    if not sep or not module_name or not attr_path:
+        raise RewardSpecError(f"bad reward spec {spec!r}: expected py:module:function")
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RewardSpecError(f"reward spec {spec!r}: cannot import module {module_name!r} "
+                              f"({exc}); check the name and that it is on PYTHONPATH") from exc
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise RewardSpecError(f"reward spec {spec!r}: module {module_name!r} has no "
+                                  f"attribute {attr_path!r}") from None
+    if not callable(obj):
+        raise RewardSpecError(f"reward spec {spec!r}: {attr_path!r} is a {type(obj).__name__}, "
+                              "not a callable f(prompts, responses) -> list[float]")
+    return obj

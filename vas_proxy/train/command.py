@@ -1,0 +1,210 @@
+"""`vas-proxy train`: sample rollouts through the black box, score them, fit a value model.
+
+Phases, each resumable: (1) rollouts and validation half-completions from the upstream
+(stored, seeded, reused); the embedded upstream is stopped before training so the CPU goes to
+the value model; (2) rewards; (3) TD(lambda) training with per-epoch held-out validation,
+checkpoints, metrics and curves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+
+from .config import TrainConfig
+
+RUN_FILE = "run.json"
+_TYPES = {"int": int, "float": float, "str": str}
+_METAVARS = {"int": "N", "float": "X", "str": "NAME"}
+
+
+def register(sub) -> None:
+    """Add the `train` subcommand; its flags are TrainConfig's fields."""
+    p = sub.add_parser("train", help="train a value model on rollouts sampled from the upstream",
+                       description=__doc__.split("\n\n")[0])
+    for f in fields(TrainConfig):
+        meta = dict(f.metadata)
+        flag = meta.pop("flag", "--" + f.name.replace("_", "-"))
+        kwargs = {"dest": f.name, "help": meta.pop("help")}
+        if f.type == "bool":
+            kwargs.update(action="store_true")
+        else:
+            base = f.type.split("|")[0].strip()
+            kwargs.update(type=_TYPES.get(base, str), default=f.default,
+                          metavar=meta.pop("metavar", _METAVARS.get(base, "VALUE")), **meta)
+            if meta.get("required"):
+                kwargs.pop("default")
+            elif f.default is not None and "default" not in kwargs["help"]:
+                kwargs["help"] += " (default: %(default)s)"
+        p.add_argument(flag, **kwargs)
+    p.add_argument("--api-key", help="upstream API key (or VAS_UPSTREAM_API_KEY)")
+    p.set_defaults(func=_main)
+
+
+async def _main(a: argparse.Namespace) -> int:
+    cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)})
+    await run(cfg, api_key=a.api_key or os.environ.get("VAS_UPSTREAM_API_KEY"))
+    return 0
+
+
+def check_config(cfg: TrainConfig) -> None:
+    from ..errors import ConfigError
+
+    rules = [(cfg.samples_per_prompt >= 1, "--samples-per-prompt must be >= 1"),
+             (cfg.max_tokens >= 1, "--max-tokens must be >= 1"),
+             (cfg.epochs >= 0, "--epochs must be >= 0"),
+             (cfg.batch_size >= 1, "--batch-size must be >= 1"),
+             (cfg.grad_accum >= 1, "--grad-accum must be >= 1"),
+             (cfg.lora_r >= 0, "--lora-r must be >= 0 (0: full fine-tune)"),
+             (cfg.lora_layers >= 0, "--lora-layers must be >= 0 (0: all layers)"),
+             (cfg.lr > 0 and cfg.head_lr_mult > 0, "--lr and --head-lr-mult must be > 0"),
+             (0 <= cfg.heldout_frac < 1, "--heldout-frac must be in [0, 1)"),
+             (cfg.val_completions >= 0, "--val-completions must be >= 0"),
+             (cfg.concurrency >= 1, "--concurrency must be >= 1"),
+             (cfg.save_every >= 0, "--save-every must be >= 0"),
+             (0 <= cfg.lam <= 1 and 0 <= cfg.gamma <= 1, "--lambda and --gamma must be in [0, 1]")]
+    for ok, message in rules:
+        if not ok:
+            raise ConfigError(message)
+
+
+def prepare_out_dir(path: str) -> Path:
+    """Create the run directory and prove it is writable, before any slow work."""
+    from ..errors import ConfigError
+
+    out = Path(path).expanduser()
+    probe = out / ".vas-write-test"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(f"cannot write to --out {out}: {reason}") from None
+    return out
+
+
+def heldout_prompts(n: int, frac: float, seed: int) -> set[int]:
+    """Prompt indices held out for validation: a seeded draw of round(frac * n) (>= 1 when
+    frac > 0 and at least 2 prompts, so something is always left to train on)."""
+    k = int(round(frac * n))
+    if frac > 0 and n >= 2:
+        k = min(max(k, 1), n - 1)
+    return set(np.random.default_rng([seed, 11]).permutation(n)[:k].tolist())
+
+
+def _note(message: str, cfg: TrainConfig) -> None:
+    if not cfg.quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+async def collect(cfg: TrainConfig, out: Path, items: list[dict], api_key: str | None):
+    """Phase 1: rollouts for every prompt and half-completions of the held-out ones."""
+    from .. import progress
+    from ..assets import smollm2_gguf
+    from ..errors import ConfigError
+    from ..templates import from_gguf, load_template
+    from ..upstream.client import UpstreamClient
+    from ..upstream.local import LocalUpstream
+    from .prompts import render_prompts
+    from .rollouts import (ROLLOUTS_FILE, VALIDATION_FILE, HalfCompletions, JsonlStore, Rollout,
+                           sample_half_completions, sample_rollouts)
+
+    with contextlib.ExitStack() as stack:
+        base_url, model = cfg.upstream, cfg.model
+        template = load_template(cfg.chat_template) if cfg.chat_template else None
+        if base_url is None:
+            local = LocalUpstream()
+            with progress.step("starting the embedded SmolLM2 upstream", enabled=not cfg.quiet):
+                stack.enter_context(local)
+            base_url, model = local.base_url, model or local.model
+            template = template or from_gguf(str(smollm2_gguf()))
+        prompts = render_prompts(items, template)
+        # Our JSONL files are the record of what was sampled: no response cache needed.
+        client = UpstreamClient(base_url, model or "default", api_key=api_key,
+                                profile=cfg.provider, timeout=cfg.timeout, use_cache=False)
+        try:
+            if model is None:
+                models = await client.models()
+                if not models:
+                    raise ConfigError(f"upstream {base_url} lists no model; pass --model")
+                client.model = models[0]
+            stop = template.stop_strings if template else []
+            rollouts = await sample_rollouts(
+                client, prompts, samples=cfg.samples_per_prompt, max_tokens=cfg.max_tokens,
+                seed=cfg.seed, stop=stop, store=JsonlStore(out / ROLLOUTS_FILE, Rollout),
+                concurrency=cfg.concurrency, progress=not cfg.quiet)
+            held = heldout_prompts(len(prompts), cfg.heldout_frac, cfg.seed)
+            held_rollouts = [r for r in rollouts if r.prompt_index in held]
+            halves = []
+            if cfg.val_completions:
+                halves = await sample_half_completions(
+                    client, held_rollouts, k=cfg.val_completions, max_tokens=cfg.max_tokens,
+                    seed=cfg.seed, stop=stop,
+                    store=JsonlStore(out / VALIDATION_FILE, HalfCompletions),
+                    concurrency=cfg.concurrency, progress=not cfg.quiet)
+            return rollouts, held, halves, client.model
+        finally:
+            await client.aclose()
+
+
+async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
+    """The whole `vas-proxy train` run; returns a summary (also printed)."""
+    from ..errors import ConfigError
+    from ..rewards import load_reward
+    from .prompts import read_prompts
+    from .report import CURVES_FILE, write_curves
+    from .rollouts import (ROLLOUTS_FILE, VALIDATION_FILE, HalfCompletions, JsonlStore, Rollout,
+                           score_halves, score_rollouts)
+    from .td import make_example
+    from .trainer import METRICS_FILE, STATE_FILE, Trainer, build_model
+    from .validation import evaluate
+
+    check_config(cfg)
+    items = read_prompts(cfg.prompts)
+    reward = load_reward(cfg.reward, device=cfg.device)
+    out = prepare_out_dir(cfg.out)
+    if not cfg.resume and (out / STATE_FILE).exists():
+        raise ConfigError(f"{out} already holds a training run: pass --resume to continue it, or "
+                          f"choose another --out (copy {ROLLOUTS_FILE} there to reuse the samples)")
+    (out / RUN_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+    rollouts, held, halves, upstream_model = await collect(cfg, out, items, api_key)
+
+    spec = cfg.reward
+    score_rollouts(rollouts, reward, spec, JsonlStore(out / ROLLOUTS_FILE, Rollout),
+                   progress=not cfg.quiet)
+    by_key = {r.key: r for r in rollouts}
+    score_halves(halves, by_key, reward, spec, JsonlStore(out / VALIDATION_FILE, HalfCompletions))
+    train_rollouts = [r for r in rollouts if r.prompt_index not in held]
+    held_rollouts = [r for r in rollouts if r.prompt_index in held]
+    rewards = np.array([r.rewards[spec] for r in rollouts])
+    _note(f"{len(rollouts)} rollouts ({len(train_rollouts)} train, {len(held_rollouts)} held out): "
+          f"reward {rewards.mean():.3f} ± {rewards.std():.3f}, "
+          f"{np.mean([len(r.tokens) for r in rollouts]):.1f} tokens on average", cfg)
+
+    model, tokenizer = build_model(cfg)
+    examples = [make_example(tokenizer, r.upstream_prompt, r.response, r.rewards[spec])
+                for r in train_rollouts]
+    metadata = {"reward": spec, "trained_with": "vas-proxy train", "upstream_model": upstream_model,
+                "train_rollouts": len(train_rollouts), "heldout_rollouts": len(held_rollouts),
+                "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std())}
+    trainer = Trainer(cfg, model, tokenizer, examples, out, metadata=metadata,
+                      evaluate=(lambda m: evaluate(m, tokenizer, held_rollouts, halves, spec))
+                      if held_rollouts else None)
+    if cfg.resume and trainer.restore():
+        _note(f"resuming at step {trainer.progress.step} (epoch {trainer.progress.epoch})", cfg)
+    validation = trainer.train()
+    curves = write_curves(out / METRICS_FILE, out / CURVES_FILE)
+    summary = {"out": str(out), "steps": trainer.progress.step, "validation": validation,
+               "curves": str(curves) if curves else None}
+    _note(f"value model saved to {out} ({trainer.progress.step} steps); use it with "
+          f"--value NAME={out}" + ("" if curves else " (matplotlib missing: no curves.png)"), cfg)
+    return summary

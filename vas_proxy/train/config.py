@@ -1,0 +1,70 @@
+"""One dataclass that is at once the training configuration, its documentation and the
+`vas-proxy train` flags (each field's `help` is the flag's help; `flag` overrides its name).
+
+It is saved into every checkpoint's metadata, so a checkpoint says how it was made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+def opt(default: Any, help: str, **extra: Any):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    prompts: str = opt(None, "prompts JSONL: one object per line with \"prompt\" (raw text, sent "
+                             "as is) or \"messages\" (a chat; the chat template is applied)",
+                       required=True, metavar="FILE")
+    reward: str = opt(None, "reward SPEC: vader, concise, py:module:function or hf:PATH",
+                      required=True, metavar="SPEC")
+    out: str = opt(None, "run directory: rollouts, metrics, curves, checkpoints; the final "
+                         "value model is written at its top (load it with --value NAME=DIR)",
+                   required=True, metavar="DIR")
+    upstream: str | None = opt(None, "OpenAI-compatible base URL ending in /v1 (default: start "
+                                     "the embedded SmolLM2 upstream)", metavar="URL")
+    model: str | None = opt(None, "upstream model (default: the first it lists)", metavar="NAME")
+    provider: str = opt("llamacpp", "provider profile of the upstream")
+    chat_template: str | None = opt(None, "chatml, a .gguf, a tokenizer dir or a Jinja file "
+                                          "(default: the embedded model's own)", metavar="SPEC")
+    timeout: float = opt(120.0, "seconds per upstream call")
+    backbone: str = opt("smollm2", "value-model backbone: smollm2 (the bundled GGUF), a "
+                                   "transformers model directory, or tiny (a tiny random model "
+                                   "for tests)")
+    samples_per_prompt: int = opt(4, "responses sampled per prompt")
+    max_tokens: int = opt(48, "tokens per response (the horizon the values predict over)")
+    concurrency: int = opt(2, "upstream requests in flight")
+    epochs: int = opt(2, "passes over the training rollouts")
+    lora_r: int = opt(16, "LoRA rank (0: full fine-tune)")
+    lora_layers: int = opt(0, "put LoRA on the top N transformer layers only (0: all); the "
+                              "backward pass then stops there, which makes CPU training faster")
+    lr: float = opt(2e-4, "AdamW learning rate (peak; linear warm-up, cosine decay to 10%%)")
+    head_lr_mult: float = opt(10.0, "the value head's learning rate as a multiple of --lr: the "
+                                    "zero-initialised head must learn the reward's offset and "
+                                    "scale, which a short CPU run cannot wait for")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    batch_size: int = opt(8, "rollouts per micro-batch")
+    grad_accum: int = opt(1, "micro-batches per optimiser step")
+    max_grad_norm: float = opt(1.0, "gradient clipping norm (0: off)")
+    gamma: float = opt(1.0, "TD discount")
+    lam: float = opt(0.95, "TD(lambda) lambda", flag="--lambda")
+    seed: int = opt(0, "seed of sampling, split, shuffling and initialisation")
+    heldout_frac: float = opt(0.1, "fraction of prompts held out for validation")
+    val_completions: int = opt(4, "completions per held-out half-response (validation targets)")
+    save_every: int = opt(0, "also checkpoint every N optimiser steps (0: only at the end)")
+    device: str = opt("cpu", "device to train on: cpu, cuda, cuda:1 ...")
+    dtype: str | None = opt(None, "backbone dtype: float32, bfloat16, float16 (default float32)",
+                            choices=["float32", "bfloat16", "float16"])
+    resume: bool = opt(False, "continue the run in --out: reuse its rollouts, restore the step "
+                              "count and optimiser state")
+    quiet: bool = opt(False, "no progress bars")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def field_help(cls) -> dict[str, dict]:
+        return {f.name: dict(f.metadata) for f in fields(cls)}

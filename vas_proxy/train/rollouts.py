@@ -1,0 +1,235 @@
+"""Rollouts through the black box: responses sampled from the upstream, stored as JSONL.
+
+Only what any OpenAI-compatible endpoint gives is used: the response text and the sampled
+tokens' logprobs, never the base model's weights. Requests run at temperature 1 with the
+provider profile's neutral sampler (llama.cpp: top_k=0, top_p=1, min_p=0, repeat_penalty=1), so
+the samples follow the model's own distribution (DESIGN §4), and each carries a seed derived
+from (run seed, prompt, sample): a run is reproducible, and a resumed run reuses every stored
+rollout whose settings still match instead of sampling it again.
+
+Two files in the run directory: `rollouts.jsonl` (one line per response) and
+`validation.jsonl` (held-out responses cut in half, each half completed several times: the
+mean reward of those completions is the value the model should predict for the half).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..rewards import Reward
+from ..upstream.client import UpstreamClient
+from .prompts import PromptItem
+
+ROLLOUTS_FILE = "rollouts.jsonl"
+VALIDATION_FILE = "validation.jsonl"
+
+
+def derive_seed(*parts: int) -> int:
+    """A 31-bit seed from integers: independent streams per (run seed, prompt, sample, ...)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] >> 1)
+
+
+@dataclass
+class Rollout:
+    """One sampled response with everything needed to inspect, re-score or reproduce it."""
+
+    prompt_index: int
+    sample: int
+    seed: int
+    model: str
+    max_tokens: int
+    prompt: str  # the text rewards see (raw prompt, or the chat's last user message)
+    upstream_prompt: str  # exactly what was sent upstream (chat template applied)
+    response: str
+    tokens: list[str] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: str | None = None
+    rewards: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.prompt_index, self.sample)
+
+    def half(self) -> tuple[str, int]:
+        """The first half of the response (by upstream tokens) and its token count."""
+        n = len(self.tokens) // 2
+        if "".join(self.tokens) == self.response:
+            return "".join(self.tokens[:n]), n
+        # Tokens that are partial UTF-8 sequences print as "" and do not join back: cut the
+        # text at the same fraction instead.
+        return self.response[:len(self.response) // 2], n
+
+
+@dataclass
+class HalfCompletions:
+    """A held-out response cut in half and `k` fresh completions of that half."""
+
+    prompt_index: int
+    sample: int
+    half: str
+    half_tokens: int
+    seeds: list[int]
+    completions: list[str]
+    rewards: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.prompt_index, self.sample)
+
+
+class JsonlStore:
+    """Append-only JSONL records (crash-safe: a torn last line is ignored on load)."""
+
+    def __init__(self, path: str | Path, kind: type):
+        self.path = Path(path)
+        self.kind = kind
+
+    def load(self) -> dict[tuple[int, int], Any]:
+        out = {}
+        if not self.path.is_file():
+            return out
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = self.kind(**json.loads(line))
+            except (json.JSONDecodeError, TypeError):
+                continue  # a line torn by a crash, or an older layout: sampled again
+            out[rec.key] = rec
+        return out
+
+    def append(self, rec) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(asdict(rec), ensure_ascii=False) + "\n")
+
+    def rewrite(self, recs: Iterable) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            for rec in recs:
+                f.write(json.dumps(asdict(rec), ensure_ascii=False) + "\n")
+        os.replace(tmp, self.path)
+
+
+async def _run_jobs(jobs: list, work: Callable[[Any], Awaitable[None]], concurrency: int,
+                    desc: str, progress: bool) -> None:
+    """Run `work(job)` for all jobs with at most `concurrency` in flight; the first failure
+    cancels the rest and propagates."""
+    queue: asyncio.Queue = asyncio.Queue()
+    for job in jobs:
+        queue.put_nowait(job)
+    bar = tqdm(total=len(jobs), desc=desc, unit="resp", disable=not progress or not jobs,
+               dynamic_ncols=True)
+
+    async def worker():
+        while not queue.empty():
+            job = queue.get_nowait()
+            await work(job)
+            bar.update()
+
+    tasks = [asyncio.ensure_future(worker()) for _ in range(max(1, concurrency))]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+        bar.close()
+
+
+async def sample_rollouts(client: UpstreamClient, prompts: list[PromptItem], *, samples: int,
+                          max_tokens: int, seed: int, stop: list[str], store: JsonlStore,
+                          concurrency: int = 2, progress: bool = True) -> list[Rollout]:
+    """`samples` responses per prompt, reusing the stored ones made with the same settings."""
+    stored = store.load()
+    wanted, todo = {}, []
+    for item in prompts:
+        for j in range(samples):
+            s = derive_seed(seed, item.index, j)
+            old = stored.get((item.index, j))
+            if old is not None and (old.seed, old.model, old.max_tokens, old.upstream_prompt) \
+                    == (s, client.model, max_tokens, item.upstream):
+                wanted[old.key] = old
+            else:
+                todo.append((item, j, s))
+    if len(wanted) != len(stored):  # drop records made with other settings
+        store.rewrite(wanted.values())
+
+    async def work(job):
+        item, j, s = job
+        res = await client.complete(item.upstream, max_tokens=max_tokens, top_k=1,
+                                    temperature=1.0, seed=s, stop=stop or None)
+        sampled = [p.sampled for p in res.positions if p.sampled is not None]
+        r = Rollout(item.index, j, s, client.model, max_tokens, item.text, item.upstream,
+                    res.text, [c.text for c in sampled], [c.logprob for c in sampled],
+                    res.finish_reason)
+        store.append(r)
+        wanted[r.key] = r
+
+    await _run_jobs(todo, work, concurrency, "rollouts", progress)
+    return [wanted[(item.index, j)] for item in prompts for j in range(samples)]
+
+
+async def sample_half_completions(client: UpstreamClient, rollouts: list[Rollout], *, k: int,
+                                  max_tokens: int, seed: int, stop: list[str],
+                                  store: JsonlStore, concurrency: int = 2,
+                                  progress: bool = True) -> list[HalfCompletions]:
+    """For each held-out rollout, `k` completions of its first half, each allowed the tokens
+    the full response had left (max_tokens - half), so the horizon matches training."""
+    stored = store.load()
+    out: dict[tuple[int, int], HalfCompletions] = {}
+    todo = []
+    for r in rollouts:
+        half, n = r.half()
+        seeds = [derive_seed(seed, r.prompt_index, r.sample, 1_000_003, c) for c in range(k)]
+        old = stored.get(r.key)
+        if old is not None and (old.half, old.seeds) == (half, seeds):
+            out[r.key] = old
+        else:
+            todo.append((r, half, n, seeds))
+    if len(out) != len(stored):
+        store.rewrite(out.values())
+
+    async def work(job):
+        r, half, n, seeds = job
+        texts = []
+        for s in seeds:
+            res = await client.complete(r.upstream_prompt + half, max_tokens=max(1, max_tokens - n),
+                                        top_k=1, temperature=1.0, seed=s, stop=stop or None)
+            texts.append(res.text)
+        h = HalfCompletions(r.prompt_index, r.sample, half, n, seeds, texts)
+        store.append(h)
+        out[h.key] = h
+
+    await _run_jobs(todo, work, concurrency, "validation halves", progress)
+    return [out[r.key] for r in rollouts]
+
+
+def score_rollouts(rollouts: list[Rollout], reward: Reward, spec: str, store: JsonlStore,
+                   *, batch_size: int = 64, progress: bool = True) -> None:
+    """Fill `rollouts[i].rewards[spec]` where missing (in place) and persist them."""
+    todo = [r for r in rollouts if spec not in r.rewards]
+    for i in tqdm(range(0, len(todo), batch_size), desc="rewards", unit="batch",
+                  disable=not progress or not todo, dynamic_ncols=True):
+        chunk = todo[i:i + batch_size]
+        for r, v in zip(chunk, reward([r.prompt for r in chunk], [r.response for r in chunk])):
+            r.rewards[spec] = v
+    if todo:
+        store.rewrite(rollouts)
+
+
+def score_halves(halves: list[HalfCompletions], rollouts: dict, reward: Reward, spec: str,
+                 store: JsonlStore) -> None:
+    """Fill each half's completion rewards for `spec` (reward of half + completion)."""
+    todo = [h for h in halves if spec not in h.rewards]
+    for h in todo:
+        prompt = rollouts[h.key].prompt
+        h.rewards[spec] = reward([prompt] * len(h.completions),
+                                 [h.half + c for c in h.completions])
+    if todo:
+        store.rewrite(halves)

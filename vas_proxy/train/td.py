@@ -1,0 +1,125 @@
+"""TD(lambda) for value models: the pure math and the batches it runs on (DESIGN §1).
+
+As in the official VAS code: gamma = 1, lambda = 0.95, the reward sits on the last response
+token, targets are lambda-returns of the OLD values (GAE advantages + old values, no gradient
+through them), and the loss is 0.5 * MSE over response tokens only.
+
+One convention differs from that code, on purpose: the value at position t is V of the state
+AFTER token t (what the engine queries: V(prompt + response + candidate)), so the response
+positions run from the first token holding response text to the last response token, whose
+state is the whole response and whose target is the reward itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..values.checkpoint import encode
+
+
+def lambda_returns(values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor,
+                   gamma: float = 1.0, lam: float = 0.95) -> torch.Tensor:
+    """Lambda-returns (B, T) of padded trajectories; 0 where `mask` is 0.
+
+    A trajectory is a run of mask = 1 in a row; it ends (terminal state, no bootstrap) where the
+    next position is masked out. G_t = r_t + gamma * ((1 - lam) * V_{t+1} + lam * G_{t+1}),
+    computed as GAE: A_t = delta_t + gamma * lam * A_{t+1}, G_t = A_t + V_t. lam = 0 is TD(0),
+    lam = 1 the Monte-Carlo return.
+    """
+    with torch.no_grad():
+        values, rewards, mask = values.float(), rewards.float(), mask.float()
+        batch, width = values.shape
+        advantages = torch.zeros_like(values)
+        next_adv = values.new_zeros(batch)
+        next_value = values.new_zeros(batch)
+        next_mask = values.new_zeros(batch)
+        for t in reversed(range(width)):
+            m = mask[:, t]
+            delta = rewards[:, t] * m + gamma * next_value * next_mask - values[:, t]
+            adv = (delta + gamma * lam * next_adv * next_mask) * m
+            advantages[:, t] = adv
+            next_adv, next_value, next_mask = adv, values[:, t], m
+        return (advantages + values) * mask
+
+
+def td_loss(values: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """0.5 * mean squared error over the masked-in positions."""
+    mask = mask.to(values.dtype)
+    return 0.5 * (((values - targets) ** 2) * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+# --------------------------------------------------------------------------- batches
+
+@dataclass
+class Example:
+    """One rollout as the value model sees it: its token ids and where the response begins."""
+
+    ids: list[int]
+    start: int  # first position whose state holds response text
+    reward: float
+
+
+def response_start(tokenizer, prompt: str, response: str, ids: list[int]) -> int:
+    """Index of the first token of `ids` (= encode(prompt + response)) holding response text.
+
+    A tokenizer may merge the prompt's last characters with the response's first ones into one
+    token; that token's state already contains response text, so it is a response position.
+    Character offsets say it exactly (fast tokenizers); otherwise the first position where the
+    tokenisation of the full text leaves that of the prompt alone is used. An empty response
+    still gets one position, the last: the state its reward belongs to.
+    """
+    last = len(ids) - 1
+    if response and getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(prompt + response, add_special_tokens=True, return_offsets_mapping=True)
+        if list(enc["input_ids"]) == list(ids):
+            return next((i for i, (_, end) in enumerate(enc["offset_mapping"])
+                         if end > len(prompt)), last)
+    prompt_ids = encode(tokenizer, prompt)
+    n = 0
+    while n < min(len(ids), len(prompt_ids)) and ids[n] == prompt_ids[n]:
+        n += 1
+    return min(n, last)
+
+
+def make_example(tokenizer, prompt: str, response: str, reward: float) -> Example:
+    """The value model's own tokenisation of `prompt + response` (through `encode`, as scoring
+    does), with its response boundary and reward."""
+    ids = encode(tokenizer, prompt + response)
+    return Example(ids, response_start(tokenizer, prompt, response, ids), float(reward))
+
+
+@dataclass
+class Batch:
+    """Right-padded tensors of a micro-batch; `reward` holds each row's reward on its last
+    response token."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_mask: torch.Tensor
+    rewards: torch.Tensor
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+    def to(self, device) -> "Batch":
+        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask,
+                                               self.response_mask, self.rewards)))
+
+
+def collate(examples: list[Example], pad_id: int) -> Batch:
+    width = max(len(e.ids) for e in examples)
+    shape = (len(examples), width)
+    input_ids = torch.full(shape, pad_id, dtype=torch.long)
+    attention = torch.zeros(shape, dtype=torch.long)
+    response = torch.zeros(shape, dtype=torch.float32)
+    rewards = torch.zeros(shape, dtype=torch.float32)
+    for row, e in enumerate(examples):
+        n = len(e.ids)
+        input_ids[row, :n] = torch.tensor(e.ids, dtype=torch.long)
+        attention[row, :n] = 1
+        response[row, e.start:n] = 1.0
+        rewards[row, n - 1] = e.reward
+    return Batch(input_ids, attention, response, rewards)

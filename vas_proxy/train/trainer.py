@@ -1,0 +1,296 @@
+"""The optimisation loop: TD(lambda) on stored rollouts, AdamW, gradient accumulation,
+checkpoints and exact resumption.
+
+Run directory files written here:
+    train_state.pt          step, epoch position, trainable weights, optimiser and scheduler
+                            state (torch.save of tensors and plain types: loaded with
+                            weights_only=True, so no pickled code runs on resume)
+    checkpoints/step-N/     periodic value-model checkpoints (`save_checkpoint` layout)
+    vas_value.json, ...     the final value model at the top of the run directory
+    metrics.jsonl           one line per optimiser step and per validation
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError
+from ..values.checkpoint import (LORA_TARGETS, ValueModel, build_value_model, save_checkpoint,
+                                 tiny_value_model)
+from .config import TrainConfig
+from .td import Example, collate, lambda_returns, td_loss
+
+STATE_FILE = "train_state.pt"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+TINY = "tiny"
+WARMUP_FRAC = 0.05
+
+
+def build_model(cfg: TrainConfig):
+    """A fresh value model (zero-initialised head) and its tokenizer, seeded by cfg.seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        if cfg.backbone == TINY:
+            top = bool(cfg.lora_layers and cfg.lora_r)
+            model, tokenizer = tiny_value_model(cfg.seed, lora_r=0 if top else cfg.lora_r)
+            nn.init.zeros_(model.head.weight)  # tiny_value_model randomises it for scoring tests
+            nn.init.zeros_(model.head.bias)
+            if top:
+                model = add_top_lora(model, cfg.lora_r, cfg.lora_layers)
+        elif cfg.lora_layers and cfg.lora_r:
+            model, tokenizer = build_value_model(cfg.backbone, lora_r=0, dtype=cfg.dtype)
+            model = add_top_lora(model, cfg.lora_r, cfg.lora_layers)
+        else:
+            model, tokenizer = build_value_model(cfg.backbone, lora_r=cfg.lora_r, dtype=cfg.dtype)
+    return model.to(cfg.device).train(), tokenizer
+
+
+def add_top_lora(model: ValueModel, r: int, layers: int) -> ValueModel:
+    """Wrap the LORA_TARGETS projections of the top `layers` transformer layers in LoRA (rank
+    r, alpha 2r, as `build_value_model` does for all layers) and freeze everything else but
+    the head. The adapter config names the modules, so `load_value_model` restores it as is."""
+    from peft import LoraConfig, get_peft_model
+
+    base = model.backbone
+    n = int(base.config.num_hidden_layers)
+    names = [name for name, _ in base.named_modules()
+             if name.rsplit(".", 1)[-1] in LORA_TARGETS and _layer_index(name) >= n - layers]
+    if not names:
+        raise ConfigError(f"--lora-layers {layers}: no LoRA target modules found in the backbone")
+    config = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=names,
+                        bias="none")
+    return ValueModel(get_peft_model(base, config), backbone_source=model.backbone_source)
+
+
+def _layer_index(module_name: str) -> int:
+    """The N of a "...layers.N.<...>" module name (-1 when there is none)."""
+    parts = module_name.split(".")
+    for a, b in zip(parts, parts[1:]):
+        if a == "layers" and b.isdigit():
+            return int(b)
+    return -1
+
+
+def trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+@dataclass
+class Progress:
+    """Where training stands: optimiser steps done, and the next micro-batch of which epoch."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+
+
+class Trainer:
+    """Fits `model` to the lambda-returns of `examples` for cfg.epochs epochs.
+
+    The "old values" of the targets are the values of the parameters before the current
+    optimiser step: the forward pass's own values, detached. With no dropout (LoRA dropout 0,
+    Llama attention dropout 0) they equal a separate no-grad pass, at no extra cost.
+    """
+
+    def __init__(self, cfg: TrainConfig, model: ValueModel, tokenizer, examples: list[Example],
+                 out: Path, *, evaluate: Callable[[ValueModel], dict] | None = None,
+                 metadata: dict | None = None):
+        if not examples:
+            raise ConfigError("no training rollouts: add prompts or lower --heldout-frac")
+        self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
+        self.examples, self.out = examples, Path(out)
+        self.evaluate = evaluate
+        self.metadata = dict(metadata or {})
+        pad = tokenizer.pad_token_id
+        self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
+        self.micro_per_epoch = math.ceil(len(examples) / cfg.batch_size)
+        self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.grad_accum)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.params = trainable(model)
+        head = [p for n, p in self.params if n.startswith("head.")]
+        body = [p for n, p in self.params if not n.startswith("head.")]
+        groups = [{"params": body, "lr": cfg.lr},
+                  {"params": head, "lr": cfg.lr * cfg.head_lr_mult, "weight_decay": 0.0}]
+        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]],
+                                           weight_decay=cfg.weight_decay)
+        warmup = max(1, int(WARMUP_FRAC * self.total_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: _lr_factor(s, warmup, self.total_steps))
+        self.progress = Progress()
+        self.last_validation: dict = {}
+
+    # -- state ----------------------------------------------------------------------------
+
+    def save_state(self) -> None:
+        state = {"progress": vars(self.progress).copy(),
+                 "trainable": {n: p.detach().cpu() for n, p in self.params},
+                 "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(),
+                 "backbone": self.cfg.backbone, "lora_r": self.cfg.lora_r,
+                 "lora_layers": self.cfg.lora_layers}
+        tmp = self.out / (STATE_FILE + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.out / STATE_FILE)
+
+    def restore(self) -> bool:
+        """Load train_state.pt when present: weights, optimiser, scheduler, step count."""
+        path = self.out / STATE_FILE
+        if not path.is_file():
+            return False
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        saved = (state["backbone"], state["lora_r"], state.get("lora_layers", 0))
+        if saved != (self.cfg.backbone, self.cfg.lora_r, self.cfg.lora_layers):
+            raise ConfigError(f"{self.out} was trained with --backbone {saved[0]} --lora-r "
+                              f"{saved[1]} --lora-layers {saved[2]}; resume with the same, or "
+                              "use another --out")
+        names = {n for n, _ in self.params}
+        if set(state["trainable"]) != names:
+            raise ConfigError(f"{path}: its weights do not match this model; use another --out")
+        with torch.no_grad():
+            for n, p in self.params:
+                p.copy_(state["trainable"][n].to(p.device, p.dtype))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.progress = Progress(**state["progress"])
+        self._forget_metrics_after(self.progress.step)
+        return True
+
+    def _forget_metrics_after(self, step: int) -> None:
+        """Drop metrics logged after the restored state (steps that will be redone)."""
+        path = self.out / METRICS_FILE
+        if not path.is_file():
+            return
+        keep = [line for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and _step_of(line) <= step]
+        path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+    def save_checkpoint(self, path: Path) -> Path:
+        from transformers.utils import logging as hf_logging
+
+        meta = {**self.metadata, "step": self.progress.step, "epoch": self.progress.epoch,
+                "args": self.cfg.to_dict(), "validation": self.last_validation}
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # its "Writing model shards" bar breaks ours
+        try:
+            return save_checkpoint(self.model, self.tokenizer, path, metadata=meta)
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
+
+    def log(self, record: dict) -> None:
+        with (self.out / METRICS_FILE).open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        order = np.random.default_rng([self.cfg.seed, 7, epoch]).permutation(len(self.examples))
+        bs = self.cfg.batch_size
+        return [order[i:i + bs].tolist() for i in range(0, len(order), bs)]
+
+    def validate(self) -> dict:
+        if self.evaluate is None:
+            return {}
+        metrics = self.evaluate(self.model)
+        self.last_validation = metrics
+        self.log({"kind": "validation", "step": self.progress.step,
+                  "epoch": self.progress.epoch, **metrics})
+        return metrics
+
+    def train(self) -> dict:
+        cfg, p = self.cfg, self.progress
+        if p.step == 0 and p.epoch == 0 and p.batch == 0:
+            self.validate()  # the untrained (zero-head) baseline
+        bar = tqdm(total=self.total_steps, initial=min(p.step, self.total_steps), desc="train",
+                   unit="step", disable=cfg.quiet, dynamic_ncols=True)
+        self.model.train()
+        try:
+            while p.epoch < cfg.epochs:
+                batches = self.epoch_batches(p.epoch)
+                while p.batch < len(batches):
+                    group = batches[p.batch:p.batch + cfg.grad_accum]
+                    stats = self.train_step(group)
+                    p.batch += len(group)
+                    p.step += 1
+                    self.log({"kind": "train", "step": p.step, "epoch": p.epoch, **stats})
+                    bar.update()
+                    bar.set_postfix(loss=f"{stats['loss']:.4f}", epoch=p.epoch)
+                    if cfg.save_every and p.step % cfg.save_every == 0:
+                        self.save_checkpoint(self.out / CHECKPOINTS_DIR / f"step-{p.step:06d}")
+                        self.save_state()
+                p.epoch, p.batch = p.epoch + 1, 0
+                metrics = self.validate()
+                if metrics and not cfg.quiet:
+                    bar.write(_describe(p.epoch, metrics))
+                self.save_state()
+        finally:
+            bar.close()
+        self.save_checkpoint(self.out)
+        self.save_state()
+        return self.last_validation
+
+    def train_step(self, group: list[list[int]]) -> dict:
+        """One optimiser step over the micro-batches in `group` (gradient accumulation)."""
+        t0 = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = value_sum = target_sum = 0.0
+        n_tokens = n_resp = 0
+        for idx in group:
+            batch = collate([self.examples[i] for i in idx], self.pad_id).to(self.model.device)
+            values, _ = self.model(batch.input_ids, attention_mask=batch.attention_mask)
+            targets = lambda_returns(values.detach(), batch.rewards, batch.response_mask,
+                                     self.cfg.gamma, self.cfg.lam)
+            loss = td_loss(values, targets, batch.response_mask)
+            (loss / len(group)).backward()
+            m = batch.response_mask
+            loss_sum += loss.item()
+            value_sum += float((values.detach() * m).sum())
+            target_sum += float((targets * m).sum())
+            n_resp += int(m.sum())
+            n_tokens += batch.n_tokens
+        grad_norm = None
+        if self.cfg.max_grad_norm:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_([q for _, q in self.params],
+                                                             self.cfg.max_grad_norm))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        seconds = time.perf_counter() - t0
+        return {"loss": loss_sum / len(group), "lr": lr, "grad_norm": grad_norm,
+                "value_mean": value_sum / max(n_resp, 1), "target_mean": target_sum / max(n_resp, 1),
+                "tokens": n_tokens, "seconds": seconds, "tokens_per_s": n_tokens / seconds}
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return 1 << 62
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < warmup:
+        return (step + 1) / warmup
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+def _describe(epoch: int, m: dict) -> str:
+    def f(v):
+        return "n/a" if v is None else f"{v:.4f}"
+    return (f"epoch {epoch}: held-out half-response value MSE {f(m.get('val_half_mse'))} "
+            f"(mean-predictor {f(m.get('val_half_baseline_mse'))}, corr "
+            f"{f(m.get('val_half_corr'))}); final value vs reward MSE "
+            f"{f(m.get('val_final_mse'))} (corr {f(m.get('val_final_corr'))})")

@@ -1,0 +1,72 @@
+"""Held-out validation the way the VAS authors validate a value model.
+
+Each held-out response is cut in half; the model's value of `prompt + half` is compared with
+the mean reward of several fresh upstream completions of that half (an unbiased estimate of
+the true value). Also reported: the value of the whole response against its actual reward, and
+the MSE of always predicting the mean target (the bar a useful model must clear).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..values.checkpoint import ValueModel, encode
+from .rollouts import HalfCompletions, Rollout
+
+
+def predict_last(model: ValueModel, tokenizer, texts: list[str], *,
+                 batch_size: int = 16) -> list[float]:
+    """V(text) for each text: the value at its last token, under the model's own tokenizer."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out: list[float] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(texts), batch_size):
+                seqs = [encode(tokenizer, t) for t in texts[i:i + batch_size]]
+                width = max(len(s) for s in seqs)
+                ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(seqs), width), dtype=torch.long)
+                for row, s in enumerate(seqs):
+                    ids[row, :len(s)] = torch.tensor(s)
+                    mask[row, :len(s)] = 1
+                values, _ = model(ids.to(model.device), attention_mask=mask.to(model.device))
+                last = torch.tensor([len(s) - 1 for s in seqs], device=values.device)
+                out.extend(values[torch.arange(len(seqs), device=values.device), last].tolist())
+    finally:
+        model.train(was_training)
+    return out
+
+
+def regression_metrics(pred: list[float], target: list[float], prefix: str) -> dict:
+    """MSE, Pearson correlation (None when either side is constant) and the mean-predictor MSE."""
+    p, t = np.asarray(pred, dtype=float), np.asarray(target, dtype=float)
+    if not len(t):
+        return {}
+    corr = None
+    if len(t) > 1 and p.std() > 1e-12 and t.std() > 1e-12:
+        corr = float(np.corrcoef(p, t)[0, 1])
+    return {f"{prefix}_mse": float(np.mean((p - t) ** 2)), f"{prefix}_corr": corr,
+            f"{prefix}_baseline_mse": float(np.var(t)), f"{prefix}_n": int(len(t))}
+
+
+def evaluate(model: ValueModel, tokenizer, rollouts: list[Rollout],
+             halves: list[HalfCompletions], spec: str) -> dict:
+    """Validation metrics on held-out rollouts and their half-completions."""
+    by_key = {r.key: r for r in rollouts}
+    metrics: dict = {}
+    if halves:
+        preds = predict_last(model, tokenizer,
+                             [by_key[h.key].upstream_prompt + h.half for h in halves])
+        targets = [float(np.mean(h.rewards[spec])) for h in halves]
+        metrics.update(regression_metrics(preds, targets, "val_half"))
+    if rollouts:
+        preds = predict_last(model, tokenizer, [r.upstream_prompt + r.response for r in rollouts])
+        metrics.update(regression_metrics(preds, [r.rewards[spec] for r in rollouts],
+                                          "val_final"))
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in metrics.items()}

@@ -1,0 +1,50 @@
+"""`py:module:function` value functions (DESIGN §5 Value SPEC).
+
+The callable sees text, not tokens: `fn(prompt, continuations) -> list[float]`, where each
+continuation is the response so far plus one candidate's text. That keeps user value functions
+independent of any tokenizer, and lets heuristics stand in for a trained model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+from ..errors import ValueSpecError
+
+ValueCallable = Callable[[str, list[str]], Sequence[float]]
+
+
+class CallableValue:
+    """Adapts a Python callable to the `ValueFunction` protocol, checking what it returns.
+
+    A wrong-length or non-finite answer would silently skew the reweighting (DESIGN §1), so it
+    fails loudly with the function's name instead.
+    """
+
+    def __init__(self, fn: ValueCallable, name: str):
+        self.fn = fn
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"CallableValue({self.name!r})"
+
+    def score(self, prompt: str, response: str, candidates: list[str]) -> list[float]:
+        continuations = [response + c for c in candidates]
+        out = self.fn(prompt, continuations)
+        return self._check(out, len(candidates))
+
+    def _check(self, out: object, expected: int) -> list[float]:
+        where = f"value function {self.name!r}"
+        try:
+            values = [float(v) for v in out]  # type: ignore[union-attr]
+        except (TypeError, ValueError) as exc:
+            raise ValueSpecError(f"{where} must return a list of floats, got "
+                                 f"{type(out).__name__} ({exc})") from exc
+        if len(values) != expected:
+            raise ValueSpecError(f"{where} returned {len(values)} values for {expected} "
+                                 "continuations; it must return one float per continuation")
+        if not all(math.isfinite(v) for v in values):
+            raise ValueSpecError(f"{where} returned a non-finite value (nan/inf); "
+                                 "values must be finite floats")
+        return values

@@ -1,0 +1,80 @@
+"""Turn a value SPEC string into a `ValueFunction` (DESIGN §5 Value SPEC).
+
+Forms: `py:module:function` (a Python callable), `bundled:NAME` (a checkpoint shipped under
+`vas_proxy/data/values/NAME`), or a path to a checkpoint directory. Every failure is a
+`ValueSpecError` naming the spec, so the CLI can print one actionable line.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from ..assets import DATA_DIR
+from ..errors import ValueSpecError
+from . import ValueFunction
+from .callable import CallableValue
+
+PY_PREFIX = "py:"
+BUNDLED_PREFIX = "bundled:"
+FORMS = "use py:module:function, bundled:NAME or a checkpoint directory"
+
+
+def load_value(spec: str, *, name: str | None = None, device: str = "cpu",
+               dtype: str | None = None) -> ValueFunction:
+    """Load `spec`; `name` defaults to the spec itself. device/dtype apply to checkpoints only."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueSpecError(f"empty value spec {spec!r}; {FORMS}")
+    spec = spec.strip()
+    if spec.startswith(PY_PREFIX):
+        return CallableValue(_import_callable(spec), name or spec)
+    return _load_checkpoint(spec, _checkpoint_dir(spec), name=name, device=device, dtype=dtype)
+
+
+def _import_callable(spec: str):
+    """Resolve `py:module:function` (the function may be dotted: `py:pkg.mod:Class.method`)."""
+    module_name, sep, attr_path = spec[len(PY_PREFIX):].partition(":")
+    if not sep or not module_name or not attr_path:
+        raise ValueSpecError(f"bad value spec {spec!r}: expected py:module:function")
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueSpecError(f"value spec {spec!r}: cannot import module {module_name!r} ({exc}); "
+                             "check the name and that it is on PYTHONPATH") from exc
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueSpecError(f"value spec {spec!r}: module {module_name!r} has no attribute "
+                                 f"{attr_path!r}") from None
+    if not callable(obj):
+        raise ValueSpecError(f"value spec {spec!r}: {attr_path!r} is a {type(obj).__name__}, "
+                             "not a callable f(prompt, continuations) -> list[float]")
+    return obj
+
+
+def _checkpoint_dir(spec: str) -> Path:
+    if spec.startswith(BUNDLED_PREFIX):
+        name = spec[len(BUNDLED_PREFIX):]
+        path = DATA_DIR / "values" / name
+        if not name or not path.is_dir():
+            shipped = sorted(p.name for p in (DATA_DIR / "values").glob("*") if p.is_dir())
+            raise ValueSpecError(f"value spec {spec!r}: no bundled value model {name!r} "
+                                 f"(shipped: {', '.join(shipped) or 'none'})")
+        return path
+    path = Path(spec).expanduser()
+    if not path.exists():
+        if ":" in spec.split("/")[0] and not spec.startswith(("/", ".", "~")):
+            raise ValueSpecError(f"unknown value spec form {spec!r}; {FORMS}")
+        raise ValueSpecError(f"value spec {spec!r}: no such checkpoint directory; {FORMS}")
+    if not path.is_dir():
+        raise ValueSpecError(f"value spec {spec!r} is a file, not a checkpoint directory; {FORMS}")
+    return path
+
+
+def _load_checkpoint(spec: str, path: Path, *, name: str | None, device: str,
+                     dtype: str | None) -> ValueFunction:
+    # Imported here: torch/transformers cost seconds and `py:` specs need neither.
+    from .checkpoint import CheckpointValue
+
+    return CheckpointValue.load(path, name=name or spec, device=device, dtype=dtype)
