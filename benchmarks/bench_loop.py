@@ -41,7 +41,7 @@ async def run(args) -> dict:
     value = CheckpointValue(model, tok, "bench")
     results = {}
     with LocalUpstream() as up:
-        client = UpstreamClient(up.base_url, up.model)
+        client = UpstreamClient(up.base_url, up.model, use_cache=False)
         engine = Engine(client, {"bench": value}, eos_texts=tpl.stop_strings)
         for label, prompts in [("short prompts", SHORT),
                                ("~256-token context", [CONTEXT + q for q in SHORT[:2]])]:

@@ -81,7 +81,7 @@ def main() -> None:
     tpl = from_gguf(str(smollm2_gguf()))
     out = {}
     with LocalUpstream() as up:
-        engine = Engine(UpstreamClient(up.base_url, up.model),
+        engine = Engine(UpstreamClient(up.base_url, up.model, use_cache=False),
                         {"positivity": load_value(HEURISTIC_VALUE, name="positivity")},
                         defaults=Guidance(beta=0.0), eos_texts=tpl.stop_strings)
         app = create_app(Runtime(engine, tpl, up.model, up.base_url))

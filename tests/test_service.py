@@ -225,3 +225,42 @@ def test_16_concurrent_streams_all_make_progress(service):
     firsts, dones = [f for f, _ in res], [d for _, d in res]
     assert all(f is not None for f in firsts)
     assert max(firsts) < min(dones)
+
+
+def test_serve_command_end_to_end(upstream):
+    """`vas-proxy serve` as users run it: answers the stock SDK, stops cleanly on Ctrl-C."""
+    import os
+    import signal
+
+    from vas_proxy.upstream.local import free_port
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vas_proxy", "serve", "--upstream", upstream.base_url,
+         "--chat-template", "chatml", "--value", "h=py:valuefns:char_hash", "--port", str(port),
+         "--api-key", "k", "--log-level", "info"],
+        stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.2)
+        sdk = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k", max_retries=0)
+        model = sdk.models.list().data[0].id
+        assert model == upstream.model  # asked from the upstream when --model is not given
+        r = sdk.chat.completions.create(model=model, max_tokens=4, seed=1,
+                                        messages=[{"role": "user", "content": "Hi"}])
+        assert r.usage.completion_tokens >= 1
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode in (0, 130), err  # uvicorn re-raises the SIGINT after shutting down
+    assert "Application shutdown complete" in err
+    assert "upstream_calls=" in err  # the per-request summary line
+    assert "Traceback" not in err

@@ -94,6 +94,8 @@ class Usage:
     upstream_completion_tokens: int = 0
     cache_hits: int = 0
     rejected_draft_tokens: int = 0
+    draft_trials: int = 0  # drafts put to the acceptance test
+    drafts_accepted: int = 0
     upstream_seconds: float = 0.0
     scoring_seconds: float = 0.0
 
@@ -341,6 +343,8 @@ class Engine:
                         trials += 1
                         accepted_n += accepted
                         kept += accepted
+                        usage.draft_trials += 1
+                        usage.drafts_accepted += accepted
                     ev, ended = self._emit(cands, lps, values, q, i, g, resp,
                                            last=step + 1 == req.max_tokens)
                     usage.completion_tokens += 1

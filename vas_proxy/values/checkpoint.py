@@ -23,6 +23,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import os
 import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -349,11 +350,13 @@ def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
 
 
 def load_value_model(path: str | Path, device: str = "cpu",
-                     dtype: str | torch.dtype | None = None, *, merge_lora: bool = True):
+                     dtype: str | torch.dtype | None = None, *, merge_lora: bool = True,
+                     pool: BackbonePool | None = None):
     """Load a checkpoint: returns (ValueModel in eval mode, tokenizer, config dict).
 
     The backbone is built in float32, the LoRA adapter applied (and merged, for inference speed,
     unless merge_lora=False, e.g. to resume training), then cast to `dtype` (default float32).
+    With a `pool`, value models on the same backbone share one copy of it (see `BackbonePool`).
     """
     root = Path(path)
     config = read_checkpoint_config(root)
@@ -362,10 +365,13 @@ def load_value_model(path: str | Path, device: str = "cpu",
     source = config["backbone"]["source"]
     base_dir = config["backbone"].get("dir")
     try:
-        base = load_backbone(root / base_dir if base_dir else source, torch.float32)
-        if config.get("lora"):
-            base = _apply_adapter(base, root / config["lora"].get("adapter_dir", ADAPTER_DIR),
-                                  merge_lora)
+        if pool is not None:
+            base = pool.attach(root, config, device, torch_dtype)
+        else:
+            base = load_backbone(root / base_dir if base_dir else source, torch.float32)
+            if config.get("lora"):
+                base = _apply_adapter(base, root / config["lora"].get("adapter_dir", ADAPTER_DIR),
+                                      merge_lora)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise CheckpointError(f"{root}: cannot load the backbone ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
@@ -376,9 +382,105 @@ def load_value_model(path: str | Path, device: str = "cpu",
     with torch.no_grad():
         model.head.weight.copy_(head["weight"])
         model.head.bias.copy_(head["bias"])
-    model.backbone.to(torch_dtype)
+    if pool is None:  # a pooled backbone is already in its dtype and on its device
+        model.backbone.to(torch_dtype)
     model.to(device)
     return model.eval(), _load_tokenizer(root, config), config
+
+
+def backbone_identity(root: Path, config: dict[str, Any]) -> str:
+    """What a checkpoint's backbone is built from: its source ("smollm2", a model directory),
+    or its own saved backbone directory (never shared with another checkpoint's)."""
+    base_dir = config["backbone"].get("dir")
+    return str((Path(root) / base_dir).resolve()) if base_dir else str(config["backbone"]["source"])
+
+
+class BackbonePool:
+    """One copy of each backbone for all the value models loaded through the pool.
+
+    Several value models (multi-objective guidance, `--value a=... --value b=...`) trained on
+    the same backbone would otherwise each hold a full copy (~0.5 GB for SmolLM2 in float32).
+    Backbones are keyed by (source, device, dtype); a checkpoint that saved its own backbone
+    (full fine-tune, random init) is keyed by that directory, so it is never shared by mistake.
+    A LoRA checkpoint becomes a named peft adapter on the shared base, left unmerged (merging
+    would change the weights the other value models read); each forward selects its adapter
+    (or disables them all, for a head-only model) under the backbone's lock. Unmerged LoRA
+    costs extra time per forward, so a model alone on its backbone is better loaded without a
+    pool (merged): `runtime.load_values` pools only backbones that two or more models use.
+    """
+
+    def __init__(self):
+        self._shared: dict[tuple[str, str, torch.dtype], _SharedBackbone] = {}
+
+    def __len__(self) -> int:
+        return len(self._shared)
+
+    def attach(self, root: Path, config: dict[str, Any], device: str,
+               dtype: torch.dtype) -> "_AdapterView":
+        source = backbone_identity(root, config)
+        key = (source, str(torch.device(device)), dtype)
+        shared = self._shared.get(key)
+        if shared is None:
+            base = load_backbone(source, torch.float32).to(dtype).to(device).eval()
+            shared = self._shared[key] = _SharedBackbone(base)
+        adapter = None
+        if config.get("lora"):
+            adapter = shared.add_adapter(root / config["lora"].get("adapter_dir", ADAPTER_DIR),
+                                         device)
+        return _AdapterView(shared, adapter)
+
+
+class _SharedBackbone:
+    def __init__(self, base: nn.Module):
+        self.base = base
+        self.peft = None  # the PeftModel over `base`, once a LoRA checkpoint is attached
+        self.lock = threading.RLock()
+        self._count = 0
+
+    def add_adapter(self, adapter_dir: Path, device: str) -> str:
+        from peft import PeftModel
+
+        with self.lock:
+            name = f"value{self._count}"
+            self._count += 1
+            if self.peft is None:
+                self.peft = PeftModel.from_pretrained(self.base, str(adapter_dir),
+                                                      adapter_name=name, is_trainable=False)
+            else:
+                self.peft.load_adapter(str(adapter_dir), adapter_name=name, is_trainable=False)
+            self.peft.to(device).eval()
+            return name
+
+
+class _AdapterView(nn.Module):
+    """A shared backbone seen through one adapter (None: the plain base, adapters disabled)."""
+
+    def __init__(self, shared: _SharedBackbone, adapter: str | None):
+        super().__init__()
+        self.shared = shared
+        self.adapter = adapter
+        # Registered as a submodule so parameters(), .to() and .eval() reach the shared weights.
+        self.inner = shared.base
+
+    def get_base_model(self) -> nn.Module:
+        return self.shared.base
+
+    @property
+    def peft_config(self) -> dict:
+        if self.adapter is None:
+            return {}
+        return {"default": self.shared.peft.peft_config[self.adapter]}
+
+    def forward(self, **kwargs):
+        peft = self.shared.peft
+        with self.shared.lock:
+            if peft is None:
+                return self.shared.base(**kwargs)
+            if self.adapter is None:
+                with peft.disable_adapter():
+                    return peft(**kwargs)
+            peft.set_adapter(self.adapter)
+            return peft(**kwargs)
 
 
 def _read_head(root: Path, config: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -460,11 +562,14 @@ class CheckpointValue:
         self._lock = threading.Lock()
         pad = tokenizer.pad_token_id
         self._pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
+        if self.model.device.type == "cpu":
+            configure_cpu_threads()
 
     @classmethod
     def load(cls, path: str | Path, *, name: str | None = None, device: str = "cpu",
-             dtype: str | torch.dtype | None = None, use_cache: bool = True) -> CheckpointValue:
-        model, tokenizer, config = load_value_model(path, device=device, dtype=dtype)
+             dtype: str | torch.dtype | None = None, use_cache: bool = True,
+             pool: BackbonePool | None = None) -> CheckpointValue:
+        model, tokenizer, config = load_value_model(path, device=device, dtype=dtype, pool=pool)
         value = cls(model, tokenizer, name or str(path), use_cache=use_cache)
         value.config = config
         return value
@@ -551,6 +656,25 @@ def _full_attention_only(config) -> bool:
     layer_types = getattr(config, "layer_types", None) or []
     return getattr(config, "sliding_window", None) is None and \
         all(t == "full_attention" for t in layer_types)
+
+
+_THREADS_SET = False
+
+
+def configure_cpu_threads() -> None:
+    """Give torch half the cores (or $VAS_PROXY_TORCH_THREADS), once per process.
+
+    The value model shares the CPU with the upstream (the embedded llama.cpp server, the event
+    loop): with every core claimed, OpenMP's spinning workers starve each other and a scoring
+    step took 2.8 s instead of 0.19 s on 2 cores (measured with 2 vs 1 torch threads)."""
+    global _THREADS_SET
+    if _THREADS_SET:
+        return
+    _THREADS_SET = True
+    want = os.environ.get("VAS_PROXY_TORCH_THREADS")
+    n = int(want) if want else max(1, (os.cpu_count() or 2) // 2)
+    if n < torch.get_num_threads() or want:
+        torch.set_num_threads(n)
 
 
 def _common_prefix_len(seqs: list[list[int]]) -> int:
