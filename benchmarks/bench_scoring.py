@@ -44,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="timed decode steps per prefix length")
     p.add_argument("--prefixes", type=int, nargs="+", default=[64, 256, 1024])
     p.add_argument("--k", type=int, default=20, help="candidates per step (<= 20)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: the library's, see configure_cpu_threads)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     return p.parse_args(argv)
 
@@ -94,16 +95,16 @@ def summary(times: list[float]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     candidates = CANDIDATES[:args.k]
-    if args.threads:
-        torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     model, tokenizer = build_value_model("smollm2", lora_r=0, dtype=args.dtype)
     model.to(args.device).eval()
-    print(f"loaded SmolLM2 backbone in {time.perf_counter() - t0:.1f} s "
-          f"({dtype_name(model.backbone_dtype)}, {args.device}, {torch.get_num_threads()} threads)")
     reuse = CheckpointValue(model, tokenizer, "reuse", use_cache=True)
     full = CheckpointValue(model, tokenizer, "full", use_cache=False)
+    if args.threads:  # after CheckpointValue, which applies the library's thread default
+        torch.set_num_threads(args.threads)
+    print(f"loaded SmolLM2 backbone in {time.perf_counter() - t0:.1f} s "
+          f"({dtype_name(model.backbone_dtype)}, {args.device}, {torch.get_num_threads()} threads)")
 
     warm_up(tokenizer, reuse, full, candidates, args.device)
     rows = []

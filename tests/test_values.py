@@ -173,6 +173,20 @@ def test_cache_reuse_does_not_mutate_stored_prefix(tiny):
                for (k0, v0), (k1, v1) in zip(before, after))
 
 
+def test_concurrent_callers_get_their_own_values(tiny):
+    """The engine scores from worker threads; interleaved streams must not mix caches."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    value = CheckpointValue(*tiny)
+    full = _reference(value)
+    jobs = [(prompt, response) for response in STATES[:5]
+            for prompt in (PROMPT, "Write a poem.", "Q: 2+2?\nA:")]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda job: value.score(*job, CANDIDATES), jobs))
+    for job, scores in zip(jobs, got):
+        assert scores == pytest.approx(full.score(*job, CANDIDATES), abs=ATOL)
+
+
 def test_save_load_round_trip_full(tiny, saved):
     original = CheckpointValue(*tiny)
     loaded = load_value(str(saved), name="tiny")

@@ -43,13 +43,21 @@ def _guidance_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--timeout", type=float, default=60.0, help="seconds per upstream call")
 
 
+def _reward_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reward", action="append", metavar="NAME=SPEC",
+                   help="reward that requests may name for the Best-of-N baseline (vas.best_of, "
+                        "vas.reward): vader, concise, plain, py:module:function or hf:PATH; "
+                        "repeatable")
+
+
 def _options(a: argparse.Namespace, api_key: str | None):
-    from .runtime import Options, parse_value_specs
+    from .runtime import Options, parse_reward_specs, parse_value_specs
 
     guidance = Guidance(beta=a.beta, top_k=a.top_k, speculate=a.speculate)
     guidance.validate()
     return Options(upstream=a.upstream, model=a.model, api_key=api_key, provider=a.provider,
                    values=parse_value_specs(a.value), guidance=guidance,
+                   rewards=parse_reward_specs(getattr(a, "reward", None)),
                    chat_template=a.chat_template, device=a.device, dtype=a.dtype,
                    timeout=a.timeout, cache_dir=a.cache_dir, use_cache=not a.no_cache,
                    verbose=not getattr(a, "quiet", False))
@@ -130,11 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--upstream-api-key", help="the upstream's key (or VAS_UPSTREAM_API_KEY)")
     srv.add_argument("--log-level", default="info",
                      choices=["debug", "info", "warning", "error"])
+    _reward_args(srv)
     srv.set_defaults(func=_serve)
 
     # Subcommands owned by other modules register here (each adds its own parser).
     from .train.command import register as _register_train
     _register_train(sub)
+    from .eval.command import register as _register_eval
+    _register_eval(sub)
+    from .demo import register as _register_demo
+    _register_demo(sub)
     return p
 
 

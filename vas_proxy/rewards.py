@@ -6,6 +6,9 @@ A reward scores finished responses: `reward(prompts, responses) -> list[float]`,
 - `vader`: VADER compound sentiment of the response (-1..1), offline lexicon; the prompt is
   ignored so a cheerful question does not lift every answer to it.
 - `concise`: `-len(words) / 100`, a cheap offline stand-in for "shorter is better".
+- `plain`: plain language, `-(mean syllables per word)` of the response (-1 is best: only
+  one-syllable words); offline, a vowel-group syllable count (no dictionary download). A
+  response without a word scores -3, so silence is never "plain".
 - `py:module:function`: any `f(prompts, responses) -> list[float]`.
 - `hf:PATH`: a transformers sequence classifier saved on disk, run in batches on `device`.
   The score is the softmax probability (0..1) of the positive label: the label named
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -29,7 +33,7 @@ from typing import Protocol, runtime_checkable
 
 from .errors import ConfigError, VasError
 
-FORMS = "use vader, concise, py:module:function or hf:PATH"
+FORMS = "use vader, concise, plain, py:module:function or hf:PATH"
 
 
 class RewardSpecError(ConfigError):
@@ -137,6 +141,35 @@ class ConciseReward(BatchReward):
         return [-len(r.split()) / 100.0 for r in responses]
 
 
+_WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
+_VOWELS = re.compile(r"[aeiouy]+")
+NO_WORDS_SCORE = -3.0
+
+
+def syllables(word: str) -> int:
+    """Vowel-group syllable estimate (no dictionary: textstat's needs a download, DESIGN §4):
+    groups of a, e, i, o, u, y, less a silent final "e" ("make", not "table"), at least 1."""
+    w = word.lower()
+    n = len(_VOWELS.findall(w))
+    if n > 1 and w.endswith("e") and not w.endswith(("le", "ee", "ye")):
+        n -= 1
+    return max(n, 1)
+
+
+class PlainReward(BatchReward):
+    """Plain language: -(mean syllables per word). Pulls away from the enthusiastic,
+    polysyllabic vocabulary ("wonderful", "absolutely") that positivity guidance favours."""
+
+    name = "plain"
+
+    def score(self, prompts, responses):
+        out = []
+        for r in responses:
+            words = _WORD.findall(r)
+            out.append(-sum(map(syllables, words)) / len(words) if words else NO_WORDS_SCORE)
+        return out
+
+
 class CallableReward(BatchReward):
     """A user function `f(prompts, responses) -> list[float]` named by a py: spec."""
 
@@ -197,7 +230,8 @@ def positive_label(config) -> int:
     return max(labels) if labels else int(getattr(config, "num_labels", 1)) - 1
 
 
-BUILTINS: dict[str, type[BatchReward]] = {"vader": VaderReward, "concise": ConciseReward}
+BUILTINS: dict[str, type[BatchReward]] = {"vader": VaderReward, "concise": ConciseReward,
+                                           "plain": PlainReward}
 
 
 def load_reward(spec: str, *, device: str = "cpu") -> BatchReward:

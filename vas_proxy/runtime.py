@@ -5,7 +5,8 @@ models, the chat template and the end-of-turn markers. Shared by `generate`, `se
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from . import progress
@@ -15,7 +16,8 @@ from .errors import ConfigError
 from .templates import ChatTemplate, from_gguf, load_template
 from .upstream.client import UpstreamClient
 from .upstream.local import LocalUpstream
-from .values import ValueFunction, load_value
+from .values import ValueFunction
+from .values.loader import backbone_of, load_value
 
 HEURISTIC_VALUE = "py:vas_proxy.values.heuristics:positivity"
 
@@ -42,6 +44,34 @@ def parse_value_specs(items: Sequence[str] | None) -> dict[str, str]:
     return out
 
 
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def parse_reward_specs(items: Sequence[str] | None) -> dict[str, str]:
+    """`NAME=SPEC` or bare `SPEC` items → {name: spec} (a bare spec is its own name: `vader`).
+
+    A `=` only names when what precedes it is a plain name, so `hf:dir?pair=1` stays a spec.
+    """
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, spec = item.partition("=")
+        if not (sep and _NAME.fullmatch(name)):
+            name, spec = item, item
+        if not spec:
+            raise ConfigError(f"--reward expects NAME=SPEC or SPEC, got {item!r}")
+        if name in out:
+            raise ConfigError(f"reward name {name!r} given twice")
+        out[name] = spec
+    return out
+
+
+def load_rewards(specs: Mapping[str, str], *, device: str = "cpu") -> dict:
+    """{name: spec} → {name: Reward}; the operator's rewards (never a request's: DESIGN §5)."""
+    from .rewards import load_reward
+
+    return {name: load_reward(spec, device=device) for name, spec in specs.items()}
+
+
 @dataclass
 class Options:
     upstream: str | None = None
@@ -49,6 +79,7 @@ class Options:
     api_key: str | None = None
     provider: str = "llamacpp"
     values: dict[str, str] = field(default_factory=default_value_specs)
+    rewards: dict[str, str] = field(default_factory=dict)  # for vas.best_of: {name: SPEC}
     guidance: Guidance = field(default_factory=Guidance)
     chat_template: str | None = None  # None: the GGUF's own for the embedded upstream, else raw
     device: str = "cpu"
@@ -65,6 +96,7 @@ class Runtime:
     template: ChatTemplate | None
     model: str
     base_url: str
+    rewards: dict = field(default_factory=dict)  # {name: Reward} that vas.best_of may name
 
     def render_prompt(self, prompt: str, raw: bool = False) -> str:
         if raw or self.template is None:
@@ -82,13 +114,32 @@ class Runtime:
         return self.template.render(messages)
 
 
-def load_values(specs: dict[str, str], *, device: str = "cpu", dtype: str | None = None,
-                verbose: bool = True) -> dict[str, ValueFunction]:
+def load_values(specs: Mapping[str, str | ValueFunction], *, device: str = "cpu",
+                dtype: str | None = None, verbose: bool = True) -> dict[str, ValueFunction]:
+    """Load the value models. Checkpoints on the same backbone share one copy of it in memory
+    (each keeps its own LoRA adapter and head); one alone on its backbone gets it merged, the
+    faster path."""
+    from collections import Counter
+
+    backbones = {name: backbone_of(spec) for name, spec in specs.items()
+                 if isinstance(spec, str)}
+    uses = Counter(b for b in backbones.values() if b is not None)
+    pool = None
+    if any(n > 1 for n in uses.values()):
+        from .values.checkpoint import BackbonePool
+
+        pool = BackbonePool()
     out = {}
     for name, spec in specs.items():
-        with progress.step(f"loading value model {name} ({spec})",
+        if not isinstance(spec, str):  # already a loaded ValueFunction
+            out[name] = spec
+            continue
+        shared = uses.get(backbones[name], 0) > 1
+        with progress.step(f"loading value model {name} ({spec})"
+                           + (" on a shared backbone" if shared else ""),
                            enabled=verbose and not spec.startswith("py:")):
-            out[name] = load_value(spec, name=name, device=device, dtype=dtype)
+            out[name] = load_value(spec, name=name, device=device, dtype=dtype,
+                                   pool=pool if shared else None)
     return out
 
 
@@ -106,6 +157,7 @@ async def open_runtime(opts: Options) -> AsyncIterator[Runtime]:
             template = template or from_gguf(str(smollm2_gguf()))
         values = load_values(opts.values, device=opts.device, dtype=opts.dtype,
                              verbose=opts.verbose)
+        rewards = load_rewards(opts.rewards, device=opts.device)
         client = UpstreamClient(base_url, model or "default", api_key=opts.api_key,
                                 profile=opts.provider, timeout=opts.timeout,
                                 cache_dir=opts.cache_dir, use_cache=opts.use_cache)
@@ -117,6 +169,6 @@ async def open_runtime(opts: Options) -> AsyncIterator[Runtime]:
                 client.model = model = models[0]
             eos = template.stop_strings if template else []
             engine = Engine(client, values, defaults=opts.guidance, eos_texts=eos)
-            yield Runtime(engine, template, model, base_url)
+            yield Runtime(engine, template, model, base_url, rewards)
         finally:
             await client.aclose()

@@ -5,25 +5,26 @@ transport that answers through the very app `vas-proxy serve` runs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
 import httpx2 as httpx
 
 from .engine import Engine, Guidance
-from .runtime import Runtime, default_value_specs
+from .runtime import Runtime, default_value_specs, load_rewards, load_values
 from .service.app import create_app
 from .service.transport import AsyncAppTransport, SyncAppTransport
 from .templates import ChatTemplate, load_template
 from .upstream.client import UpstreamClient
-from .values import ValueFunction, load_value
+from .values import ValueFunction
 
 
 def wrap(client, values: Mapping[str, str | ValueFunction] | None = None, beta: float = 1.0,
          top_k: int = 20, speculate: int = 0, cache_dir: str | None = None, *,
          use_cache: bool = True,
          provider: str = "llamacpp", chat_template: str | ChatTemplate | None = None,
-         device: str = "cpu", dtype: str | None = None):
+         device: str = "cpu", dtype: str | None = None,
+         rewards: Mapping[str, str | Callable] | None = None):
     """Return a guided copy of `client` (`openai.OpenAI` or `openai.AsyncOpenAI`).
 
     The copy sends to the same upstream (its base_url and api_key) but every
@@ -31,15 +32,19 @@ def wrap(client, values: Mapping[str, str | ValueFunction] | None = None, beta: 
     {"vas": {...}}` overrides beta, top_k, weights, speculate, trace. `values` maps names to
     value SPECs (or loaded value functions); default: the bundled demo value model. Chat needs
     `chat_template` (a spec for `templates.load_template` or a ChatTemplate) because the
-    upstream is continued through /v1/completions.
+    upstream is continued through /v1/completions. `rewards` maps names to reward SPECs (or
+    callables `f(prompts, responses) -> list[float]`) that `extra_body={"vas": {"best_of": N,
+    "reward": NAME}}` may name for the Best-of-N baseline; value models on one backbone share it.
     """
     import openai
 
     if not isinstance(client, (openai.OpenAI, openai.AsyncOpenAI)):
         raise TypeError(f"wrap expects openai.OpenAI or openai.AsyncOpenAI, got {type(client)!r}")
     specs = dict(values) if values is not None else default_value_specs()
-    loaded = {name: v if isinstance(v, ValueFunction) else
-              load_value(v, name=name, device=device, dtype=dtype) for name, v in specs.items()}
+    loaded = load_values(specs, device=device, dtype=dtype, verbose=False)
+    reward_fns = load_rewards({k: v for k, v in (rewards or {}).items() if isinstance(v, str)},
+                              device=device)
+    reward_fns.update({k: v for k, v in (rewards or {}).items() if not isinstance(v, str)})
     template = load_template(chat_template) if isinstance(chat_template, str) else chat_template
     base_url = str(client.base_url).rstrip("/")
     upstream = UpstreamClient(base_url, "", api_key=client.api_key or None, profile=provider,
@@ -48,7 +53,8 @@ def wrap(client, values: Mapping[str, str | ValueFunction] | None = None, beta: 
     engine = Engine(upstream, loaded, defaults=Guidance(beta=beta, top_k=top_k,
                                                         speculate=speculate),
                     eos_texts=template.stop_strings if template else [])
-    app = create_app(Runtime(engine, template, model="", base_url=base_url),
+    app = create_app(Runtime(engine, template, model="", base_url=base_url,
+                             rewards={k: reward_fns[k] for k in (rewards or {})}),
                      passthrough_models=True)
     prefix = urlsplit(base_url).path
     if isinstance(client, openai.AsyncOpenAI):

@@ -5,6 +5,9 @@ Errors always use the OpenAI envelope {"error": {"message", "type", "param", "co
 stream they are sent as a `data: {"error": ...}` event (which the openai SDK raises), never as a
 silent truncation. A client that disconnects cancels its generation tasks: no further upstream
 calls are made for it.
+
+`vas: {"best_of": N, "reward": NAME}` answers with the Best-of-N baseline instead (`bestofn`):
+NAME is one of the rewards the operator loaded at start, never a spec from the request.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -24,6 +28,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from ..bestofn import BestOfN, best_of_n, check_best_of
 from ..engine import Generation, GenerationRequest, Outcome, TokenEvent, Usage
 from ..errors import ConfigError, VasError
 from ..runtime import Runtime
@@ -62,6 +67,7 @@ def create_app(runtime: Runtime, *, api_key: str | None = None,
     otherwise only the served model is accepted (404 for others, as OpenAI does)."""
     app = FastAPI(title="vas-proxy", version=__version__, docs_url=None, redoc_url=None)
     engine = runtime.engine
+    rewards = dict(runtime.rewards or {})
 
     # ---- errors -------------------------------------------------------------------------
     @app.exception_handler(RequestValidationError)
@@ -121,22 +127,78 @@ def create_app(runtime: Runtime, *, api_key: str | None = None,
             raise _UnknownModel(name, [runtime.model])
         return None
 
-    def requests_for(body, prompt: str, max_tokens: int) -> list[GenerationRequest]:
+    def requests_for(body, prompt: str, max_tokens: int, reward_prompt: str) -> list:
+        """One job per choice: a GenerationRequest for the engine, or a `_BestOf` job."""
         guidance = engine.resolve(body.vas)
         model = upstream_model(body.model)
         for name in body.unknown_fields():
             log.debug("ignoring unknown request field %r", name)
-        return [GenerationRequest(prompt=prompt, max_tokens=max_tokens,
+        reqs = [GenerationRequest(prompt=prompt, max_tokens=max_tokens,
                                   temperature=body.temperature, top_p=body.top_p, stop=body.stop,
                                   seed=None if body.seed is None else body.seed + i,
                                   guidance=guidance, model=model)
                 for i in range(body.n)]
+        best = best_of_request(body, guidance)
+        if best is None:
+            return reqs
+        return [_BestOf(req, *best, reward_prompt) for req in reqs]
+
+    def best_of_request(body, guidance) -> tuple[int, str] | None:
+        """(N, reward name) when the body asks for Best-of-N, validated; else None."""
+        vas = body.vas or {}
+        if "best_of" not in vas:
+            if "reward" in vas:
+                raise ConfigError("vas.reward is only used with vas.best_of", param="vas.reward")
+            return None
+        n = check_best_of(vas["best_of"])
+        loaded = ", ".join(sorted(rewards)) or "none"
+        name = vas.get("reward")
+        if name is None:
+            if len(rewards) != 1:
+                raise ConfigError(
+                    "vas.best_of needs vas.reward naming one of the rewards the server loaded; "
+                    f"loaded: {loaded}" + ("" if rewards else
+                                           " (start it with --reward NAME=SPEC)"),
+                    param="vas.reward")
+            name = next(iter(rewards))
+        if not isinstance(name, str) or name not in rewards:
+            # Never load what a request names: a py: spec would run the client's code (DESIGN §5).
+            raise ConfigError(f"unknown reward {_clip(repr(name))} in vas.reward; loaded: "
+                              f"{loaded} (a request can only name a reward the server loaded)",
+                              param="vas.reward")
+        if guidance.trace or getattr(body, "logprobs", None):
+            raise ConfigError("vas.trace and logprobs describe guided sampling; they are not "
+                              "available with vas.best_of", param="vas.best_of")
+        return n, name
+
+    async def generate(job) -> Generation:
+        if isinstance(job, _BestOf):
+            return job.generation(await run_best_of(job))
+        return await engine.generate(job)
+
+    async def stream(job, outcome: Outcome) -> AsyncIterator[TokenEvent]:
+        if isinstance(job, _BestOf):  # all N must finish first: the answer comes as one chunk
+            res = await run_best_of(job)
+            outcome.usage, outcome.finish_reason = res.usage, res.finish_reason
+            yield TokenEvent(res.text, res.text.encode(), 0.0)
+            return
+        async for ev in engine.stream(job, outcome):
+            yield ev
+
+    async def run_best_of(job: "_BestOf") -> BestOfN:
+        req = job.request
+        stop = list(dict.fromkeys([*(req.stop or []), *sorted(engine.eos_texts)]))
+        return await best_of_n(engine.upstream, req.prompt, n=job.n,
+                               reward=rewards[job.reward], reward_prompt=job.reward_prompt,
+                               max_tokens=req.max_tokens, stop=stop,
+                               temperature=req.temperature, top_p=req.top_p, seed=req.seed,
+                               model=req.model)
 
     # ---- endpoints ----------------------------------------------------------------------
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": runtime.model, "upstream": runtime.base_url,
-                "values": sorted(engine.values)}
+                "values": sorted(engine.values), "rewards": sorted(rewards)}
 
     @app.get("/v1/models")
     async def models(request: Request):
@@ -148,7 +210,7 @@ def create_app(runtime: Runtime, *, api_key: str | None = None,
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         check_auth(request)
-        reqs = requests_for(body, body.prompt, body.max_tokens)
+        reqs = requests_for(body, body.prompt, body.max_tokens, body.prompt)
         fmt = _CompletionFormat(body)
         return await _respond(request, body, reqs, fmt)
 
@@ -157,7 +219,9 @@ def create_app(runtime: Runtime, *, api_key: str | None = None,
         check_auth(request)
         msgs = [{"role": m.role, "content": m.text()} for m in body.messages]
         prompt = runtime.render_messages(msgs)
-        reqs = requests_for(body, prompt, body.token_limit(DEFAULT_CHAT_MAX_TOKENS))
+        users = [m["content"] for m in msgs if m["role"] == "user"]
+        reqs = requests_for(body, prompt, body.token_limit(DEFAULT_CHAT_MAX_TOKENS),
+                            users[-1] if users else msgs[-1]["content"])
         fmt = _ChatFormat(body)
         return await _respond(request, body, reqs, fmt)
 
@@ -167,7 +231,7 @@ def create_app(runtime: Runtime, *, api_key: str | None = None,
             return StreamingResponse(_sse(request, body, reqs, fmt, t0),
                                      media_type="text/event-stream",
                                      headers={"cache-control": "no-cache"})
-        gens = await asyncio.gather(*(engine.generate(r) for r in reqs))
+        gens = await asyncio.gather(*(generate(r) for r in reqs))
         usage = _total_usage([g.usage for g in gens])
         _log_summary(request, body, usage, t0)
         return fmt.full(gens, usage)
@@ -178,7 +242,7 @@ def create_app(runtime: Runtime, *, api_key: str | None = None,
 
         async def run(i: int):
             try:
-                async for ev in engine.stream(reqs[i], outcomes[i]):
+                async for ev in stream(reqs[i], outcomes[i]):
                     await queue.put((i, ev))
                 await queue.put((i, None))
             except Exception as e:  # delivered to the client as an error event
@@ -216,6 +280,32 @@ def create_app(runtime: Runtime, *, api_key: str | None = None,
                 t.cancel()
 
     return app
+
+
+class _BestOf:
+    """A choice answered by Best-of-N: the request's prompt, limits and seed, plus N and the
+    name of the operator's reward that picks the winner."""
+
+    def __init__(self, request: GenerationRequest, n: int, reward: str, reward_prompt: str):
+        self.request, self.n, self.reward, self.reward_prompt = request, n, reward, reward_prompt
+
+    def generation(self, res: BestOfN) -> "_BestOfGeneration":
+        return _BestOfGeneration(res.text, res.finish_reason,
+                                 [TokenEvent(res.text, res.text.encode(), 0.0)], res.usage,
+                                 best_of={"n": self.n, "reward": self.reward,
+                                          "scores": res.scores, "chosen": res.index})
+
+
+@dataclass
+class _BestOfGeneration(Generation):
+    """A Best-of-N answer: non-streamed choices report it as `vas_best_of` (every sample's
+    score and which one won)."""
+
+    best_of: dict = field(default_factory=dict)
+
+
+def _clip(text: str, n: int = 60) -> str:
+    return text if len(text) <= n else text[:n - 1] + "…"
 
 
 def _data(obj: dict) -> str:
@@ -276,6 +366,8 @@ class _Format:
             c = self.full_choice(i, g)
             if any(t.trace is not None for t in g.tokens):
                 c["vas_trace"] = g.trace
+            if isinstance(g, _BestOfGeneration):
+                c["vas_best_of"] = g.best_of
             choices.append(c)
         return self.envelope(self.object_full, choices, usage)
 

@@ -73,9 +73,12 @@ def check_config(cfg: TrainConfig) -> None:
     for ok, message in rules:
         if not ok:
             raise ConfigError(message)
+    if cfg.backbone not in ("smollm2", "tiny") and not Path(cfg.backbone).expanduser().is_dir():
+        raise ConfigError(f"--backbone {cfg.backbone!r}: use smollm2, tiny or a transformers "
+                          "model directory")
 
 
-def prepare_out_dir(path: str) -> Path:
+def prepare_out_dir(path: str, flag: str = "--out") -> Path:
     """Create the run directory and prove it is writable, before any slow work."""
     from ..errors import ConfigError
 
@@ -87,7 +90,7 @@ def prepare_out_dir(path: str) -> Path:
         probe.unlink()
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise ConfigError(f"cannot write to --out {out}: {reason}") from None
+        raise ConfigError(f"cannot write to {flag} {out}: {reason}") from None
     return out
 
 
@@ -105,72 +108,108 @@ def _note(message: str, cfg: TrainConfig) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+class LazyUpstream:
+    """The upstream client, started on the first request: a resumed run whose samples are all
+    stored never starts the embedded server (or calls a remote one).
+
+    Only `model` and `complete` are used by the samplers; `model` must be known up front: the
+    embedded server's alias, --model, or (remote upstream without --model) asked for at once.
+    """
+
+    def __init__(self, cfg: TrainConfig, api_key: str | None, stack: contextlib.AsyncExitStack):
+        from ..upstream.local import LOCAL_MODEL_NAME
+
+        self.cfg, self.api_key, self.stack = cfg, api_key, stack
+        self.model = cfg.model or (LOCAL_MODEL_NAME if cfg.upstream is None else None)
+        self._client = None
+
+    async def client(self):
+        # No await between the check and the assignment: concurrent first calls start one.
+        if self._client is None:
+            from .. import progress
+            from ..upstream.client import UpstreamClient
+            from ..upstream.local import LocalUpstream
+
+            base_url = self.cfg.upstream
+            if base_url is None:
+                local = LocalUpstream(model_alias=self.model)
+                with progress.step("starting the embedded SmolLM2 upstream",
+                                   enabled=not self.cfg.quiet):
+                    self.stack.enter_context(local)
+                base_url = local.base_url
+            # Our JSONL files are the record of what was sampled: no response cache needed.
+            client = UpstreamClient(base_url, self.model or "default", api_key=self.api_key,
+                                    profile=self.cfg.provider, timeout=self.cfg.timeout,
+                                    use_cache=False)
+            self.stack.push_async_callback(client.aclose)
+            self._client = client
+        return self._client
+
+    async def resolve_model(self) -> None:
+        from ..errors import ConfigError
+
+        if self.model is None:
+            models = await (await self.client()).models()
+            if not models:
+                raise ConfigError(f"upstream {self.cfg.upstream} lists no model; pass --model")
+            self.model = self._client.model = models[0]
+
+    async def complete(self, *args, **kwargs):
+        return await (await self.client()).complete(*args, **kwargs)
+
+
 async def collect(cfg: TrainConfig, out: Path, items: list[dict], api_key: str | None):
     """Phase 1: rollouts for every prompt and half-completions of the held-out ones."""
-    from .. import progress
     from ..assets import smollm2_gguf
-    from ..errors import ConfigError
     from ..templates import from_gguf, load_template
-    from ..upstream.client import UpstreamClient
-    from ..upstream.local import LocalUpstream
     from .prompts import render_prompts
     from .rollouts import (ROLLOUTS_FILE, VALIDATION_FILE, HalfCompletions, JsonlStore, Rollout,
                            sample_half_completions, sample_rollouts)
 
-    with contextlib.ExitStack() as stack:
-        base_url, model = cfg.upstream, cfg.model
-        template = load_template(cfg.chat_template) if cfg.chat_template else None
-        if base_url is None:
-            local = LocalUpstream()
-            with progress.step("starting the embedded SmolLM2 upstream", enabled=not cfg.quiet):
-                stack.enter_context(local)
-            base_url, model = local.base_url, model or local.model
-            template = template or from_gguf(str(smollm2_gguf()))
-        prompts = render_prompts(items, template)
-        # Our JSONL files are the record of what was sampled: no response cache needed.
-        client = UpstreamClient(base_url, model or "default", api_key=api_key,
-                                profile=cfg.provider, timeout=cfg.timeout, use_cache=False)
-        try:
-            if model is None:
-                models = await client.models()
-                if not models:
-                    raise ConfigError(f"upstream {base_url} lists no model; pass --model")
-                client.model = models[0]
-            stop = template.stop_strings if template else []
-            rollouts = await sample_rollouts(
-                client, prompts, samples=cfg.samples_per_prompt, max_tokens=cfg.max_tokens,
-                seed=cfg.seed, stop=stop, store=JsonlStore(out / ROLLOUTS_FILE, Rollout),
+    template = load_template(cfg.chat_template) if cfg.chat_template else None
+    if cfg.upstream is None:
+        template = template or from_gguf(str(smollm2_gguf()))
+    prompts = render_prompts(items, template)
+    stop = template.stop_strings if template else []
+    async with contextlib.AsyncExitStack() as stack:
+        upstream = LazyUpstream(cfg, api_key, stack)
+        await upstream.resolve_model()
+        rollouts = await sample_rollouts(
+            upstream, prompts, samples=cfg.samples_per_prompt, max_tokens=cfg.max_tokens,
+            seed=cfg.seed, stop=stop, store=JsonlStore(out / ROLLOUTS_FILE, Rollout),
+            concurrency=cfg.concurrency, progress=not cfg.quiet)
+        held = heldout_prompts(len(prompts), cfg.heldout_frac, cfg.seed)
+        held_rollouts = [r for r in rollouts if r.prompt_index in held]
+        halves = []
+        if cfg.val_completions:
+            halves = await sample_half_completions(
+                upstream, held_rollouts, k=cfg.val_completions, max_tokens=cfg.max_tokens,
+                seed=cfg.seed, stop=stop, store=JsonlStore(out / VALIDATION_FILE, HalfCompletions),
                 concurrency=cfg.concurrency, progress=not cfg.quiet)
-            held = heldout_prompts(len(prompts), cfg.heldout_frac, cfg.seed)
-            held_rollouts = [r for r in rollouts if r.prompt_index in held]
-            halves = []
-            if cfg.val_completions:
-                halves = await sample_half_completions(
-                    client, held_rollouts, k=cfg.val_completions, max_tokens=cfg.max_tokens,
-                    seed=cfg.seed, stop=stop,
-                    store=JsonlStore(out / VALIDATION_FILE, HalfCompletions),
-                    concurrency=cfg.concurrency, progress=not cfg.quiet)
-            return rollouts, held, halves, client.model
-        finally:
-            await client.aclose()
+        return rollouts, held, halves, upstream.model
 
 
 async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
-    """The whole `vas-proxy train` run; returns a summary (also printed)."""
+    """The whole `vas-proxy train` run; returns a summary (steps, validation, paths)."""
     from ..errors import ConfigError
     from ..rewards import load_reward
     from .prompts import read_prompts
-    from .report import CURVES_FILE, write_curves
-    from .rollouts import (ROLLOUTS_FILE, VALIDATION_FILE, HalfCompletions, JsonlStore, Rollout,
-                           score_halves, score_rollouts)
-    from .td import make_example
-    from .trainer import METRICS_FILE, STATE_FILE, Trainer, build_model
-    from .validation import evaluate
 
+    # User errors first, before torch and transformers are even imported.
     check_config(cfg)
     items = read_prompts(cfg.prompts)
     reward = load_reward(cfg.reward, device=cfg.device)
     out = prepare_out_dir(cfg.out)
+    if cfg.export:
+        prepare_out_dir(cfg.export, "--export")
+
+    from .report import CURVES_FILE, write_curves
+    from .rollouts import (ROLLOUTS_FILE, VALIDATION_FILE, HalfCompletions, JsonlStore, Rollout,
+                           score_halves, score_rollouts)
+    from .td import make_example
+    from .trainer import METRICS_FILE, STATE_FILE, Trainer, build_model, export_checkpoint
+    from .validation import evaluate
+
     if not cfg.resume and (out / STATE_FILE).exists():
         raise ConfigError(f"{out} already holds a training run: pass --resume to continue it, or "
                           f"choose another --out (copy {ROLLOUTS_FILE} there to reuse the samples)")
@@ -203,8 +242,10 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
         _note(f"resuming at step {trainer.progress.step} (epoch {trainer.progress.epoch})", cfg)
     validation = trainer.train()
     curves = write_curves(out / METRICS_FILE, out / CURVES_FILE)
+    exported = export_checkpoint(out, cfg.export) if cfg.export else None
     summary = {"out": str(out), "steps": trainer.progress.step, "validation": validation,
-               "curves": str(curves) if curves else None}
+               "curves": str(curves) if curves else None,
+               "export": str(exported) if exported else None}
     _note(f"value model saved to {out} ({trainer.progress.step} steps); use it with "
           f"--value NAME={out}" + ("" if curves else " (matplotlib missing: no curves.png)"), cfg)
     return summary

@@ -54,6 +54,9 @@ class TrainConfig:
     seed: int = opt(0, "seed of sampling, split, shuffling and initialisation")
     heldout_frac: float = opt(0.1, "fraction of prompts held out for validation")
     val_completions: int = opt(4, "completions per held-out half-response (validation targets)")
+    export: str | None = opt(None, "also write the final value model alone (config, head, "
+                                   "adapter: no rollouts or training state) to this directory, "
+                                   "e.g. to ship it", metavar="DIR")
     save_every: int = opt(0, "also checkpoint every N optimiser steps (0: only at the end)")
     device: str = opt("cpu", "device to train on: cpu, cuda, cuda:1 ...")
     dtype: str | None = opt(None, "backbone dtype: float32, bfloat16, float16 (default float32)",

@@ -20,17 +20,28 @@ import os
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..protocol import UpstreamResult
 from ..rewards import Reward
-from ..upstream.client import UpstreamClient
 from .prompts import PromptItem
 
 ROLLOUTS_FILE = "rollouts.jsonl"
 VALIDATION_FILE = "validation.jsonl"
+
+
+class Completer(Protocol):
+    """What sampling needs of an upstream: `UpstreamClient` or anything with its `complete`."""
+
+    model: str
+
+    async def complete(self, prompt: str, *, max_tokens: int, top_k: int,
+                       temperature: float = 1.0, seed: int | None = None,
+                       stop: list[str] | None = None) -> UpstreamResult:
+        ...
 
 
 def derive_seed(*parts: int) -> int:
@@ -142,7 +153,7 @@ async def _run_jobs(jobs: list, work: Callable[[Any], Awaitable[None]], concurre
         bar.close()
 
 
-async def sample_rollouts(client: UpstreamClient, prompts: list[PromptItem], *, samples: int,
+async def sample_rollouts(client: Completer, prompts: list[PromptItem], *, samples: int,
                           max_tokens: int, seed: int, stop: list[str], store: JsonlStore,
                           concurrency: int = 2, progress: bool = True) -> list[Rollout]:
     """`samples` responses per prompt, reusing the stored ones made with the same settings."""
@@ -175,7 +186,7 @@ async def sample_rollouts(client: UpstreamClient, prompts: list[PromptItem], *, 
     return [wanted[(item.index, j)] for item in prompts for j in range(samples)]
 
 
-async def sample_half_completions(client: UpstreamClient, rollouts: list[Rollout], *, k: int,
+async def sample_half_completions(client: Completer, rollouts: list[Rollout], *, k: int,
                                   max_tokens: int, seed: int, stop: list[str],
                                   store: JsonlStore, concurrency: int = 2,
                                   progress: bool = True) -> list[HalfCompletions]:

@@ -167,13 +167,20 @@ class Trainer:
         return True
 
     def _forget_metrics_after(self, step: int) -> None:
-        """Drop metrics logged after the restored state (steps that will be redone)."""
+        """Drop metrics logged after the restored state (steps that will be redone) and recall
+        the last validation."""
         path = self.out / METRICS_FILE
         if not path.is_file():
             return
         keep = [line for line in path.read_text(encoding="utf-8").splitlines()
                 if line.strip() and _step_of(line) <= step]
         path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        for line in reversed(keep):  # the checkpoints' metadata carries the last validation
+            record = json.loads(line)
+            if record.get("kind") == "validation":
+                self.last_validation = {k: v for k, v in record.items()
+                                        if k not in ("kind", "step", "epoch")}
+                break
 
     def save_checkpoint(self, path: Path) -> Path:
         from transformers.utils import logging as hf_logging
@@ -270,6 +277,27 @@ class Trainer:
         return {"loss": loss_sum / len(group), "lr": lr, "grad_norm": grad_norm,
                 "value_mean": value_sum / max(n_resp, 1), "target_mean": target_sum / max(n_resp, 1),
                 "tokens": n_tokens, "seconds": seconds, "tokens_per_s": n_tokens / seconds}
+
+
+def export_checkpoint(src: Path, dest: str | Path) -> Path:
+    """Copy the value model at the top of run directory `src` (only the files its config
+    names) to `dest`, replacing what a previous export left there."""
+    import shutil
+
+    from ..values.checkpoint import CONFIG_NAME, HEAD_NAME, read_checkpoint_config
+
+    config = read_checkpoint_config(src)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (CONFIG_NAME, HEAD_NAME):
+        shutil.copy2(Path(src) / name, dest / name)
+    dirs = [(config.get("lora") or {}).get("adapter_dir"), config["backbone"].get("dir"),
+            config.get("tokenizer") if config.get("tokenizer") != "smollm2" else None]
+    for sub in filter(None, dirs):
+        if (dest / sub).exists():
+            shutil.rmtree(dest / sub)
+        shutil.copytree(Path(src) / sub, dest / sub)
+    return dest
 
 
 def _step_of(line: str) -> int:

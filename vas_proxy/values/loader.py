@@ -21,14 +21,27 @@ FORMS = "use py:module:function, bundled:NAME or a checkpoint directory"
 
 
 def load_value(spec: str, *, name: str | None = None, device: str = "cpu",
-               dtype: str | None = None) -> ValueFunction:
-    """Load `spec`; `name` defaults to the spec itself. device/dtype apply to checkpoints only."""
+               dtype: str | None = None, pool=None) -> ValueFunction:
+    """Load `spec`; `name` defaults to the spec itself. device/dtype apply to checkpoints only;
+    checkpoints loaded with the same `pool` (a `checkpoint.BackbonePool`) share their backbone."""
     if not isinstance(spec, str) or not spec.strip():
         raise ValueSpecError(f"empty value spec {spec!r}; {FORMS}")
     spec = spec.strip()
     if spec.startswith(PY_PREFIX):
         return CallableValue(_import_callable(spec), name or spec)
-    return _load_checkpoint(spec, _checkpoint_dir(spec), name=name, device=device, dtype=dtype)
+    return _load_checkpoint(spec, _checkpoint_dir(spec), name=name, device=device, dtype=dtype,
+                            pool=pool)
+
+
+def backbone_of(spec: str) -> str | None:
+    """The backbone a checkpoint SPEC is built on (cheap: reads only its config), None for
+    `py:` specs. Value models with the same one can share it (`checkpoint.BackbonePool`)."""
+    if not isinstance(spec, str) or spec.strip().startswith(PY_PREFIX):
+        return None
+    from .checkpoint import backbone_identity, read_checkpoint_config
+
+    path = _checkpoint_dir(spec.strip())
+    return backbone_identity(path, read_checkpoint_config(path))
 
 
 def _import_callable(spec: str):
@@ -73,8 +86,8 @@ def _checkpoint_dir(spec: str) -> Path:
 
 
 def _load_checkpoint(spec: str, path: Path, *, name: str | None, device: str,
-                     dtype: str | None) -> ValueFunction:
+                     dtype: str | None, pool=None) -> ValueFunction:
     # Imported here: torch/transformers cost seconds and `py:` specs need neither.
     from .checkpoint import CheckpointValue
 
-    return CheckpointValue.load(path, name=name or spec, device=device, dtype=dtype)
+    return CheckpointValue.load(path, name=name or spec, device=device, dtype=dtype, pool=pool)

@@ -1,0 +1,203 @@
+"""The README "Results": `vas-proxy eval` on the held-out prompts, then docs/results/RESULTS.md.
+
+Two evaluations into one directory (the second resumes it, so shared settings run once):
+
+1. main: base sampling, VAS with the bundled positivity model at beta 1, 2, 4 and Best-of-N
+   (N = 1, 4, 16, picked by vader), rewards vader and plain;
+2. composition (when the bundled `plain` model exists): VAS at beta 2 with the weights
+   (1−w)·positivity + w·plain for w = 0, .25, .5, .75, 1.
+
+Cost on the 2-core CPU: about one upstream call per 3 tokens (adaptive exact speculation) plus
+one value scoring per token for VAS (~0.2–1 s each, depending on the load), and N full
+generations per response for Best-of-N. It resumes where it stopped (results are appended as
+they finish). Run it in the background:
+
+    nohup .venv/bin/python benchmarks/eval_results.py > docs/results/eval.log 2>&1 &
+
+`--render-only` rewrites RESULTS.md from the results already there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shlex
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from vas_proxy.assets import DATA_DIR  # noqa: E402
+from vas_proxy.cli import main as cli  # noqa: E402
+
+OUT = ROOT / "docs" / "results"
+EVAL_DIR = OUT / "eval"
+PROMPTS = "data/prompts/everyday_heldout.jsonl"
+COMMON = ["--prompts", PROMPTS, "--limit", "64", "--reward", "vader", "--reward", "plain",
+          "--max-tokens", "32", "--speculate", "-1", "--seed", "0", "--out",
+          str(EVAL_DIR.relative_to(ROOT)), "--resume"]
+MAIN = ["eval", *COMMON, "--value", "positivity=bundled:positivity", "--beta", "0,1,2,4",
+        "--best-of", "1,4,16"]
+COMPOSE_BETA = 2.0
+COMPOSE = ["eval", *COMMON, "--value", "positivity=bundled:positivity",
+           "--value", "plain=bundled:plain", "--beta", f"{COMPOSE_BETA:g}", "--best-of", "none",
+           *[x for w in (0, 0.25, 0.5, 0.75, 1)
+             for x in ("--weights", f"positivity={1 - w:g},plain={w:g}")]]
+
+
+def has_plain() -> bool:
+    return (DATA_DIR / "values" / "plain" / "vas_value.json").is_file()
+
+
+def run() -> None:
+    os.chdir(ROOT)  # the commands name repository-relative paths
+    EVAL_DIR.mkdir(parents=True, exist_ok=True)
+    for args in (MAIN, COMPOSE) if has_plain() else (MAIN,):
+        print("$ vas-proxy " + shlex.join(args), flush=True)
+        if cli(args) != 0:
+            raise SystemExit(1)
+
+
+# ----------------------------------------------------------------------------- RESULTS.md
+
+def _row_table(rows, names, labels=None) -> list[str]:
+    from vas_proxy.eval.report import _pm
+
+    head = ["setting", "n", *names, "KL to base (nats)", "upstream calls / resp",
+            "billed tokens / resp", "s / resp", "wall (min)"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, r in enumerate(rows):
+        kl = _pm(r["kl_mean"], r["kl_se"], 2) + (" (bound)" if r["kl_kind"] == "bound" else "")
+        out.append("| " + " | ".join([
+            labels[i] if labels else r["setting"], str(r["n"]),
+            *(_pm(r[f"{n}_mean"], r[f"{n}_se"]) for n in names), kl,
+            f"{r['upstream_calls']:.1f}", f"{r['billed_tokens']:.0f}", f"{r['seconds']:.1f}",
+            "–" if math.isnan(r["wall_s"]) else f"{r['wall_s'] / 60:.1f}"]) + " |")
+    return out
+
+
+def _trend(values: list[float]) -> str:
+    diffs = [b - a for a, b in zip(values, values[1:])]
+    if all(d > 0 for d in diffs):
+        return "rises monotonically"
+    if all(d < 0 for d in diffs):
+        return "falls monotonically"
+    return "is not monotone"
+
+
+def findings(rows: list[dict], compose: list[tuple[float, dict]]) -> list[str]:
+    """Statements computed from the numbers (they say what was measured, whichever way)."""
+    out = []
+    base = next((r for r in rows if r["method"] == "base"), None)
+    curve = sorted((r for r in rows if r["method"] == "vas" and r["weights"] == "positivity=1"),
+                   key=lambda r: r["beta"])
+    bon = {r["best_of"]: r for r in rows if r["method"] == "bon"}
+    if base and curve:
+        pts = [base, *curve]
+        vs = [r["vader_mean"] for r in pts]
+        kls = " → ".join(f"{r['kl_mean']:.2f}" for r in pts)
+        out.append(f"- vader with beta ({', '.join(_b(r) for r in pts)}): "
+                   f"{' → '.join(f'{v:.3f}' for v in vs)}; it {_trend(vs)} "
+                   f"(paper: rises with beta). KL to base: {kls} nats.")
+        top = curve[-1]
+        diff = top["vader_mean"] - base["vader_mean"]
+        se = math.hypot(top["vader_se"], base["vader_se"])
+        out.append(f"- VAS β={top['beta']:g} vs base: {diff:+.3f} vader "
+                   f"({diff / se:+.1f} standard errors, unpaired).")
+    if curve and 16 in bon:
+        b16 = bon[16]
+        best = max(curve, key=lambda r: r["vader_mean"])
+        ratio_tok = b16["billed_tokens"] / best["billed_tokens"]
+        ratio_calls = b16["upstream_calls"] / best["upstream_calls"]
+        out.append(f"- Best VAS (β={best['beta']:g}): vader {_pm2(best, 'vader')} at "
+                   f"{best['upstream_calls']:.1f} calls and {best['billed_tokens']:.0f} billed "
+                   f"tokens per response; Best-of-16: {_pm2(b16, 'vader')} at "
+                   f"{b16['upstream_calls']:.0f} calls and {b16['billed_tokens']:.0f} tokens "
+                   f"(BoN-16 costs {ratio_calls:.1f}× the calls, {ratio_tok:.1f}× the billed "
+                   f"tokens; paper: VAS near BoN at a fraction of its cost).")
+    if compose:
+        for name in ("vader", "plain"):
+            vs = [r[f"{name}_mean"] for _, r in compose]
+            out.append(f"- composition, {name} as w goes 0 → 1 (weight moving from positivity "
+                       f"to plain): {' → '.join(f'{v:.3f}' for v in vs)}; it {_trend(vs)}.")
+    return out
+
+
+def _b(r):
+    return "β=0" if r["method"] == "base" else f"β={r['beta']:g}"
+
+
+def _pm2(r, name):
+    return f"{r[f'{name}_mean']:.3f} ± {r[f'{name}_se']:.3f}"
+
+
+def render() -> Path:
+    import json
+
+    from vas_proxy.eval.harness import CONFIG_FILE, RESULTS_FILE, TIMINGS_FILE, read_records
+    from vas_proxy.eval.report import composition_rows, summarise, write_report
+
+    write_report(EVAL_DIR)
+    records = read_records(EVAL_DIR / RESULTS_FILE)
+    timings = json.loads((EVAL_DIR / TIMINGS_FILE).read_text())
+    config = json.loads((EVAL_DIR / CONFIG_FILE).read_text())
+    names = ["vader", "plain"]
+    rows = summarise(records, names, timings)
+    comp = composition_rows(rows, list(config.get("values", {})))
+    compose = comp[1] if comp else []
+    compose_names = {r["setting"] for _, r in compose} - {
+        r["setting"] for r in rows if r["weights"] == "positivity=1"}
+    main_rows = [r for r in rows if r["setting"] not in compose_names]
+    rel = EVAL_DIR.relative_to(ROOT)  # paths as seen from the repository root (README)
+    lines = [
+        "## Results",
+        "",
+        f"Held-out prompts: the first 64 of `{PROMPTS}` (chats the value models never saw), "
+        "32 tokens per response, one response per prompt and setting, prompt i with seed i in "
+        "every setting. Upstream: the embedded SmolLM2-135M-Instruct (llama.cpp, CPU). Value "
+        "models: the bundled `positivity` (trained on the `vader` reward)"
+        + (" and `plain` (trained on the `plain` reward: −syllables per word)" if has_plain()
+           else "") + ". VAS uses exact adaptive speculation (`--speculate -1`); Best-of-N "
+        "samples N plain completions and keeps the one vader scores highest. No response cache "
+        "(costs are what the upstream billed). Made by `python benchmarks/eval_results.py`:",
+        "",
+        "```bash",
+        "vas-proxy " + shlex.join(MAIN),
+        *(["vas-proxy " + shlex.join(COMPOSE)] if has_plain() else []),
+        "```",
+        "",
+        "### Reward, KL and cost",
+        "",
+        *_row_table(main_rows, names),
+        "",
+        "Mean ± standard error over the 64 responses. KL to base: Σ log q − log p of the "
+        "chosen tokens (p = the upstream's top-20 renormalised), averaged: an unbiased estimate of "
+        "KL(q‖p) per response; for Best-of-N the analytic bound log N − (N−1)/N. Upstream "
+        "calls and billed tokens (prompt + completion as the upstream counts them) per "
+        "response; s / resp is the latency of one response on the shared 2-core CPU "
+        "(two generations in flight).",
+        "",
+        f"![reward vs KL]({rel}/reward_vs_kl.png)",
+        "",
+        f"![reward vs upstream cost]({rel}/reward_vs_cost.png)",
+        "",
+    ]
+    if compose:
+        lines += [f"### Two objectives: (1−w)·positivity + w·plain at β={comp[0]:g}", "",
+                  *_row_table([r for _, r in compose], names,
+                              [f"w={x:g}: {r['setting']}" for x, r in compose]), "",
+                  f"![composition]({rel}/composition.png)", ""]
+    lines += ["### What this shows", "", *findings(rows, compose), ""]
+    path = OUT / "RESULTS.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--render-only", action="store_true")
+    if not p.parse_args().render_only:
+        run()
+    print(f"wrote {render()}")

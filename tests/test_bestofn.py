@@ -1,0 +1,131 @@
+"""Best-of-N: the function (real upstream), and `vas.best_of` on the service and through `wrap`."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import openai
+import pytest
+
+import vas_proxy
+from vas_proxy.assets import smollm2_gguf
+from vas_proxy.bestofn import best_of_n, kl_bound, sample_seeds
+from vas_proxy.engine import Engine, Guidance
+from vas_proxy.rewards import load_reward
+from vas_proxy.runtime import Runtime, parse_reward_specs
+from vas_proxy.service.app import create_app
+from vas_proxy.upstream.client import UpstreamClient
+from vas_proxy.values.callable import CallableValue
+
+from service_helpers import serve_app
+from valuefns import char_hash
+
+LENGTH = "py:test_bestofn:length_reward"
+
+
+def length_reward(prompts: list[str], responses: list[str]) -> list[float]:
+    """Deterministic: longer is better (ties are rare at 8 tokens)."""
+    return [float(len(r)) for r in responses]
+
+
+def test_kl_bound():
+    assert kl_bound(1) == 0.0
+    assert kl_bound(4) == pytest.approx(math.log(4) - 0.75)
+    assert kl_bound(16) == pytest.approx(math.log(16) - 15 / 16)
+
+
+def test_best_of_returns_the_maximum_of_plain_samples(upstream, chat_prompt):
+    prompt = chat_prompt("Name a colour and say why you like it.")
+    stop = ["<|im_end|>"]
+
+    async def go():
+        async with UpstreamClient(upstream.base_url, upstream.model, use_cache=False) as up:
+            res = await best_of_n(up, prompt, n=4, reward=load_reward(LENGTH),
+                                  reward_prompt="Name a colour.", max_tokens=8, stop=stop,
+                                  seed=11)
+            # each sample is one plain completion with its derived seed
+            plain = [await up.complete(prompt, max_tokens=8, top_k=1, seed=s, stop=stop,
+                                       cache=False) for s in sample_seeds(11, 4)]
+            return res, plain
+
+    res, plain = asyncio.run(go())
+    assert res.texts == [p.text for p in plain]
+    assert len(set(res.texts)) > 1  # N different samples
+    assert res.scores == [float(len(t)) for t in res.texts]
+    assert res.index == max(range(4), key=lambda i: (res.scores[i], -i))
+    assert res.text == res.texts[res.index] and res.score == max(res.scores)
+    u = res.usage
+    assert u.upstream_calls == 4 and u.cache_hits == 0
+    assert u.upstream_completion_tokens == sum(p.completion_tokens for p in plain)
+    assert u.upstream_prompt_tokens == sum(p.prompt_tokens for p in plain)
+    assert u.completion_tokens == plain[res.index].completion_tokens
+
+
+# ---------------------------------------------------------------------- the service
+
+@pytest.fixture(scope="module")
+def service(upstream, chat_template):
+    engine = Engine(UpstreamClient(upstream.base_url, upstream.model),
+                    {"h": CallableValue(char_hash, "h")}, defaults=Guidance(beta=1.0),
+                    eos_texts=chat_template.stop_strings)
+    rewards = {name: load_reward(spec) for name, spec in
+               parse_reward_specs([f"len={LENGTH}", "vader"]).items()}
+    app = create_app(Runtime(engine, chat_template, upstream.model, upstream.base_url,
+                             rewards=rewards))
+    with serve_app(app) as url:
+        yield openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0), upstream.model
+
+
+def test_service_best_of(service):
+    sdk, model = service
+    r = sdk.completions.create(model=model, prompt="My favourite animal is", max_tokens=8,
+                               seed=3, extra_body={"vas": {"best_of": 3, "reward": "len"}})
+    choice = r.choices[0]
+    info = choice.model_extra["vas_best_of"]
+    assert info["n"] == 3 and info["reward"] == "len" and len(info["scores"]) == 3
+    assert info["scores"][info["chosen"]] == max(info["scores"]) == len(choice.text)
+    vas = r.usage.model_extra["vas"]
+    assert vas["upstream_calls"] + vas["cache_hits"] == 3
+    assert vas["upstream_completion_tokens"] >= r.usage.completion_tokens
+    # streaming gives the same answer (all N samples first, then one chunk)
+    text = "".join(c.choices[0].text for c in sdk.completions.create(
+        model=model, prompt="My favourite animal is", max_tokens=8, seed=3, stream=True,
+        extra_body={"vas": {"best_of": 3, "reward": "len"}}) if c.choices)
+    assert text == choice.text
+
+
+@pytest.mark.parametrize("vas, match", [
+    ({"best_of": 2, "reward": "nope"}, "loaded: len, vader"),
+    ({"best_of": 2, "reward": "py:os:system"}, "loaded: len, vader"),
+    ({"best_of": 2, "reward": "hf:/tmp"}, "only name a reward the server loaded"),
+    ({"best_of": 2}, "needs vas.reward"),
+    ({"best_of": 0, "reward": "len"}, "vas.best_of must be an integer"),
+    ({"reward": "len"}, "only used with vas.best_of"),
+    ({"best_of": 2, "reward": "len", "trace": True}, "not available with vas.best_of"),
+])
+def test_service_best_of_errors(service, vas, match):
+    sdk, model = service
+    with pytest.raises(openai.BadRequestError, match=match) as info:
+        sdk.completions.create(model=model, prompt="Hi", max_tokens=2,
+                               extra_body={"vas": vas})
+    assert info.value.status_code == 400
+
+
+def test_wrap_best_of_chat(upstream):
+    client = openai.OpenAI(base_url=upstream.base_url, api_key="sk", max_retries=0)
+    g = vas_proxy.wrap(client, values={"h": "py:valuefns:char_hash"},
+                       rewards={"len": LENGTH}, chat_template=str(smollm2_gguf()))
+    r = g.chat.completions.create(model=upstream.model, max_tokens=6, seed=2,
+                                  messages=[{"role": "user", "content": "Say hi."}],
+                                  extra_body={"vas": {"best_of": 2}})  # the only reward
+    info = r.choices[0].model_extra["vas_best_of"]
+    assert info["reward"] == "len" and len(r.choices[0].message.content) == max(info["scores"])
+    assert r.usage.model_extra["vas"]["upstream_calls"] == 2
+
+
+def test_reward_specs_parse():
+    assert parse_reward_specs(["vader", "len=py:m:f", "hf:/x?pair=1", "c=hf:/y?pair=1"]) == {
+        "vader": "vader", "len": "py:m:f", "hf:/x?pair=1": "hf:/x?pair=1", "c": "hf:/y?pair=1"}
+    with pytest.raises(vas_proxy.errors.ConfigError, match="given twice"):
+        parse_reward_specs(["vader", "vader"])

@@ -1,0 +1,316 @@
+"""`vas-proxy train`: TD(lambda) math, batches, prompts, rollouts from the real upstream, a tiny
+end-to-end run, resumption, and one-line CLI errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vas_proxy.assets import smollm2_gguf
+from vas_proxy.errors import ConfigError
+from vas_proxy.rewards import RewardError, load_reward
+from vas_proxy.train.command import heldout_prompts, run
+from vas_proxy.train.config import TrainConfig
+from vas_proxy.train.prompts import PromptsError, read_prompts, render_prompts
+from vas_proxy.train.rollouts import JsonlStore, Rollout, derive_seed, score_rollouts
+from vas_proxy.train.td import collate, lambda_returns, make_example, td_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def returns(values, rewards, mask, gamma=1.0, lam=0.95):
+    t = lambda_returns(torch.tensor(values), torch.tensor(rewards), torch.tensor(mask),
+                       gamma, lam)
+    return t.tolist()
+
+
+# --------------------------------------------------------------------------- TD(lambda)
+
+@pytest.mark.parametrize("lam, expected", [
+    (0.0, [0.2, 0.3, 1.0]),  # TD(0): r_t + V_{t+1}; the last state gets the reward
+    (1.0, [1.0, 1.0, 1.0]),  # Monte Carlo: the final reward everywhere (gamma = 1)
+    # G2 = 1; G1 = .05 * .3 + .95 * 1 = .965; G0 = .05 * .2 + .95 * .965 = .92675
+    (0.95, [0.92675, 0.965, 1.0]),
+])
+def test_lambda_returns_by_hand(lam, expected):
+    got = returns([[0.1, 0.2, 0.3]], [[0.0, 0.0, 1.0]], [[1.0, 1.0, 1.0]], lam=lam)
+    assert got[0] == pytest.approx(expected)
+
+
+def test_lambda_returns_ragged_batch_with_prompt_and_padding_masked():
+    values = [[0.1, 0.2, 0.3, 0.0],
+              [9.0, 0.5, -0.2, 7.0]]  # row 2: a prompt position, two response tokens, padding
+    rewards = [[0.0, 0.0, 1.0, 0.0],
+               [0.0, 0.0, -1.0, 0.0]]
+    mask = [[1.0, 1.0, 1.0, 0.0],
+            [0.0, 1.0, 1.0, 0.0]]
+    got = returns(values, rewards, mask)
+    assert got[0] == pytest.approx([0.92675, 0.965, 1.0, 0.0])
+    # G2 = -1; G1 = .05 * -.2 + .95 * -1 = -.96; masked positions are 0 and never bootstrap
+    assert got[1] == pytest.approx([0.0, -0.96, -1.0, 0.0])
+
+
+def test_lambda_returns_with_discount_and_no_gradient():
+    values = torch.tensor([[0.4, 0.8]], requires_grad=True)
+    got = lambda_returns(values, torch.tensor([[0.0, 1.0]]), torch.ones(1, 2), 0.9, 0.5)
+    assert not got.requires_grad
+    assert got[0].tolist() == pytest.approx([0.9 * (0.5 * 0.8 + 0.5 * 1.0), 1.0])
+
+
+def test_td_loss_is_half_mse_over_masked_positions():
+    values = torch.tensor([[1.0, 2.0, 5.0]])
+    targets = torch.tensor([[0.0, 0.0, 0.0]])
+    loss = td_loss(values, targets, torch.tensor([[0.0, 1.0, 1.0]]))
+    assert float(loss) == pytest.approx(0.5 * (4 + 25) / 2)
+
+
+# --------------------------------------------------------------------------- batches
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from vas_proxy.values.checkpoint import smollm2_tokenizer
+
+    return smollm2_tokenizer()
+
+
+def test_response_boundary_with_a_merged_token(tokenizer, chat_prompt):
+    prompt = chat_prompt("hi")  # ends with "assistant\n"
+    plain = make_example(tokenizer, prompt, "Hello there!", 0.5)
+    assert tokenizer.decode(plain.ids[plain.start:]) == "Hello there!"
+    # "\n" + "\n..." merge into one token that already holds response text: it is a response
+    # position, and the prompt's own last token is not.
+    merged = make_example(tokenizer, prompt, "\n\nHello", 0.5)
+    assert tokenizer.decode(merged.ids[merged.start:]).endswith("\nHello")
+    assert tokenizer.decode(merged.ids[:merged.start]) != prompt
+    assert merged.start == len(tokenizer(prompt)["input_ids"]) - 1
+    empty = make_example(tokenizer, prompt, "", 0.5)
+    assert empty.start == len(empty.ids) - 1  # the reward's state is the prompt itself
+
+
+def test_collate_places_rewards_on_the_last_response_token(tokenizer):
+    a = make_example(tokenizer, "Q: hi\nA:", " hello friend", 1.0)
+    b = make_example(tokenizer, "Q: hi\nA:", " no", -1.0)
+    batch = collate([a, b], pad_id=2)
+    assert batch.input_ids.shape == (2, len(a.ids))
+    assert batch.attention_mask[1].sum() == len(b.ids)
+    assert batch.response_mask[0].tolist() == [0.0] * a.start + [1.0] * (len(a.ids) - a.start)
+    assert batch.rewards[0, len(a.ids) - 1] == 1.0 and batch.rewards[1, len(b.ids) - 1] == -1.0
+    assert batch.rewards.abs().sum() == 2.0
+
+
+# --------------------------------------------------------------------------- prompts, split
+
+def test_prompts_file_errors(tmp_path):
+    with pytest.raises(PromptsError, match="does not exist"):
+        read_prompts(tmp_path / "missing.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "fine"}\n{"prompt": oops}\n')
+    with pytest.raises(PromptsError, match="line 2: bad JSON"):
+        read_prompts(bad)
+    bad.write_text('{"prompt": "fine"}\n\n{"text": "no"}\n')
+    with pytest.raises(PromptsError, match="line 3: expected an object"):
+        read_prompts(bad)
+    bad.write_text('{"messages": [{"role": "user"}]}\n')
+    with pytest.raises(PromptsError, match="line 1: \"messages\" must be"):
+        read_prompts(bad)
+
+
+def test_prompts_are_rendered_with_the_chat_template(tmp_path, chat_template):
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "raw text"}\n'
+                 '{"messages": [{"role": "user", "content": "Hello?"}]}\n')
+    items = render_prompts(read_prompts(f), chat_template)
+    assert items[0].upstream == items[0].text == "raw text"
+    assert items[1].text == "Hello?"
+    assert items[1].upstream == chat_template.render([{"role": "user", "content": "Hello?"}])
+    with pytest.raises(PromptsError, match="no chat template"):
+        render_prompts(read_prompts(f), None)
+
+
+def test_heldout_split_is_seeded_and_leaves_training_prompts():
+    assert heldout_prompts(10, 0.2, 0) == heldout_prompts(10, 0.2, 0)
+    assert len(heldout_prompts(10, 0.2, 0)) == 2
+    assert len(heldout_prompts(3, 0.01, 0)) == 1 and len(heldout_prompts(2, 0.9, 0)) == 1
+    assert heldout_prompts(10, 0.0, 0) == set()
+    assert derive_seed(0, 1, 2) == derive_seed(0, 1, 2) != derive_seed(0, 2, 1)
+
+
+def test_reward_errors_name_the_rollout(tmp_path):
+    def rollout(i, text):
+        return Rollout(i, 0, 1, "m", 8, f"prompt {i}", f"<p>{i}", text)
+
+    rollouts = [rollout(0, "fine"), rollout(1, "a BAD one")]
+    reward = load_reward("py:test_rewards:fails_on_bad")
+    with pytest.raises(RewardError, match="prompt 1.*a BAD one"):
+        score_rollouts(rollouts, reward, "py:test_rewards:fails_on_bad",
+                       JsonlStore(tmp_path / "r.jsonl", Rollout), progress=False)
+
+
+# --------------------------------------------------------------------------- end to end
+
+PROMPTS = [{"messages": [{"role": "user", "content": "Say something nice about Mondays."}]},
+           {"prompt": "Once upon a time"},
+           {"messages": [{"role": "user", "content": "How was your day?"}]}]
+
+
+def tiny_config(tmp_path, upstream, **kw) -> TrainConfig:
+    prompts = tmp_path / "prompts.jsonl"
+    if not prompts.exists():
+        prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
+    base = dict(prompts=str(prompts), reward="vader", out=str(tmp_path / "run"),
+                upstream=upstream.base_url, model=upstream.model,
+                chat_template=str(smollm2_gguf()), backbone="tiny", samples_per_prompt=2,
+                max_tokens=6, epochs=1, lora_r=4, batch_size=2, heldout_frac=0.34,
+                val_completions=2, save_every=2, quiet=True)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def tiny_run(upstream, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    cfg = tiny_config(tmp, upstream)
+    summary = asyncio.run(run(cfg))
+    return cfg, summary
+
+
+def test_tiny_end_to_end_run_yields_a_loadable_trained_checkpoint(tiny_run):
+    from vas_proxy.train.trainer import build_model
+    from vas_proxy.train.validation import predict_last
+    from vas_proxy.values import load_value
+    from vas_proxy.values.checkpoint import read_checkpoint_config
+
+    cfg, summary = tiny_run
+    out = Path(cfg.out)
+    rollouts = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    assert len(rollouts) == 6
+    first = rollouts[0]
+    assert {"prompt", "upstream_prompt", "response", "rewards", "tokens", "logprobs",
+            "seed"} <= set(first)
+    assert first["upstream_prompt"].endswith("<|im_start|>assistant\n")
+    assert len(first["logprobs"]) == len(first["tokens"]) <= 6
+    assert "vader" in first["rewards"]
+
+    config = read_checkpoint_config(out)
+    assert config["metadata"]["reward"] == "vader"
+    assert config["metadata"]["step"] == summary["steps"] > 0
+    assert config["metadata"]["args"]["lora_r"] == 4
+    assert (out / "checkpoints" / "step-000002" / "vas_value.json").is_file()
+    assert (out / "curves.png").stat().st_size > 1000
+    kinds = [json.loads(line)["kind"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert kinds.count("validation") == 2 and "train" in kinds
+
+    value = load_value(str(out), name="tiny")
+    texts = [" wonderful", " awful", " the"]
+    trained = value.score("Hello", " it is", texts)
+    fresh, tok = build_model(cfg)  # the same initialisation, untrained: zero head
+    before = predict_last(fresh, tok, ["Hello it is" + t for t in texts])
+    assert before == [0.0, 0.0, 0.0]
+    assert any(abs(v) > 1e-4 for v in trained)
+
+
+def test_resume_continues_steps_and_optimiser_without_resampling(tiny_run, tmp_path):
+    import shutil
+
+    cfg, summary = tiny_run
+    out = tmp_path / "run"
+    shutil.copytree(cfg.out, out)
+    steps = summary["steps"]
+    rollouts_before = (out / "rollouts.jsonl").read_text()
+
+    # An unreachable upstream proves that every rollout and validation sample is reused.
+    dead = type("Dead", (), {"base_url": "http://127.0.0.1:9/v1", "model": cfg.model})()
+    again = tiny_config(Path(cfg.prompts).parent, dead, out=str(out), epochs=2)
+    with pytest.raises(ConfigError, match="already holds a training run"):
+        asyncio.run(run(again))
+    again.resume = True
+    resumed = asyncio.run(run(again))
+
+    assert resumed["steps"] == 2 * steps
+    state = torch.load(out / "train_state.pt", weights_only=True)
+    assert state["progress"]["step"] == 2 * steps
+    # AdamW counts its own steps: restored, it went on from `steps` instead of restarting at 0
+    assert all(float(s["step"]) == 2 * steps for s in state["optimizer"]["state"].values())
+    train_steps = [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text()
+                                          .splitlines()) if r["kind"] == "train"]
+    assert train_steps == list(range(1, 2 * steps + 1))
+    assert (out / "rollouts.jsonl").read_text() == rollouts_before
+
+
+def test_rollouts_are_reproducible_from_their_seed(tiny_run, upstream):
+    from vas_proxy.train.prompts import PromptItem
+    from vas_proxy.train.rollouts import sample_rollouts
+    from vas_proxy.upstream.client import UpstreamClient
+
+    cfg, _ = tiny_run
+    stored = json.loads((Path(cfg.out) / "rollouts.jsonl").read_text().splitlines()[0])
+
+    async def resample(tmp):
+        client = UpstreamClient(upstream.base_url, upstream.model, use_cache=False)
+        try:
+            item = PromptItem(stored["prompt_index"], stored["prompt"], stored["upstream_prompt"])
+            return await sample_rollouts(client, [item], samples=1, max_tokens=cfg.max_tokens,
+                                         seed=cfg.seed, stop=["<|im_end|>"],
+                                         store=JsonlStore(tmp, Rollout), progress=False)
+        finally:
+            await client.aclose()
+
+    if stored["sample"] != 0:
+        pytest.skip("first stored rollout is not sample 0")
+    again = asyncio.run(resample(Path(cfg.out).parent / "again.jsonl"))
+    assert again[0].response == stored["response"]
+    assert again[0].seed == stored["seed"]
+
+
+# --------------------------------------------------------------------------- CLI errors
+
+def cli(*args, cwd=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    return subprocess.run([sys.executable, "-m", "vas_proxy", "train", *args],
+                          capture_output=True, text=True, env=env, cwd=cwd, timeout=120)
+
+
+def assert_one_line_error(res, fragment):
+    assert res.returncode == 1, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert fragment in lines[0] and "Traceback" not in res.stderr
+
+
+@pytest.fixture
+def good_prompts(tmp_path):
+    f = tmp_path / "prompts.jsonl"
+    f.write_text('{"prompt": "hi"}\n')
+    return f
+
+
+def test_cli_bad_prompts_file(tmp_path):
+    assert_one_line_error(cli("--prompts", str(tmp_path / "nope.jsonl"), "--reward", "vader",
+                              "--out", str(tmp_path / "o")), "does not exist")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\nnot json\n')
+    assert_one_line_error(cli("--prompts", str(bad), "--reward", "vader",
+                              "--out", str(tmp_path / "o")), "line 2: bad JSON")
+    bad.write_text('{"question": "no"}\n')
+    assert_one_line_error(cli("--prompts", str(bad), "--reward", "vader",
+                              "--out", str(tmp_path / "o")), "\"prompt\" (text) or")
+
+
+def test_cli_bad_reward_spec(tmp_path, good_prompts):
+    assert_one_line_error(cli("--prompts", str(good_prompts), "--reward", "sentimentality",
+                              "--out", str(tmp_path / "o")), "unknown reward spec")
+    assert_one_line_error(cli("--prompts", str(good_prompts), "--reward", "py:no_such_mod:f",
+                              "--out", str(tmp_path / "o")), "cannot import module")
+
+
+def test_cli_unwritable_out_dir(tmp_path, good_prompts):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert_one_line_error(cli("--prompts", str(good_prompts), "--reward", "vader",
+                              "--out", str(blocker / "run")), "cannot write to --out")

@@ -1,0 +1,114 @@
+"""Best-of-N, the baseline VAS is measured against (DESIGN §1): N full responses sampled plainly
+from the upstream, the one the reward scores highest returned.
+
+One function serves the service (`vas: {"best_of": N, "reward": NAME}`) and the eval, so the
+baseline they report is the same code. Each sample is one ordinary completion call (the
+provider profile's neutral sampler, so the samples follow the upstream's own distribution),
+with the request's stop strings. There is no guided loop here: the engine is not involved.
+The KL of the winner's distribution to the base is at most log N − (N−1)/N (`kl_bound`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .engine import Usage
+from .errors import ConfigError
+from .upstream.client import UpstreamClient
+
+MAX_BEST_OF = 128
+
+
+@dataclass
+class BestOfN:
+    """The winner (`text`, `finish_reason`), every sample and its score, and the summed usage
+    (all N calls are billed; `completion_tokens` counts the winner only, as the answer)."""
+
+    text: str
+    finish_reason: str
+    index: int
+    texts: list[str]
+    scores: list[float]
+    usage: Usage = field(default_factory=Usage)
+
+    @property
+    def score(self) -> float:
+        return self.scores[self.index]
+
+
+def kl_bound(n: int) -> float:
+    """Upper bound on KL(best-of-n ‖ base): log n − (n−1)/n (Beirami et al. 2024)."""
+    return math.log(n) - (n - 1) / n
+
+
+def check_best_of(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_BEST_OF:
+        raise ConfigError(f"vas.best_of must be an integer from 1 to {MAX_BEST_OF}",
+                          param="vas.best_of")
+    return n
+
+
+def sample_seeds(seed: int | None, n: int) -> list[int]:
+    """Upstream seeds of the n samples: derived from the request seed, random when unseeded
+    (a server's default seed may be fixed, which would make the n samples identical)."""
+    rng = np.random.default_rng(None if seed is None else [seed, 2])
+    return [int(s) for s in rng.integers(2**31, size=n)]
+
+
+async def best_of_n(upstream: UpstreamClient, prompt: str, *, n: int, reward,
+                    reward_prompt: str, max_tokens: int, stop: list[str] | None = None,
+                    temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
+                    model: str | None = None, concurrency: int = 4) -> BestOfN:
+    """Sample n responses to `prompt` (the exact upstream text) and return the best one.
+
+    `reward(prompts, responses) -> list[float]` scores each response against `reward_prompt`
+    (what the user asked: the raw prompt, or the last user message of a chat). Ties go to the
+    first sample. Seeded requests are reproducible (and cacheable); unseeded ones are not cached.
+    At most `concurrency` samples are in flight: a one-slot server (llama.cpp) queues the rest,
+    and a queued request's timeout runs while it waits.
+    """
+    check_best_of(n)
+    usage = Usage()
+    gate = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(s: int):
+        async with gate:
+            t0 = time.perf_counter()
+            # top_k=1: the logprobs are unused, but the completions call always asks for some.
+            res = await upstream.complete(prompt, max_tokens=max_tokens, top_k=1,
+                                          temperature=temperature, seed=s, stop=stop or None,
+                                          model=model, cache=seed is not None,
+                                          extra={"top_p": top_p} if top_p < 1.0 else None)
+            usage.upstream_seconds += time.perf_counter() - t0
+            return res
+
+    results = await asyncio.gather(*(one(s) for s in sample_seeds(seed, n)))
+    texts = [_cut(r.text, stop) for r in results]
+    t0 = time.perf_counter()
+    scores = await asyncio.to_thread(reward, [reward_prompt] * n, texts)
+    usage.scoring_seconds = time.perf_counter() - t0
+    best = int(np.argmax(scores))
+    for r in results:
+        if r.cached:
+            usage.cache_hits += 1
+        else:
+            usage.upstream_calls += 1
+            usage.upstream_prompt_tokens += r.prompt_tokens
+            usage.upstream_completion_tokens += r.completion_tokens
+    usage.prompt_tokens = results[best].prompt_tokens
+    usage.completion_tokens = results[best].completion_tokens
+    finish = "stop" if results[best].finish_reason == "stop" else "length"
+    return BestOfN(texts[best], finish, best, texts, [float(s) for s in scores], usage)
+
+
+def _cut(text: str, stop: list[str] | None) -> str:
+    """The text before the first stop string (servers normally cut it already)."""
+    for s in stop or []:
+        if s and s in text:
+            text = text[:text.index(s)]
+    return text

@@ -1,0 +1,178 @@
+"""`vas-proxy demo`: the main job on the embedded default, side by side for a few prompts:
+base sampling, VAS-guided and Best-of-N, with every reward and the upstream cost of each.
+
+Uses what is bundled: each value model under `vas_proxy/data/values/` with the reward its
+checkpoint says it was trained on (positivity ↔ vader, plain ↔ plain), or the documented
+positivity heuristic when no model is bundled. Guidance follows the first objective (or
+`--weights`); Best-of-N picks by that objective's reward. No response cache: the costs shown
+are what the upstream billed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import textwrap
+import time
+from dataclasses import dataclass
+
+from .assets import DATA_DIR
+from .errors import ConfigError
+
+PROMPTS = ["Tell me about your weekend plans.",
+           "What do you think about Mondays?",
+           "How was the traffic on your way to work?",
+           "Describe the food at the new cafe downtown.",
+           "What is your opinion of rainy days?"]
+# Rewards of the bundled objectives when a checkpoint does not name its own.
+KNOWN_REWARDS = {"positivity": "vader", "plain": "plain", "concise": "concise"}
+
+
+@dataclass
+class Objective:
+    name: str
+    value: str  # value SPEC
+    reward: str  # reward SPEC
+
+
+def bundled_objectives() -> list[Objective]:
+    """The bundled value models (positivity first) with their rewards; else the heuristic."""
+    import json
+
+    from .runtime import HEURISTIC_VALUE
+
+    found = []
+    root = DATA_DIR / "values"
+    for d in sorted(root.glob("*/vas_value.json")) if root.is_dir() else []:
+        name = d.parent.name
+        try:
+            reward = json.loads(d.read_text()).get("metadata", {}).get("reward")
+        except (OSError, ValueError):
+            continue
+        reward = reward or KNOWN_REWARDS.get(name)
+        if reward:
+            found.append(Objective(name, f"bundled:{name}", reward))
+    found.sort(key=lambda o: (o.name != "positivity", o.name))
+    return found or [Objective("positivity", HEURISTIC_VALUE, "vader")]
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="base vs VAS vs Best-of-N side by side on the embedded "
+                                    "default", description=__doc__.split("\n\n")[0])
+    p.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt (repeatable; "
+                                                                     "default: built-in ones)")
+    p.add_argument("--prompts", type=int, default=3, metavar="N",
+                   help="how many built-in prompts (default 3)")
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--beta", type=float, default=2.0, help="guidance strength (default 2)")
+    p.add_argument("--weights", metavar="NAME=W,...",
+                   help="weights of the bundled value models (default: the first at 1)")
+    p.add_argument("--best-of", type=int, default=4, help="N of the baseline (default 4)")
+    p.add_argument("--speculate", type=int, default=-1,
+                   help="draft tokens per upstream call (default -1: adaptive, exact)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--value", metavar="NAME=SPEC",
+                   help="use this value model instead of the bundled ones (with --reward)")
+    p.add_argument("--reward", metavar="SPEC", help="the reward of --value (default vader)")
+    p.add_argument("--width", type=int, help="output width (default: the terminal's)")
+    p.set_defaults(func=_main)
+
+
+async def _main(a: argparse.Namespace) -> int:
+    prompts = a.prompt or PROMPTS[:max(1, a.prompts)]
+    if a.value:
+        name, sep, spec = a.value.partition("=")
+        if not sep or not name or not spec:
+            raise ConfigError(f"--value expects NAME=SPEC, got {a.value!r}")
+        objectives = [Objective(name, spec, a.reward or "vader")]
+    else:
+        objectives = bundled_objectives()
+    await run_demo(prompts, objectives, max_tokens=a.max_tokens, beta=a.beta,
+                   weights=a.weights, best_of=a.best_of, speculate=a.speculate, seed=a.seed,
+                   width=a.width)
+    return 0
+
+
+async def run_demo(prompts: list[str], objectives: list[Objective], *, max_tokens: int = 32,
+                   beta: float = 2.0, weights: str | None = None, best_of: int = 4,
+                   speculate: int = -1, seed: int = 0, width: int | None = None,
+                   file=None) -> list[list["Cell"]]:
+    """Generate and print the comparison; returns the cells (one row of 3 per prompt)."""
+    from .bestofn import best_of_n, check_best_of
+    from .engine import GenerationRequest, Guidance
+    from .eval.config import parse_weights
+    from .runtime import Options, load_rewards, open_runtime
+
+    file = file or sys.stdout
+    check_best_of(best_of)
+    w = parse_weights(weights) if weights else {objectives[0].name: 1.0}
+    rewards = load_rewards({o.name: o.reward for o in objectives})
+    opts = Options(values={o.name: o.value for o in objectives},
+                   guidance=Guidance(beta=beta, top_k=20, speculate=speculate), use_cache=False)
+    guided_label = "VAS β={:g} ({})".format(beta, ", ".join(
+        f"{k}" if v == 1 else f"{k}×{v:g}" for k, v in w.items()))
+    selector = objectives[0]
+    headers = ["base (β=0)", guided_label, f"Best-of-{best_of} ({selector.reward})"]
+    rows = []
+    async with open_runtime(opts) as rt:
+        guided = rt.engine.resolve({"beta": beta, "weights": w})
+        base = rt.engine.resolve({"beta": 0.0})
+        stop = rt.template.stop_strings if rt.template else []
+        for i, prompt in enumerate(prompts):
+            print(f"[{i + 1}/{len(prompts)}] {prompt}", file=sys.stderr, flush=True)
+            upstream_prompt = rt.render_prompt(prompt)
+            cells = []
+            for g in (base, guided):
+                t0 = time.perf_counter()
+                out = await rt.engine.generate(GenerationRequest(
+                    upstream_prompt, max_tokens=max_tokens, seed=seed + i, guidance=g))
+                cells.append(Cell(out.text, out.usage, time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            bon = await best_of_n(rt.engine.upstream, upstream_prompt, n=best_of,
+                                  reward=rewards[selector.name], reward_prompt=prompt,
+                                  max_tokens=max_tokens, stop=stop, seed=seed + i)
+            cells.append(Cell(bon.text, bon.usage, time.perf_counter() - t0))
+            for c in cells:
+                c.scores = {o.reward: rewards[o.name]([prompt], [c.text])[0] for o in objectives}
+            rows.append(cells)
+            print_row(prompt, headers, cells, width, file)
+    return rows
+
+
+@dataclass
+class Cell:
+    text: str
+    usage: object
+    seconds: float
+    scores: dict | None = None
+
+    def footer(self) -> list[str]:
+        u = self.usage
+        billed = u.upstream_prompt_tokens + u.upstream_completion_tokens
+        return ["  ".join(f"{k} {v:+.2f}" for k, v in (self.scores or {}).items()),
+                f"{u.upstream_calls} calls, {billed} billed tok", f"{self.seconds:.1f} s"]
+
+
+def print_row(prompt: str, headers: list[str], cells: list[Cell], width: int | None,
+              file) -> None:
+    width = width or shutil.get_terminal_size((120, 24)).columns
+    col = (width - 3 * (len(cells) - 1)) // len(cells)
+    print(f"\n== {prompt}", file=file)
+    if col < 24:  # too narrow for columns: one after the other
+        for h, c in zip(headers, cells):
+            print(f"-- {h}", file=file)
+            print(textwrap.fill(c.text.strip() or "(empty)", width), file=file)
+            print("   " + " | ".join(c.footer()), file=file)
+        return
+    blocks = []
+    for h, c in zip(headers, cells):
+        lines = [h[:col], "-" * min(col, len(h))]
+        lines += textwrap.wrap(c.text.strip() or "(empty)", col) or [""]
+        lines += [""] + [x[:col] for x in c.footer()]
+        blocks.append(lines)
+    text_len = max(len(b) - 4 for b in blocks)  # align the footers
+    for b in blocks:
+        b[-4:-4] = [""] * (text_len - (len(b) - 4))
+    for parts in zip(*blocks):
+        print(" | ".join(p.ljust(col) for p in parts).rstrip(), file=file)

@@ -1,0 +1,216 @@
+"""Run the settings on the same prompts and seeds, one record per generation.
+
+Base and VAS generations go through the one engine (base = beta 0, whose target is exactly the
+upstream's top-k distribution); Best-of-N through `bestofn.best_of_n` (plain completions). Every
+setting sees prompt i with the same seed, so settings can be compared pair by pair. Records are
+appended to `results.jsonl` as they finish, so a long run can be resumed (`--resume`).
+
+KL to the base: for base and VAS, `Generation.kl` = Σ over steps of log q − log p of the chosen
+token (p = the upstream's top-k renormalised): an unbiased estimate of KL(q‖p) of the whole
+response. For Best-of-N, the analytic bound log N − (N−1)/N (`kl_kind` = "bound").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+from ..bestofn import best_of_n, kl_bound
+from ..engine import GenerationRequest, Guidance, Usage
+from ..errors import ConfigError
+from ..runtime import Options, Runtime, load_rewards, open_runtime
+from ..train.prompts import PromptItem, read_prompts, render_prompts
+from .config import EvalConfig, Setting
+
+RESULTS_FILE = "results.jsonl"
+CONFIG_FILE = "eval.json"
+TIMINGS_FILE = "timings.json"
+# What must not change between runs resumed into one directory (settings may be added).
+_SAME_ON_RESUME = ("prompts", "max_tokens", "top_k", "seed", "samples", "provider", "upstream",
+                   "model", "chat_template")
+
+
+def prepare(cfg: EvalConfig) -> tuple[Path, list[dict], dict]:
+    """Check the config and the output directory before anything slow; returns the directory,
+    the records already there (resume) and the rewards."""
+    cfg.check()
+    items = read_prompts(cfg.prompts)
+    rewards = load_rewards(cfg.rewards, device=cfg.device)
+    out = Path(cfg.out).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create --out {out}: {exc.strerror or exc}") from None
+    records: list[dict] = []
+    if (out / RESULTS_FILE).exists():
+        if not cfg.resume:
+            raise ConfigError(f"{out} already holds {RESULTS_FILE}: pass --resume to add to it "
+                              "(done generations are skipped) or choose another --out")
+        _check_resume(cfg, out)
+        records = read_records(out / RESULTS_FILE)
+    saved = cfg.to_dict()
+    if cfg.resume and (out / CONFIG_FILE).exists():  # keep every value/reward ever used
+        old = json.loads((out / CONFIG_FILE).read_text())
+        saved["values"] = {**old.get("values", {}), **cfg.values}
+        saved["rewards"] = {**old.get("rewards", {}), **cfg.rewards}
+    saved["command"] = " ".join(sys.argv)
+    (out / CONFIG_FILE).write_text(json.dumps(saved, indent=2) + "\n")
+    return out, records, {"items": items[:cfg.limit] if cfg.limit else items, "rewards": rewards}
+
+
+def _check_resume(cfg: EvalConfig, out: Path) -> None:
+    path = out / CONFIG_FILE
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    new = cfg.to_dict()
+    for key in _SAME_ON_RESUME:
+        if old.get(key) != new.get(key):
+            raise ConfigError(f"--resume: {key} was {old.get(key)!r} in {out}, now "
+                              f"{new.get(key)!r}; results would not be comparable")
+    for kind in ("values", "rewards"):
+        for name, spec in new[kind].items():
+            if name in old.get(kind, {}) and old[kind][name] != spec:
+                raise ConfigError(f"--resume: {kind[:-1]} {name!r} was {old[kind][name]!r} in "
+                                  f"{out}, now {spec!r}; use another name")
+
+
+def read_records(path: Path) -> list[dict]:
+    records = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a killed run: that generation is redone
+            print(f"warning: {path} line {n} is incomplete; redoing it", file=sys.stderr)
+    return records
+
+
+def _rescore(out: Path, records: list[dict], rewards: dict) -> None:
+    """Score earlier records (resume) with rewards added since they were written."""
+    missing = [(r, name) for r in records for name in rewards if name not in r["rewards"]]
+    if not missing:
+        return
+    for r, name in missing:
+        r["rewards"][name] = rewards[name]([r["prompt"]], [r["response"]])[0]
+    tmp = out / (RESULTS_FILE + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tmp.replace(out / RESULTS_FILE)
+
+
+def seed_for(cfg: EvalConfig, prompt_index: int, sample: int, n_prompts: int) -> int:
+    """Prompt i, sample j gets the same seed in every setting (paired comparisons)."""
+    return cfg.seed + sample * n_prompts + prompt_index
+
+
+async def run(cfg: EvalConfig, api_key: str | None = None) -> Path:
+    """The whole evaluation; returns the output directory (see `report` for what it holds).
+    `api_key` is the upstream's, kept out of the config that is written to disk."""
+    from .report import write_report
+
+    out, records, loaded = prepare(cfg)
+    items, rewards = loaded["items"], loaded["rewards"]
+    _rescore(out, records, rewards)
+    done = {(r["setting"], r["prompt_index"], r["sample"]) for r in records}
+    settings = cfg.settings()
+    needs_values = any(s.method == "vas" for s in settings)
+    opts = Options(upstream=cfg.upstream, model=cfg.model, provider=cfg.provider,
+                   api_key=api_key,
+                   values=dict(cfg.values) if needs_values else {},
+                   chat_template=cfg.chat_template,
+                   guidance=Guidance(beta=0.0, top_k=cfg.top_k, speculate=cfg.speculate),
+                   device=cfg.device, dtype=cfg.dtype, timeout=cfg.timeout,
+                   use_cache=False,  # cost is what we measure: never answer from the cache
+                   verbose=not cfg.quiet)
+    async with open_runtime(opts) as rt:
+        for s in settings:  # unknown weights etc. fail now, not after an hour
+            if s.method == "vas":
+                rt.engine.resolve({"beta": s.beta, "weights": s.weights_dict})
+        prompts = render_prompts(items, rt.template)
+        stop = rt.template.stop_strings if rt.template else []
+        jobs = [(s, p, j) for s in settings for p in prompts for j in range(cfg.samples)
+                if (s.name, p.index, j) not in done]
+        timings = _read_timings(out)
+        bar = _progress(len(jobs), cfg.quiet)
+        try:
+            with (out / RESULTS_FILE).open("a", encoding="utf-8") as f:
+                for s in settings:
+                    mine = [(p, j) for s_, p, j in jobs if s_ is s]
+                    if not mine:
+                        continue
+                    bar.set_description(s.name)
+                    t0 = time.perf_counter()
+                    gate = asyncio.Semaphore(cfg.concurrency)
+
+                    async def one(p: PromptItem, j: int, s=s):
+                        async with gate:
+                            rec = await generate(rt, cfg, s, p, seed_for(cfg, p.index, j,
+                                                                         len(prompts)),
+                                                 rewards, stop)
+                        rec["sample"] = j
+                        f.write(json.dumps(rec) + "\n")
+                        f.flush()
+                        bar.update(1)
+
+                    await asyncio.gather(*(one(p, j) for p, j in mine))
+                    timings[s.name] = timings.get(s.name, 0.0) + time.perf_counter() - t0
+                    (out / TIMINGS_FILE).write_text(json.dumps(timings, indent=2) + "\n")
+        finally:
+            bar.close()
+    write_report(out, quiet=cfg.quiet)
+    return out
+
+
+async def generate(rt: Runtime, cfg: EvalConfig, s: Setting, p: PromptItem, seed: int,
+                   rewards: dict, stop: list[str]) -> dict:
+    """One generation of setting `s` for prompt `p`, scored by every reward."""
+    t0 = time.perf_counter()
+    extra: dict = {}
+    if s.method == "bon":
+        res = await best_of_n(rt.engine.upstream, p.upstream, n=s.best_of,
+                              reward=rewards[s.bon_reward], reward_prompt=p.text,
+                              max_tokens=cfg.max_tokens, stop=stop, seed=seed,
+                              concurrency=2)
+        text, finish, usage = res.text, res.finish_reason, res.usage
+        kl, kl_kind = kl_bound(s.best_of), "bound"
+        extra = {"bon_scores": res.scores, "bon_chosen": res.index}
+    else:
+        guidance = rt.engine.resolve({"beta": s.beta, "weights": s.weights_dict or None}
+                                     if s.method == "vas" else {"beta": 0.0})
+        g = await rt.engine.generate(GenerationRequest(
+            prompt=p.upstream, max_tokens=cfg.max_tokens, seed=seed, guidance=guidance))
+        text, finish, usage = g.text, g.finish_reason, g.usage
+        kl, kl_kind = g.kl, "estimate"
+    seconds = time.perf_counter() - t0
+    scores = {name: (await asyncio.to_thread(r, [p.text], [text]))[0]
+              for name, r in rewards.items()}
+    return {"setting": s.name, "method": s.method, "beta": s.beta,
+            "weights": s.weights_dict, "best_of": s.best_of if s.method == "bon" else None,
+            "bon_reward": s.bon_reward or None, "prompt_index": p.index, "seed": seed,
+            "prompt": p.text, "response": text, "finish_reason": finish,
+            "rewards": scores, "kl": kl, "kl_kind": kl_kind, **_usage(usage),
+            "seconds": seconds, **extra}
+
+
+def _usage(u: Usage) -> dict:
+    return {"tokens": u.completion_tokens, "upstream_calls": u.upstream_calls,
+            "upstream_prompt_tokens": u.upstream_prompt_tokens,
+            "upstream_completion_tokens": u.upstream_completion_tokens,
+            "billed_tokens": u.upstream_prompt_tokens + u.upstream_completion_tokens,
+            "cache_hits": u.cache_hits, "rejected_draft_tokens": u.rejected_draft_tokens,
+            "upstream_seconds": u.upstream_seconds, "scoring_seconds": u.scoring_seconds}
+
+
+def _read_timings(out: Path) -> dict[str, float]:
+    path = out / TIMINGS_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _progress(total: int, quiet: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="gen", disable=quiet, file=sys.stderr, dynamic_ncols=True)
