@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/vas-proxy generate "Tell me about your weekend plans." --max-tokens 48 --seed 0
+	$(VENV)/bin/vas-proxy demo
 
 test: $(STAMP)
 	$(PY) -m pytest
