@@ -23,7 +23,6 @@ sample (which prompt, which response) instead of a silent zero that would bias t
 
 from __future__ import annotations
 
-import importlib
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from .errors import ConfigError, VasError
+from .specs import import_callable
 
 FORMS = "use vader, concise, plain, py:module:function or hf:PATH"
 
@@ -258,21 +258,5 @@ def load_reward(spec: str, *, device: str = "cpu") -> BatchReward:
 
 
 def _import_callable(spec: str):
-    module_name, sep, attr_path = spec[3:].partition(":")
-    if not sep or not module_name or not attr_path:
-        raise RewardSpecError(f"bad reward spec {spec!r}: expected py:module:function")
-    try:
-        obj = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise RewardSpecError(f"reward spec {spec!r}: cannot import module {module_name!r} "
-                              f"({exc}); check the name and that it is on PYTHONPATH") from exc
-    for part in attr_path.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise RewardSpecError(f"reward spec {spec!r}: module {module_name!r} has no "
-                                  f"attribute {attr_path!r}") from None
-    if not callable(obj):
-        raise RewardSpecError(f"reward spec {spec!r}: {attr_path!r} is a {type(obj).__name__}, "
-                              "not a callable f(prompts, responses) -> list[float]")
-    return obj
+    return import_callable(spec, kind="reward", signature="f(prompts, responses) -> list[float]",
+                           error=RewardSpecError)

@@ -7,11 +7,11 @@ Forms: `py:module:function` (a Python callable), `bundled:NAME` (a checkpoint sh
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 from ..assets import DATA_DIR
 from ..errors import ValueSpecError
+from ..specs import import_callable
 from . import ValueFunction
 from .callable import CallableValue
 
@@ -45,25 +45,8 @@ def backbone_of(spec: str) -> str | None:
 
 
 def _import_callable(spec: str):
-    """Resolve `py:module:function` (the function may be dotted: `py:pkg.mod:Class.method`)."""
-    module_name, sep, attr_path = spec[len(PY_PREFIX):].partition(":")
-    if not sep or not module_name or not attr_path:
-        raise ValueSpecError(f"bad value spec {spec!r}: expected py:module:function")
-    try:
-        obj = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueSpecError(f"value spec {spec!r}: cannot import module {module_name!r} ({exc}); "
-                             "check the name and that it is on PYTHONPATH") from exc
-    for part in attr_path.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ValueSpecError(f"value spec {spec!r}: module {module_name!r} has no attribute "
-                                 f"{attr_path!r}") from None
-    if not callable(obj):
-        raise ValueSpecError(f"value spec {spec!r}: {attr_path!r} is a {type(obj).__name__}, "
-                             "not a callable f(prompt, continuations) -> list[float]")
-    return obj
+    return import_callable(spec, kind="value", signature="f(prompt, continuations) -> list[float]",
+                           error=ValueSpecError)
 
 
 def _checkpoint_dir(spec: str) -> Path:
