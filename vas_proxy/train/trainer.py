@@ -274,8 +274,9 @@ class Trainer:
         self.optimizer.step()
         self.scheduler.step()
         seconds = time.perf_counter() - t0
+        n_resp = max(n_resp, 1)
         return {"loss": loss_sum / len(group), "lr": lr, "grad_norm": grad_norm,
-                "value_mean": value_sum / max(n_resp, 1), "target_mean": target_sum / max(n_resp, 1),
+                "value_mean": value_sum / n_resp, "target_mean": target_sum / n_resp,
                 "tokens": n_tokens, "seconds": seconds, "tokens_per_s": n_tokens / seconds}
 
 
