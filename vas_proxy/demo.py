@@ -107,8 +107,14 @@ async def run_demo(prompts: list[str], objectives: list[Objective], *, max_token
     file = file or sys.stdout
     check_best_of(best_of)
     w = parse_weights(weights) if weights else {objectives[0].name: 1.0}
+    unknown = set(w) - {o.name for o in objectives}
+    if unknown:
+        raise ConfigError(f"--weights names {', '.join(sorted(unknown))}; the value models "
+                          f"here are {', '.join(o.name for o in objectives)}")
+    w = {k: v for k, v in w.items() if v != 0}
     rewards = load_rewards({o.name: o.reward for o in objectives})
-    opts = Options(values={o.name: o.value for o in objectives},
+    # Only the value models that guide are loaded; every objective's reward is shown.
+    opts = Options(values={o.name: o.value for o in objectives if w.get(o.name)},
                    guidance=Guidance(beta=beta, top_k=20, speculate=speculate), use_cache=False)
     guided_label = "VAS β={:g} ({})".format(beta, ", ".join(
         f"{k}" if v == 1 else f"{k}×{v:g}" for k, v in w.items()))
