@@ -41,3 +41,9 @@ def test_demo_default_is_quick(capsys):
     assert main(["demo"]) == 0
     assert time.perf_counter() - t0 < 180
     assert capsys.readouterr().out.count("== ") == 3
+
+
+def test_demo_rejects_unknown_weights(capsys):
+    assert main(["demo", "--weights", "nope=1", "--value",
+                 f"positivity={HEURISTIC_VALUE}"]) == 1
+    assert "--weights names nope" in capsys.readouterr().err
