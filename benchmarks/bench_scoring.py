@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from vas_proxy.assets import smollm2_gguf
 from vas_proxy.values.checkpoint import CheckpointValue, build_value_model, dtype_name
 
 # Any fixed English text: repeated until it is long enough, then cut at token boundaries.
@@ -46,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=20, help="candidates per step (<= 20)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: the library's, see configure_cpu_threads)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="SmolLM2's shape with random weights (same cost per step; for machines "
+                        "without the GGUF's tensors, see benchmarks/device_kit.py)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     return p.parse_args(argv)
 
@@ -97,13 +101,20 @@ def main(argv: list[str] | None = None) -> int:
     candidates = CANDIDATES[:args.k]
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
-    model, tokenizer = build_value_model("smollm2", lora_r=0, dtype=args.dtype)
+    if args.random_weights:
+        from transformers import AutoConfig
+
+        gguf = smollm2_gguf()
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model, tokenizer = build_value_model(config, lora_r=0, dtype=args.dtype)
+    else:
+        model, tokenizer = build_value_model("smollm2", lora_r=0, dtype=args.dtype)
     model.to(args.device).eval()
     reuse = CheckpointValue(model, tokenizer, "reuse", use_cache=True)
     full = CheckpointValue(model, tokenizer, "full", use_cache=False)
     if args.threads:  # after CheckpointValue, which applies the library's thread default
         torch.set_num_threads(args.threads)
-    print(f"loaded SmolLM2 backbone in {time.perf_counter() - t0:.1f} s "
+    print(f"loaded SmolLM2 backbone{' (random weights)' if args.random_weights else ''} in {time.perf_counter() - t0:.1f} s "
           f"({dtype_name(model.backbone_dtype)}, {args.device}, {torch.get_num_threads()} threads)")
 
     warm_up(tokenizer, reuse, full, candidates, args.device)
@@ -126,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "device": args.device, "dtype": args.dtype, "repeats": args.repeats,
+            "random_weights": args.random_weights,
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "machine": platform.processor() or platform.machine(),
             "loadavg_1min_before_after": [load_before, os.getloadavg()[0]],

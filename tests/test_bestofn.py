@@ -44,13 +44,21 @@ def test_best_of_returns_the_maximum_of_plain_samples(upstream, chat_prompt):
             res = await best_of_n(up, prompt, n=4, reward=load_reward(LENGTH),
                                   reward_prompt="Name a colour.", max_tokens=8, stop=stop,
                                   seed=11)
-            # each sample is one plain completion with its derived seed
-            plain = [await up.complete(prompt, max_tokens=8, top_k=1, seed=s, stop=stop,
+            # each sample is one plain completion (text only) with its derived seed
+            plain = [await up.complete(prompt, max_tokens=8, top_k=0, seed=s, stop=stop,
                                        cache=False) for s in sample_seeds(11, 4)]
-            return res, plain
+            # top_k: the samples come from the upstream's top-k distribution (the base of VAS)
+            top3 = await best_of_n(up, prompt, n=4, reward=load_reward(LENGTH),
+                                   reward_prompt="Name a colour.", max_tokens=8, stop=stop,
+                                   seed=11, top_k=3)
+            plain3 = [await up.complete(prompt, max_tokens=8, top_k=0, seed=s, stop=stop,
+                                        cache=False, extra={"top_k": 3})
+                      for s in sample_seeds(11, 4)]
+            return res, plain, top3, plain3
 
-    res, plain = asyncio.run(go())
+    res, plain, top3, plain3 = asyncio.run(go())
     assert res.texts == [p.text for p in plain]
+    assert top3.texts == [p.text for p in plain3] != res.texts
     assert len(set(res.texts)) > 1  # N different samples
     assert res.scores == [float(len(t)) for t in res.texts]
     assert res.index == max(range(4), key=lambda i: (res.scores[i], -i))

@@ -113,3 +113,27 @@ def test_real_upstream_shape(upstream):
     for pos in res.positions:
         lps = [c.logprob for c in pos.candidates]
         assert len(lps) >= 10 and lps == sorted(lps, reverse=True)
+
+
+def test_top_k_zero_asks_for_text_only(upstream):
+    """top_k=0 sends no `logprobs` (llama-cpp-python then skips its per-token vocabulary sort)
+    and returns the same sample as a call with logprobs: the seed alone decides the text."""
+    seen = []
+
+    class Recording(httpx.AsyncHTTPTransport):
+        async def handle_async_request(self, request):
+            seen.append(json.loads(request.content))
+            return await super().handle_async_request(request)
+
+    async def go():
+        async with UpstreamClient(upstream.base_url, upstream.model, use_cache=False,
+                                  transport=Recording()) as c:
+            text_only = await c.complete("Once upon a time", max_tokens=6, top_k=0, seed=5)
+            with_lps = await c.complete("Once upon a time", max_tokens=6, top_k=2, seed=5)
+            return text_only, with_lps
+
+    text_only, with_lps = asyncio.run(go())
+    assert "logprobs" not in seen[0] and seen[1]["logprobs"] == 2
+    assert text_only.positions == [] and with_lps.positions
+    assert text_only.text == with_lps.text != ""
+    assert text_only.completion_tokens == with_lps.completion_tokens

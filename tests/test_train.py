@@ -253,19 +253,26 @@ def test_rollouts_are_reproducible_from_their_seed(tiny_run, upstream):
     stored = next(r for r in map(json.loads, (Path(cfg.out) / "rollouts.jsonl").read_text()
                                  .splitlines()) if r["sample"] == 0)
 
-    async def resample(tmp):
+    async def resample(tmp, logprobs=True):
         client = UpstreamClient(upstream.base_url, upstream.model, use_cache=False)
         try:
             item = PromptItem(stored["prompt_index"], stored["prompt"], stored["upstream_prompt"])
             return await sample_rollouts(client, [item], samples=1, max_tokens=cfg.max_tokens,
                                          seed=cfg.seed, stop=["<|im_end|>"],
-                                         store=JsonlStore(tmp, Rollout), progress=False)
+                                         store=JsonlStore(tmp, Rollout), progress=False,
+                                         logprobs=logprobs)
         finally:
             await client.aclose()
 
     again = asyncio.run(resample(Path(cfg.out).parent / "again.jsonl"))
     assert again[0].response == stored["response"]
     assert again[0].seed == stored["seed"]
+    # --no-logprobs: the same sample, stored without tokens; its half is cut by characters
+    text_only = asyncio.run(resample(Path(cfg.out).parent / "text_only.jsonl", logprobs=False))
+    assert text_only[0].response == stored["response"]
+    assert text_only[0].tokens == text_only[0].logprobs == []
+    r = text_only[0].response
+    assert text_only[0].half() == (r[:len(r) // 2], cfg.max_tokens // 2)
 
 
 # --------------------------------------------------------------------------- CLI errors
@@ -314,3 +321,67 @@ def test_cli_unwritable_out_dir(tmp_path, good_prompts):
     blocker.write_text("")
     assert_one_line_error(cli("--prompts", str(good_prompts), "--reward", "vader",
                               "--out", str(blocker / "run")), "cannot write to --out")
+
+
+def test_embedded_upstream_is_recycled_between_requests(tmp_path):
+    """The embedded server is restarted every `recycle_every` requests, never mid-request."""
+    import contextlib
+
+    from vas_proxy.train.command import LazyUpstream
+
+    events = []
+
+    class FakeLocal:
+        def stop(self):
+            events.append("stop")
+
+        def start(self):
+            events.append("start")
+
+    class FakeClient:
+        async def complete(self, prompt, **kw):
+            events.append(f"begin {prompt}")
+            await asyncio.sleep(0.01 * (prompt % 3))
+            events.append(f"end {prompt}")
+            return prompt
+
+    async def go():
+        async with contextlib.AsyncExitStack() as stack:
+            up = LazyUpstream(TrainConfig(prompts="-", reward="vader", out=str(tmp_path)),
+                              None, stack, recycle_every=3)
+            up._local, up._client = FakeLocal(), FakeClient()
+            two = asyncio.Semaphore(2)  # the samplers' concurrency
+
+            async def one(i):
+                async with two:
+                    return await up.complete(i)
+
+            return await asyncio.gather(*[one(i) for i in range(9)])
+
+    assert asyncio.run(go()) == list(range(9))
+    assert events.count("stop") == events.count("start") >= 2
+    in_flight = served = 0
+    for e in events:  # no request runs while the server restarts, and few run between
+        in_flight += e.startswith("begin") - e.startswith("end")
+        served += e.startswith("end")
+        if e in ("stop", "start"):
+            assert in_flight == 0
+        if e == "stop":
+            assert 3 <= served <= 4
+            served = 0
+
+
+def test_training_starts_from_the_mean_reward(tmp_path):
+    """Head weights zero, bias = mean training reward: the untrained model is the mean
+    predictor, whatever the reward's offset (-1.5 for `plain`)."""
+    from vas_proxy.train.td import Example
+    from vas_proxy.train.trainer import Trainer, build_model
+    from vas_proxy.train.validation import predict_last
+
+    cfg = TrainConfig(prompts="-", reward="plain", out=str(tmp_path), backbone="tiny",
+                      lora_r=4, quiet=True)
+    model, tok = build_model(cfg)
+    ids = tok("Hello there")["input_ids"]
+    examples = [Example(ids, 1, r) for r in (-1.0, -2.0, -0.5, -2.5)]
+    Trainer(cfg, model, tok, examples, tmp_path)
+    assert predict_last(model, tok, ["Hello it is", "Nope"]) == pytest.approx([-1.5, -1.5])

@@ -62,13 +62,16 @@ def sample_seeds(seed: int | None, n: int) -> list[int]:
 
 async def best_of_n(upstream: UpstreamClient, prompt: str, *, n: int, reward,
                     reward_prompt: str, max_tokens: int, stop: list[str] | None = None,
-                    temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
-                    model: str | None = None, concurrency: int = 4) -> BestOfN:
+                    temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                    seed: int | None = None, model: str | None = None,
+                    concurrency: int = 4) -> BestOfN:
     """Sample n responses to `prompt` (the exact upstream text) and return the best one.
 
     `reward(prompts, responses) -> list[float]` scores each response against `reward_prompt`
     (what the user asked: the raw prompt, or the last user message of a chat). Ties go to the
-    first sample. Seeded requests are reproducible (and cacheable); unseeded ones are not cached.
+    first sample. `top_k` > 0 restricts sampling to the top-k tokens (the base distribution
+    the guided sampler tilts, so best-of-1 and beta 0 sample alike; llama.cpp and vLLM only).
+    Seeded requests are reproducible (and cacheable); unseeded ones are not cached.
     At most `concurrency` samples are in flight: a one-slot server (llama.cpp) queues the rest,
     and a queued request's timeout runs while it waits.
     """
@@ -79,11 +82,14 @@ async def best_of_n(upstream: UpstreamClient, prompt: str, *, n: int, reward,
     async def one(s: int):
         async with gate:
             t0 = time.perf_counter()
-            # top_k=1: the logprobs are unused, but the completions call always asks for some.
-            res = await upstream.complete(prompt, max_tokens=max_tokens, top_k=1,
+            extra = {"top_p": top_p} if top_p < 1.0 else {}
+            if top_k:
+                extra["top_k"] = top_k
+            # No logprobs (top_k=0 below): only the text is scored, and they cost ~3x.
+            res = await upstream.complete(prompt, max_tokens=max_tokens, top_k=0,
                                           temperature=temperature, seed=s, stop=stop or None,
                                           model=model, cache=seed is not None,
-                                          extra={"top_p": top_p} if top_p < 1.0 else None)
+                                          extra=extra or None)
             usage.upstream_seconds += time.perf_counter() - t0
             return res
 

@@ -1,7 +1,8 @@
 """Run the settings on the same prompts and seeds, one record per generation.
 
 Base and VAS generations go through the one engine (base = beta 0, whose target is exactly the
-upstream's top-k distribution); Best-of-N through `bestofn.best_of_n` (plain completions). Every
+upstream's top-k distribution); Best-of-N through `bestofn.best_of_n` (plain completions from
+the same top-k base where the upstream can sample it). Every
 setting sees prompt i with the same seed, so settings can be compared pair by pair. Records are
 appended to `results.jsonl` as they finish, so a long run can be resumed (`--resume`).
 
@@ -174,7 +175,7 @@ async def generate(rt: Runtime, cfg: EvalConfig, s: Setting, p: PromptItem, seed
         res = await best_of_n(rt.engine.upstream, p.upstream, n=s.best_of,
                               reward=rewards[s.bon_reward], reward_prompt=p.text,
                               max_tokens=cfg.max_tokens, stop=stop, seed=seed,
-                              concurrency=2)
+                              top_k=_base_top_k(rt, cfg), concurrency=2)
         text, finish, usage = res.text, res.finish_reason, res.usage
         kl, kl_kind = kl_bound(s.best_of), "bound"
         extra = {"bon_scores": res.scores, "bon_chosen": res.index}
@@ -194,6 +195,13 @@ async def generate(rt: Runtime, cfg: EvalConfig, s: Setting, p: PromptItem, seed
             "prompt": p.text, "response": text, "finish_reason": finish,
             "rewards": scores, "kl": kl, "kl_kind": kl_kind, **_usage(usage),
             "seconds": seconds, **extra}
+
+
+def _base_top_k(rt: Runtime, cfg: EvalConfig) -> int:
+    """Best-of-N samples from the same base as beta 0 (the upstream's top-k distribution)
+    where the upstream can sample top-k itself (llama.cpp, vLLM); elsewhere from its full
+    distribution (`top_k` 0)."""
+    return cfg.top_k if rt.engine.upstream.profile.samples_follow_logprobs else 0
 
 
 def _usage(u: Usage) -> dict:

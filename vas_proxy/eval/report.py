@@ -43,6 +43,7 @@ def summarise(records: list[dict], reward_names: list[str],
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         groups[r["setting"]].append(r)
+    base = {(r["prompt_index"], r["sample"]): r for r in groups.get("base", [])}
     rows = []
     for name, rs in groups.items():
         first = rs[0]
@@ -54,6 +55,10 @@ def summarise(records: list[dict], reward_names: list[str],
         for reward in reward_names:
             row[f"{reward}_mean"], row[f"{reward}_se"] = mean_se(
                 r["rewards"].get(reward) for r in rs)
+            # Paired with base (same prompt, same seed): the gain and its standard error,
+            # which is smaller than the two settings' errors combined when they correlate.
+            row[f"{reward}_gain"], row[f"{reward}_gain_se"] = mean_se(
+                _paired(rs, base, reward) if name != "base" else [])
         row["kl_mean"], row["kl_se"] = mean_se(r["kl"] for r in rs)
         if first["kl_kind"] == "bound":
             row["kl_se"] = math.nan
@@ -69,6 +74,14 @@ def summarise(records: list[dict], reward_names: list[str],
     rows.sort(key=lambda r: (_METHOD_ORDER[r["method"]], r["weights"],
                              0.0 if math.isnan(r["beta"]) else r["beta"], r["best_of"] or 0))
     return rows
+
+
+def _paired(rs: list[dict], base: dict, reward: str):
+    for r in rs:
+        b = base.get((r["prompt_index"], r["sample"]))
+        if b is not None and r["rewards"].get(reward) is not None \
+                and b["rewards"].get(reward) is not None:
+            yield r["rewards"][reward] - b["rewards"][reward]
 
 
 def write_report(out: str | Path, quiet: bool = True) -> dict[str, Path]:
@@ -114,6 +127,14 @@ def _pm(mean: float, se: float, digits: int = 3) -> str:
     return f"{mean:.{digits}f}" + ("" if math.isnan(se) else f" ± {se:.{digits}f}")
 
 
+def _gain(row: dict, name: str) -> str:
+    mean, se = row[f"{name}_gain"], row[f"{name}_gain_se"]
+    if math.isnan(mean):
+        return ""
+    z = "" if math.isnan(se) or se == 0 else f", {mean / se:+.1f} s.e."
+    return f" (Δ {mean:+.3f} ± {se:.3f}{z})"
+
+
 def markdown_table(rows: list[dict], names: list[str]) -> str:
     head = ["setting", "n", *names, "KL to base", "upstream calls", "billed tokens",
             "tokens", "s / response"]
@@ -121,7 +142,7 @@ def markdown_table(rows: list[dict], names: list[str]) -> str:
     for r in rows:
         kl = _pm(r["kl_mean"], r["kl_se"], 2) + (" (bound)" if r["kl_kind"] == "bound" else "")
         cells = [r["setting"], str(r["n"]),
-                 *(_pm(r[f"{n}_mean"], r[f"{n}_se"]) for n in names), kl,
+                 *(_pm(r[f"{n}_mean"], r[f"{n}_se"]) + _gain(r, n) for n in names), kl,
                  f"{r['upstream_calls']:.1f}", f"{r['billed_tokens']:.0f}",
                  f"{r['tokens']:.1f}", f"{r['seconds']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -130,7 +151,9 @@ def markdown_table(rows: list[dict], names: list[str]) -> str:
 
 def write_markdown(rows: list[dict], names: list[str], path: Path, plots: list[str]) -> Path:
     text = [markdown_table(rows, names), "",
-            "Rewards: mean ± standard error over responses. KL to base: Σ log q − log p of "
+            "Rewards: mean ± standard error over responses; Δ: the mean paired difference "
+            "from base (same prompt and seed) ± its standard error, and how many standard "
+            "errors that is. KL to base: Σ log q − log p of "
             "the chosen tokens (p = the upstream's top-k renormalised), averaged; Best-of-N: "
             "the analytic bound log N − (N−1)/N. Upstream calls and billed tokens (prompt + "
             "completion, as the upstream counts them) are per response.", ""]

@@ -116,9 +116,11 @@ class LazyUpstream:
     Only `model` and `complete` are used by the samplers; `model` must be known up front: the
     embedded server's alias, --model, or (remote upstream without --model) asked for at once.
 
-    The embedded llama-cpp-python server's memory grows with every request it answers
-    (measured: +11.7 MiB per call, 12.8 GB after ~4,500 calls), so it is restarted on the same
-    port after every `recycle_every` requests, once the requests in flight have finished.
+    The embedded server's memory grows with every request (measured: +11.7 MiB per call,
+    12.8 GB after ~4,500 calls): its RAM state cache (`--cache true`) bounds only the KV bytes
+    of the states it keeps, not the n_tokens x n_vocab float32 logits each state also holds.
+    So the server is restarted on the same port after every `recycle_every` requests, once the
+    requests in flight have finished.
     """
 
     def __init__(self, cfg: TrainConfig, api_key: str | None, stack: contextlib.AsyncExitStack,
@@ -202,7 +204,7 @@ async def collect(cfg: TrainConfig, out: Path, items: list[dict], api_key: str |
         rollouts = await sample_rollouts(
             upstream, prompts, samples=cfg.samples_per_prompt, max_tokens=cfg.max_tokens,
             seed=cfg.seed, stop=stop, store=JsonlStore(out / ROLLOUTS_FILE, Rollout),
-            concurrency=cfg.concurrency, progress=not cfg.quiet)
+            concurrency=cfg.concurrency, progress=not cfg.quiet, logprobs=not cfg.no_logprobs)
         held = heldout_prompts(len(prompts), cfg.heldout_frac, cfg.seed)
         held_rollouts = [r for r in rollouts if r.prompt_index in held]
         halves = []

@@ -73,6 +73,8 @@ class Rollout:
     def half(self) -> tuple[str, int]:
         """The first half of the response (by upstream tokens) and its token count."""
         n = len(self.tokens) // 2
+        if not self.tokens:  # sampled without logprobs: the token count is not known
+            return self.response[:len(self.response) // 2], self.max_tokens // 2
         if "".join(self.tokens) == self.response:
             return "".join(self.tokens[:n]), n
         # Tokens that are partial UTF-8 sequences print as "" and do not join back: cut the
@@ -155,8 +157,10 @@ async def _run_jobs(jobs: list, work: Callable[[Any], Awaitable[None]], concurre
 
 async def sample_rollouts(client: Completer, prompts: list[PromptItem], *, samples: int,
                           max_tokens: int, seed: int, stop: list[str], store: JsonlStore,
-                          concurrency: int = 2, progress: bool = True) -> list[Rollout]:
-    """`samples` responses per prompt, reusing the stored ones made with the same settings."""
+                          concurrency: int = 2, progress: bool = True,
+                          logprobs: bool = True) -> list[Rollout]:
+    """`samples` responses per prompt, reusing the stored ones made with the same settings.
+    `logprobs=False` stores no tokens or logprobs (faster; training uses the text only)."""
     stored = store.load()
     wanted, todo = {}, []
     for item in prompts:
@@ -173,7 +177,7 @@ async def sample_rollouts(client: Completer, prompts: list[PromptItem], *, sampl
 
     async def work(job):
         item, j, s = job
-        res = await client.complete(item.upstream, max_tokens=max_tokens, top_k=1,
+        res = await client.complete(item.upstream, max_tokens=max_tokens, top_k=int(logprobs),
                                     temperature=1.0, seed=s, stop=stop or None)
         sampled = [p.sampled for p in res.positions if p.sampled is not None]
         r = Rollout(item.index, j, s, client.model, max_tokens, item.text, item.upstream,
@@ -211,7 +215,7 @@ async def sample_half_completions(client: Completer, rollouts: list[Rollout], *,
         texts = []
         for s in seeds:
             res = await client.complete(r.upstream_prompt + half, max_tokens=max(1, max_tokens - n),
-                                        top_k=1, temperature=1.0, seed=s, stop=stop or None)
+                                        top_k=0, temperature=1.0, seed=s, stop=stop or None)
             texts.append(res.text)
         h = HalfCompletions(r.prompt_index, r.sample, half, n, seeds, texts)
         store.append(h)

@@ -129,6 +129,20 @@ class Trainer:
             self.optimizer, lambda s: _lr_factor(s, warmup, self.total_steps))
         self.progress = Progress()
         self.last_validation: dict = {}
+        self._start_at_mean_reward()
+
+    def _start_at_mean_reward(self) -> None:
+        """Zero head weights, bias = the mean training reward: training starts from the
+        mean predictor. Adam moves a parameter by about lr per step, so a zero bias takes
+        hundreds of steps to reach an offset like -1.5 (the `plain` reward), time the body then
+        spends fitting the offset instead of what distinguishes tokens. (`restore` overwrites
+        this on resume.)"""
+        head = getattr(self.model, "head", None)
+        if head is None or getattr(head, "bias", None) is None:
+            return
+        with torch.no_grad():
+            head.weight.zero_()
+            head.bias.fill_(float(np.mean([e.reward for e in self.examples])))
 
     # -- state ----------------------------------------------------------------------------
 
@@ -218,7 +232,7 @@ class Trainer:
     def train(self) -> dict:
         cfg, p = self.cfg, self.progress
         if p.step == 0 and p.epoch == 0 and p.batch == 0:
-            self.validate()  # the untrained (zero-head) baseline
+            self.validate()  # the untrained baseline: the mean predictor
         bar = tqdm(total=self.total_steps, initial=min(p.step, self.total_steps), desc="train",
                    unit="step", disable=cfg.quiet, dynamic_ncols=True)
         self.model.train()

@@ -173,16 +173,20 @@ class UpstreamClient:
                        temperature: float = 1.0, seed: int | None = None,
                        stop: list[str] | None = None, extra: dict | None = None,
                        model: str | None = None, cache: bool = True) -> UpstreamResult:
-        """One `/v1/completions` call asking for `top_k` logprobs at each generated position.
+        """One `/v1/completions` call asking for `top_k` logprobs at each generated position
+        (`top_k=0`: text only, no positions; llama-cpp-python sorts the whole vocabulary in
+        Python for each reported position, which makes logprobs cost ~3x the sampling itself).
 
         A reproducible request (a seed, or temperature 0) is answered from the cache when it can
         be (`cached=True`, with the billed token counts of the original answer); `cache=False`
         skips the cache for this call (e.g. random seeds that will never repeat).
         """
-        k = self.profile.clamp_top_k(top_k)
+        k = self.profile.clamp_top_k(top_k) if top_k else 0
         body = {"model": model or self.model, "prompt": prompt, "max_tokens": max_tokens,
-                "logprobs": k, "temperature": temperature, "stream": False,
+                "temperature": temperature, "stream": False,
                 **self.profile.sampler_params, **(extra or {})}
+        if k:
+            body["logprobs"] = k
         if seed is not None:
             body["seed"] = seed
         if stop:
@@ -210,6 +214,13 @@ class UpstreamClient:
         if not choices:
             raise UpstreamError("the upstream answered with no choices")
         choice = choices[0]
+        usage = data.get("usage") or {}
+        if k == 0:
+            return UpstreamResult(positions=[], text=choice.get("text", ""),
+                                  finish_reason=choice.get("finish_reason"),
+                                  prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                                  completion_tokens=int(usage.get("completion_tokens") or 0),
+                                  raw=data)
         # llama-cpp-python may run past max_tokens to finish a partial UTF-8 character and then
         # reports a stub position for the extra token: keep only what was asked for.
         positions = parse_positions(choice, k)[:max_tokens]
