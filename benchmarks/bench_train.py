@@ -55,7 +55,8 @@ def spread(xs: list[float]) -> dict:
 # --------------------------------------------------------------------------- rollouts
 
 async def bench_rollouts(a) -> tuple[dict, list]:
-    """Sample `rollouts` responses `rollout_repeats` times (fresh seeds each time)."""
+    """Sample `rollouts` responses `rollout_repeats` times (fresh seeds each time), with token
+    logprobs (the default) and text only (`--no-logprobs`), interleaved."""
     from vas_proxy.assets import smollm2_gguf
     from vas_proxy.templates import from_gguf
     from vas_proxy.train.prompts import read_prompts, render_prompts
@@ -65,23 +66,29 @@ async def bench_rollouts(a) -> tuple[dict, list]:
 
     template = from_gguf(str(smollm2_gguf()))
     items = render_prompts(read_prompts(a.prompts), template)[:a.rollouts]
-    per_s, tok_s, samples = [], [], []
+    per_s = {True: [], False: []}
+    tok_s, samples = [], []
     with LocalUpstream() as up, tempfile.TemporaryDirectory() as tmp:
         client = UpstreamClient(up.base_url, up.model, use_cache=False)
         try:
             for rep in range(a.rollout_repeats):
-                store = JsonlStore(Path(tmp) / f"r{rep}.jsonl", Rollout)
-                t0 = time.perf_counter()
-                rs = await sample_rollouts(client, items, samples=1, max_tokens=a.max_tokens,
-                                           seed=1000 + rep, stop=template.stop_strings,
-                                           store=store, concurrency=2, progress=False)
-                dt = time.perf_counter() - t0
-                per_s.append(len(rs) / dt)
-                tok_s.append(sum(len(r.tokens) for r in rs) / dt)
-                samples = rs
+                for logprobs in (True, False):
+                    store = JsonlStore(Path(tmp) / f"r{rep}{logprobs}.jsonl", Rollout)
+                    t0 = time.perf_counter()
+                    rs = await sample_rollouts(client, items, samples=1,
+                                               max_tokens=a.max_tokens, seed=1000 + rep,
+                                               stop=template.stop_strings, store=store,
+                                               concurrency=2, progress=False,
+                                               logprobs=logprobs)
+                    dt = time.perf_counter() - t0
+                    per_s[logprobs].append(len(rs) / dt)
+                    if logprobs:
+                        tok_s.append(sum(len(r.tokens) for r in rs) / dt)
+                        samples = rs
         finally:
             await client.aclose()
-    return {"responses_per_s": spread(per_s), "tokens_per_s": spread(tok_s)}, samples
+    return {"responses_per_s": spread(per_s[True]), "tokens_per_s": spread(tok_s),
+            "text_only_responses_per_s": spread(per_s[False])}, samples
 
 
 # --------------------------------------------------------------------------- training
@@ -165,7 +172,11 @@ def main(a) -> int:
         print(f"rollouts ({a.rollouts} × {a.max_tokens} tokens, {a.rollout_repeats} repeats): "
               f"{r['responses_per_s']['median']:.3f} responses/s "
               f"[{r['responses_per_s']['min']:.3f}–{r['responses_per_s']['max']:.3f}], "
-              f"{r['tokens_per_s']['median']:.1f} tokens/s")
+              f"{r['tokens_per_s']['median']:.1f} tokens/s; text only (--no-logprobs): "
+              f"{r['text_only_responses_per_s']['median']:.3f} responses/s "
+              f"[{r['text_only_responses_per_s']['min']:.3f}–"
+              f"{r['text_only_responses_per_s']['max']:.3f}], "
+              f"{r['text_only_responses_per_s']['median'] / r['responses_per_s']['median']:.1f}×")
     print(f"\ntraining ({a.backbone}, {a.device}, batch {a.batch_size}, {a.steps} steps):\n")
     print("| config | trainable params | tokens/s median [min–max] | s/step median "
           "[min–max] | peak RSS MiB |")

@@ -123,3 +123,12 @@ def test_hf_classifier_is_batched_and_returns_positive_probability(tiny_classifi
     assert len(pair(["question?"] * 2, responses[:2])) == 2
     with pytest.raises(RewardSpecError, match="unknown option"):
         load_reward(f"hf:{tiny_classifier}?mode=x")
+
+
+def test_plain_counts_syllables_per_word_with_a_cap():
+    plain = load_reward("plain")
+    scores = plain(["q"] * 5, ["I can see the cat.", "Make a table.", "Absolutely wonderful!",
+                              "Ribbonclothmagrockcerebra", "!!! 123"])
+    # make = 1 (silent e), a = 1, table = 2; absolutely = 5 vowel groups, capped at 4;
+    # wonderful = 3; the run-together "word" is capped at 4; no words at all: -3
+    assert scores == pytest.approx([-1.0, -4 / 3, -3.5, -4.0, -3.0])

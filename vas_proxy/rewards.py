@@ -144,6 +144,7 @@ class ConciseReward(BatchReward):
 _WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
 _VOWELS = re.compile(r"[aeiouy]+")
 NO_WORDS_SCORE = -3.0
+MAX_WORD_SYLLABLES = 4  # a longer "word" is run-together noise ("Ribbonclothmagrock")
 
 
 def syllables(word: str) -> int:
@@ -158,7 +159,11 @@ def syllables(word: str) -> int:
 
 class PlainReward(BatchReward):
     """Plain language: -(mean syllables per word). Pulls away from the enthusiastic,
-    polysyllabic vocabulary ("wonderful", "absolutely") that positivity guidance favours."""
+    polysyllabic vocabulary ("wonderful", "absolutely") that positivity guidance favours.
+
+    A word counts at most MAX_WORD_SYLLABLES: a small model's run-together tokens would
+    otherwise score -14 where real text scores -1.2 to -2, and a value model fitted by squared
+    error would spend itself on those outliers. The score lies in [-4, -1] (-3: no words)."""
 
     name = "plain"
 
@@ -166,7 +171,8 @@ class PlainReward(BatchReward):
         out = []
         for r in responses:
             words = _WORD.findall(r)
-            out.append(-sum(map(syllables, words)) / len(words) if words else NO_WORDS_SCORE)
+            out.append(-sum(min(syllables(w), MAX_WORD_SYLLABLES) for w in words) / len(words)
+                       if words else NO_WORDS_SCORE)
         return out
 
 

@@ -254,7 +254,7 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
     rewards = np.array([r.rewards[spec] for r in rollouts])
     _note(f"{len(rollouts)} rollouts ({len(train_rollouts)} train, {len(held_rollouts)} held out): "
           f"reward {rewards.mean():.3f} ± {rewards.std():.3f}, "
-          f"{np.mean([len(r.tokens) for r in rollouts]):.1f} tokens on average", cfg)
+          f"{np.mean([len(r.response) for r in rollouts]):.0f} characters on average", cfg)
 
     model, tokenizer = build_model(cfg)
     examples = [make_example(tokenizer, r.upstream_prompt, r.response, r.rewards[spec])
