@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from vas_proxy.assets import smollm2_gguf
-from vas_proxy.values.checkpoint import CheckpointValue, build_value_model, dtype_name
+from vas_proxy.values.checkpoint import (CheckpointValue, build_value_model, dtype_name,
+                                         encode_batch)
 
 # Any fixed English text: repeated until it is long enough, then cut at token boundaries.
 TEXT = (
@@ -50,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--random-weights", action="store_true",
                    help="SmolLM2's shape with random weights (same cost per step; for machines "
                         "without the GGUF's tensors, see benchmarks/device_kit.py)")
+    p.add_argument("--profile", action="store_true",
+                   help="also print torch.profiler's top operators for reuse steps at the "
+                        "longest prefix (where a step's time goes)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     return p.parse_args(argv)
 
@@ -79,6 +83,17 @@ def time_steps(value: CheckpointValue, states: list[str], candidates: list[str],
         start = time.perf_counter()
         value.score("", state, candidates)
         sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def time_tokenise(tokenizer, states: list[str], candidates: list[str]) -> list[float]:
+    """Seconds per step spent tokenising the k texts alone (host work that no device speeds
+    up: prompt + response + candidate, re-tokenised every step)."""
+    times = []
+    for state in states[1:]:
+        start = time.perf_counter()
+        encode_batch(tokenizer, [state + c for c in candidates])
         times.append(time.perf_counter() - start)
     return times
 
@@ -120,18 +135,31 @@ def main(argv: list[str] | None = None) -> int:
     warm_up(tokenizer, reuse, full, candidates, args.device)
     rows = []
     header = f"{'prefix':>6} {'k':>3} | {'reuse median (min-max)':>26} | " \
-             f"{'no-reuse median (min-max)':>28} | {'speed-up':>8}"
+             f"{'no-reuse median (min-max)':>28} | {'speed-up':>8} | {'tokenise':>8}"
     print(header)
     print("-" * len(header))
     for length in args.prefixes:
         states = decode_states(tokenizer, length, args.repeats + 1)
         r = summary(time_steps(reuse, states, candidates, args.device))
         f = summary(time_steps(full, states, candidates, args.device))
+        tok = summary(time_tokenise(tokenizer, states, candidates))
         ratio = f["median_s"] / r["median_s"]
         rows.append({"prefix_tokens": length, "k": len(candidates), "reuse": r, "no_reuse": f,
-                     "speedup_median": ratio})
-        print(f"{length:>6} {len(candidates):>3} | {fmt(r):>26} | {fmt(f):>28} | {ratio:>7.1f}x",
-              flush=True)
+                     "tokenise": tok, "speedup_median": ratio})
+        print(f"{length:>6} {len(candidates):>3} | {fmt(r):>26} | {fmt(f):>28} | {ratio:>7.1f}x"
+              f" | {tok['median_s'] * 1e3:>5.1f} ms", flush=True)
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        states = decode_states(tokenizer, args.prefixes[-1], 4)
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
+                                         if args.device.startswith("cuda") else [])
+        time_steps(reuse, states[:2], candidates, args.device)
+        with profile(activities=acts) as prof:
+            time_steps(reuse, states, candidates, args.device)
+        print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=18,
+                                        max_name_column_width=48))
 
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
