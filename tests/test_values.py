@@ -21,6 +21,7 @@ from vas_proxy.values.checkpoint import (
     CONFIG_NAME,
     HEAD_NAME,
     CheckpointValue,
+    reward_scale,
     save_checkpoint,
     tiny_value_model,
 )
@@ -195,6 +196,18 @@ def test_save_load_round_trip_full(tiny, saved):
     for response in STATES[:3]:
         assert loaded.score(PROMPT, response, CANDIDATES) == \
             original.score(PROMPT, response, CANDIDATES)
+
+
+def test_values_are_in_units_of_the_training_reward_sd(tiny, tmp_path):
+    """A checkpoint whose metadata records reward_std s scores V / s (beta in sd units)."""
+    model, tokenizer = tiny
+    path = save_checkpoint(model, tokenizer, tmp_path / "sd",
+                           metadata={"reward": "vader", "reward_std": 0.25})
+    loaded = load_value(str(path))
+    assert loaded.scale == 4.0
+    want = [4 * v for v in CheckpointValue(*tiny).score(PROMPT, " Cats", CANDIDATES)]
+    assert loaded.score(PROMPT, " Cats", CANDIDATES) == pytest.approx(want, rel=1e-6)
+    assert reward_scale({"metadata": {"reward_std": 0.0}}) == reward_scale({}) == 1.0
 
 
 def test_save_load_round_trip_lora(tiny_lora, tmp_path):

@@ -560,6 +560,7 @@ class CheckpointValue:
         self.use_cache = use_cache and _full_attention_only(model.base_config)
         self.max_prefixes = max_prefixes
         self.config: dict[str, Any] = {}
+        self.scale = 1.0  # see `reward_scale`; a checkpoint loaded from disk sets it
         self._slots: list[_PrefixSlot] = []
         self._lock = threading.Lock()
         pad = tokenizer.pad_token_id
@@ -574,6 +575,7 @@ class CheckpointValue:
         model, tokenizer, config = load_value_model(path, device=device, dtype=dtype, pool=pool)
         value = cls(model, tokenizer, name or str(path), use_cache=use_cache)
         value.config = config
+        value.scale = reward_scale(config)
         return value
 
     def __repr__(self) -> str:
@@ -590,7 +592,7 @@ class CheckpointValue:
         ids = encode_batch(self.tokenizer, [prompt + response + c for c in candidates])
         with self._lock, torch.inference_mode(), _attention_backends(self.model.device):
             values = self._score_cached(ids) if self.use_cache else self._score_full(ids)
-        return [float(v) for v in values.tolist()]
+        return [float(v) * self.scale for v in values.tolist()]
 
     # -- full recompute --------------------------------------------------------------------
 
@@ -652,6 +654,21 @@ class CheckpointValue:
             self._slots.remove(old)
         self._slots.append(new)
         del self._slots[:-self.max_prefixes]
+
+
+def reward_scale(config: dict[str, Any]) -> float:
+    """1 / the training rewards' standard deviation (`reward_std` in the checkpoint's metadata,
+    which `vas-proxy train` writes), else 1.
+
+    A trained model predicts the reward in the reward's own units, but guidance uses values in
+    units of that standard deviation: beta then means the same for every reward (VADER's
+    compound has sd 0.43 on our prompts, `plain` 0.20, a reward model's logits several units),
+    and weights mix objectives on a common scale. Reward-unit beta = this beta / sd.
+    """
+    sd = (config.get("metadata") or {}).get("reward_std")
+    if isinstance(sd, int | float) and math.isfinite(sd) and sd > 1e-6:
+        return 1.0 / float(sd)
+    return 1.0
 
 
 def _attention_backends(device: torch.device):
