@@ -53,6 +53,13 @@ def check_best_of(n) -> int:
     return n
 
 
+def base_top_k(upstream: UpstreamClient, k: int) -> int:
+    """The `top_k` that makes Best-of-N sample the base the guided sampler tilts (the
+    upstream's top-k distribution, beta 0) where the upstream can sample top-k itself
+    (llama.cpp, vLLM: their samples follow their logprobs); elsewhere 0, its full distribution."""
+    return k if upstream.profile.samples_follow_logprobs else 0
+
+
 def sample_seeds(seed: int | None, n: int) -> list[int]:
     """Upstream seeds of the n samples: derived from the request seed, random when unseeded
     (a server's default seed may be fixed, which would make the n samples identical)."""

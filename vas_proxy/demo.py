@@ -28,6 +28,8 @@ PROMPTS = ["Tell me about your weekend plans.",
 # Rewards of the bundled objectives when a checkpoint does not name its own.
 KNOWN_REWARDS = {"positivity": "vader", "plain": "plain", "concise": "concise"}
 
+TOP_K = 20  # candidates per step; Best-of-N samples the same top-k base
+
 
 @dataclass
 class Objective:
@@ -99,7 +101,7 @@ async def run_demo(prompts: list[str], objectives: list[Objective], *, max_token
                    speculate: int = -1, seed: int = 0, width: int | None = None,
                    file=None) -> list[list["Cell"]]:
     """Generate and print the comparison; returns the cells (one row of 3 per prompt)."""
-    from .bestofn import best_of_n, check_best_of
+    from .bestofn import base_top_k, best_of_n, check_best_of
     from .engine import GenerationRequest, Guidance
     from .eval.config import parse_weights
     from .runtime import Options, load_rewards, open_runtime
@@ -115,7 +117,7 @@ async def run_demo(prompts: list[str], objectives: list[Objective], *, max_token
     rewards = load_rewards({o.name: o.reward for o in objectives})
     # Only the value models that guide are loaded; every objective's reward is shown.
     opts = Options(values={o.name: o.value for o in objectives if w.get(o.name)},
-                   guidance=Guidance(beta=beta, top_k=20, speculate=speculate), use_cache=False)
+                   guidance=Guidance(beta=beta, top_k=TOP_K, speculate=speculate), use_cache=False)
     guided_label = "VAS β={:g} ({})".format(beta, ", ".join(
         f"{k}" if v == 1 else f"{k}×{v:g}" for k, v in w.items()))
     selector = objectives[0]
@@ -137,7 +139,8 @@ async def run_demo(prompts: list[str], objectives: list[Objective], *, max_token
             t0 = time.perf_counter()
             bon = await best_of_n(rt.engine.upstream, upstream_prompt, n=best_of,
                                   reward=rewards[selector.name], reward_prompt=prompt,
-                                  max_tokens=max_tokens, stop=stop, seed=seed + i)
+                                  max_tokens=max_tokens, stop=stop, seed=seed + i,
+                                  top_k=base_top_k(rt.engine.upstream, TOP_K))
             cells.append(Cell(bon.text, bon.usage, time.perf_counter() - t0))
             for c in cells:
                 c.scores = {o.reward: rewards[o.name]([prompt], [c.text])[0] for o in objectives}

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..bestofn import best_of_n, kl_bound
+from ..bestofn import base_top_k, best_of_n, kl_bound
 from ..engine import GenerationRequest, Guidance, Usage
 from ..errors import ConfigError
 from ..runtime import Options, Runtime, load_rewards, open_runtime
@@ -175,7 +175,8 @@ async def generate(rt: Runtime, cfg: EvalConfig, s: Setting, p: PromptItem, seed
         res = await best_of_n(rt.engine.upstream, p.upstream, n=s.best_of,
                               reward=rewards[s.bon_reward], reward_prompt=p.text,
                               max_tokens=cfg.max_tokens, stop=stop, seed=seed,
-                              top_k=_base_top_k(rt, cfg), concurrency=2)
+                              top_k=base_top_k(rt.engine.upstream, cfg.top_k),
+                              concurrency=2)
         text, finish, usage = res.text, res.finish_reason, res.usage
         kl, kl_kind = kl_bound(s.best_of), "bound"
         extra = {"bon_scores": res.scores, "bon_chosen": res.index}
@@ -195,13 +196,6 @@ async def generate(rt: Runtime, cfg: EvalConfig, s: Setting, p: PromptItem, seed
             "prompt": p.text, "response": text, "finish_reason": finish,
             "rewards": scores, "kl": kl, "kl_kind": kl_kind, **_usage(usage),
             "seconds": seconds, **extra}
-
-
-def _base_top_k(rt: Runtime, cfg: EvalConfig) -> int:
-    """Best-of-N samples from the same base as beta 0 (the upstream's top-k distribution)
-    where the upstream can sample top-k itself (llama.cpp, vLLM); elsewhere from its full
-    distribution (`top_k` 0)."""
-    return cfg.top_k if rt.engine.upstream.profile.samples_follow_logprobs else 0
 
 
 def _usage(u: Usage) -> dict:
