@@ -14,7 +14,8 @@ they finish). Run it in the background:
 
     nohup .venv/bin/python benchmarks/eval_results.py > docs/results/eval.log 2>&1 &
 
-`--render-only` rewrites RESULTS.md from the results already there.
+`--render-only` rewrites RESULTS.md (and README.md between its results markers) from the
+results already there.
 """
 
 from __future__ import annotations
@@ -119,6 +120,22 @@ def findings(rows: list[dict], compose: list[tuple[float, dict]]) -> list[str]:
                    f"{b16['upstream_calls']:.0f} calls and {b16['billed_tokens']:.0f} tokens "
                    f"(BoN-16 costs {ratio_calls:.1f}× the calls, {ratio_tok:.1f}× the billed "
                    f"tokens; paper: VAS near BoN at a fraction of its cost).")
+    if curve and bon:
+        best = max(curve, key=lambda r: r["vader_mean"])
+        beat = [r for n, r in sorted(bon.items()) if r["vader_mean"] > best["vader_mean"]]
+        if beat:
+            r = beat[0]
+            out.append(f"- The cheapest Best-of-N above the best VAS: N={r['best_of']} "
+                       f"({_pm2(r, 'vader')}, {r['billed_tokens']:.0f} billed tokens per "
+                       f"response, {r['billed_tokens'] / best['billed_tokens']:.2f}× VAS β="
+                       f"{best['beta']:g}'s).")
+    if base and 1 in bon:
+        b1 = bon[1]
+        diff = b1["vader_mean"] - base["vader_mean"]
+        se = math.hypot(b1["vader_se"], base["vader_se"])
+        out.append(f"- Best-of-1 and base sample the same distribution (the upstream's top-20, "
+                   f"by the upstream in one call vs by our loop token by token); their vader "
+                   f"differ by {diff:+.3f} ({diff / se:+.1f} standard errors, unpaired).")
     if compose:
         for name in ("vader", "plain"):
             vs = [r[f"{name}_mean"] for _, r in compose]
@@ -194,7 +211,18 @@ def render() -> Path:
     lines += ["### What this shows", "", *findings(rows, compose), ""]
     path = OUT / "RESULTS.md"
     path.write_text("\n".join(lines))
+    _into_readme("\n".join(lines))
     return path
+
+
+def _into_readme(text: str) -> None:
+    """Put the rendered results between README.md's results markers (when it has them)."""
+    readme = ROOT / "README.md"
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    doc = readme.read_text()
+    if start in doc and end in doc:
+        head, rest = doc.split(start, 1)
+        readme.write_text(head + start + "\n" + text.rstrip() + "\n" + end + rest.split(end, 1)[1])
 
 
 if __name__ == "__main__":
