@@ -18,7 +18,7 @@ def test_demo_runs_side_by_side(capsys):
     out = capsys.readouterr().out
     assert demo.PROMPTS[0] in out
     header = next(line for line in out.splitlines() if line.startswith("base"))
-    assert "VAS β=2 (positivity)" in header and "Best-of-2 (vader)" in header
+    assert "VAS β=4 (positivity)" in header and "Best-of-2 (vader)" in header
     assert out.count("vader ") >= 3 and out.count(" calls, ") == 3
 
 

@@ -67,7 +67,9 @@ def register(sub) -> None:
     p.add_argument("--prompts", type=int, default=3, metavar="N",
                    help="how many built-in prompts (default 3)")
     p.add_argument("--max-tokens", type=int, default=32)
-    p.add_argument("--beta", type=float, default=2.0, help="guidance strength (default 2)")
+    p.add_argument("--beta", type=float, default=4.0,
+                   help="guidance strength in reward sd units (default 4: the bundled models "
+                        "move the reward clearly only there, see README Results)")
     p.add_argument("--weights", metavar="NAME=W,...",
                    help="weights of the bundled value models (default: the first at 1)")
     p.add_argument("--best-of", type=int, default=4, help="N of the baseline (default 4)")
@@ -97,7 +99,7 @@ async def _main(a: argparse.Namespace) -> int:
 
 
 async def run_demo(prompts: list[str], objectives: list[Objective], *, max_tokens: int = 32,
-                   beta: float = 2.0, weights: str | None = None, best_of: int = 4,
+                   beta: float = 4.0, weights: str | None = None, best_of: int = 4,
                    speculate: int = -1, seed: int = 0, width: int | None = None,
                    file=None) -> list[list["Cell"]]:
     """Generate and print the comparison; returns the cells (one row of 3 per prompt)."""
