@@ -210,40 +210,38 @@ class UpstreamClient:
         return res
 
     def parse(self, data: dict, k: int, max_tokens: int | None = None) -> UpstreamResult:
+        """The answer's text, finish reason, billed tokens and (k > 0) its usable positions."""
         choices = data.get("choices") or []
         if not choices:
             raise UpstreamError("the upstream answered with no choices")
         choice = choices[0]
         usage = data.get("usage") or {}
-        if k == 0:
-            return UpstreamResult(positions=[], text=choice.get("text", ""),
-                                  finish_reason=choice.get("finish_reason"),
-                                  prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                                  completion_tokens=int(usage.get("completion_tokens") or 0),
-                                  raw=data)
-        # llama-cpp-python may run past max_tokens to finish a partial UTF-8 character and then
-        # reports a stub position for the extra token: keep only what was asked for.
-        positions = parse_positions(choice, k)[:max_tokens]
-        finish = choice.get("finish_reason")
-        if positions:
-            positions[-1].finish_reason = finish
-        # The legacy dict shape collides tokens with the same text (llama-cpp-python prints every
-        # special token and every partial UTF-8 token as ""), so a few missing there is normal.
-        chat_shape = isinstance((choice.get("logprobs") or {}).get("content"), list)
-        need = k if chat_shape else (k + 1) // 2
-        for i, p in enumerate(positions):
-            if len(p.candidates) < need:
-                if i == 0:
-                    raise TooFewCandidatesError(
-                        f"the upstream returned {len(p.candidates)} logprob candidates where {k} "
-                        f"were asked; lower --top-k or check the provider's logprobs limit")
-                # llama-cpp-python finishing a partial UTF-8 character mid-answer reports stub
-                # positions: the usable report ends before them.
-                positions = positions[:i]
-                break
-        usage = data.get("usage") or {}
-        return UpstreamResult(positions=positions, text=choice.get("text", ""),
-                              finish_reason=finish,
+        return UpstreamResult(positions=_usable_positions(choice, k, max_tokens) if k else [],
+                              text=choice.get("text", ""),
+                              finish_reason=choice.get("finish_reason"),
                               prompt_tokens=int(usage.get("prompt_tokens") or 0),
                               completion_tokens=int(usage.get("completion_tokens") or 0),
                               raw=data)
+
+
+def _usable_positions(choice: dict, k: int, max_tokens: int | None) -> list[Position]:
+    """The choice's positions with k candidates asked, cut where the report stops being usable."""
+    # llama-cpp-python may run past max_tokens to finish a partial UTF-8 character and then
+    # reports a stub position for the extra token: keep only what was asked for.
+    positions = parse_positions(choice, k)[:max_tokens]
+    if positions:
+        positions[-1].finish_reason = choice.get("finish_reason")
+    # The legacy dict shape collides tokens with the same text (llama-cpp-python prints every
+    # special token and every partial UTF-8 token as ""), so a few missing there is normal.
+    chat_shape = isinstance((choice.get("logprobs") or {}).get("content"), list)
+    need = k if chat_shape else (k + 1) // 2
+    for i, p in enumerate(positions):
+        if len(p.candidates) < need:
+            if i == 0:
+                raise TooFewCandidatesError(
+                    f"the upstream returned {len(p.candidates)} logprob candidates where {k} "
+                    f"were asked; lower --top-k or check the provider's logprobs limit")
+            # llama-cpp-python finishing a partial UTF-8 character mid-answer reports stub
+            # positions: the usable report ends before them.
+            return positions[:i]
+    return positions

@@ -21,7 +21,6 @@ checkpoint on it is a few MB. Requires transformers' `Cache.layers` API (≥ 4.5
 from __future__ import annotations
 
 import contextlib
-
 import inspect
 import json
 import math
