@@ -85,13 +85,13 @@ async def best_of_n(upstream: UpstreamClient, prompt: str, *, n: int, reward,
     check_best_of(n)
     usage = Usage()
     gate = asyncio.Semaphore(max(1, concurrency))
+    extra = {"top_p": top_p} if top_p < 1.0 else {}
+    if top_k:
+        extra["top_k"] = top_k
 
     async def one(s: int):
         async with gate:
             t0 = time.perf_counter()
-            extra = {"top_p": top_p} if top_p < 1.0 else {}
-            if top_k:
-                extra["top_k"] = top_k
             # No logprobs (top_k=0 below): only the text is scored, and they cost ~3x.
             res = await upstream.complete(prompt, max_tokens=max_tokens, top_k=0,
                                           temperature=temperature, seed=s, stop=stop or None,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from . import progress
@@ -65,11 +65,13 @@ def parse_reward_specs(items: Sequence[str] | None) -> dict[str, str]:
     return out
 
 
-def load_rewards(specs: Mapping[str, str], *, device: str = "cpu") -> dict:
-    """{name: spec} → {name: Reward}; the operator's rewards (never a request's: DESIGN §5)."""
+def load_rewards(specs: Mapping[str, str | Callable], *, device: str = "cpu") -> dict:
+    """{name: SPEC or callable} → {name: Reward}; the operator's rewards (never a request's:
+    DESIGN §5). Callables `f(prompts, responses) -> list[float]` are kept as they are."""
     from .rewards import load_reward
 
-    return {name: load_reward(spec, device=device) for name, spec in specs.items()}
+    return {name: load_reward(spec, device=device) if isinstance(spec, str) else spec
+            for name, spec in specs.items()}
 
 
 @dataclass

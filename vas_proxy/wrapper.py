@@ -42,9 +42,7 @@ def wrap(client, values: Mapping[str, str | ValueFunction] | None = None, beta: 
         raise TypeError(f"wrap expects openai.OpenAI or openai.AsyncOpenAI, got {type(client)!r}")
     specs = dict(values) if values is not None else default_value_specs()
     loaded = load_values(specs, device=device, dtype=dtype, verbose=False)
-    reward_fns = load_rewards({k: v for k, v in (rewards or {}).items() if isinstance(v, str)},
-                              device=device)
-    reward_fns.update({k: v for k, v in (rewards or {}).items() if not isinstance(v, str)})
+    reward_fns = load_rewards(rewards or {}, device=device)
     template = load_template(chat_template) if isinstance(chat_template, str) else chat_template
     base_url = str(client.base_url).rstrip("/")
     upstream = UpstreamClient(base_url, "", api_key=client.api_key or None, profile=provider,
@@ -54,7 +52,7 @@ def wrap(client, values: Mapping[str, str | ValueFunction] | None = None, beta: 
                                                         speculate=speculate),
                     eos_texts=template.stop_strings if template else [])
     app = create_app(Runtime(engine, template, model="", base_url=base_url,
-                             rewards={k: reward_fns[k] for k in (rewards or {})}),
+                             rewards=reward_fns),
                      passthrough_models=True)
     prefix = urlsplit(base_url).path
     if isinstance(client, openai.AsyncOpenAI):
