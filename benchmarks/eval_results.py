@@ -63,22 +63,6 @@ def run() -> None:
 
 # ----------------------------------------------------------------------------- RESULTS.md
 
-def _row_table(rows, names, labels=None) -> list[str]:
-    from vas_proxy.eval.report import _gain, _pm
-
-    head = ["setting", "n", *names, "KL to base (nats)", "upstream calls / resp",
-            "billed tokens / resp", "s / resp", "wall (min)"]
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for i, r in enumerate(rows):
-        kl = _pm(r["kl_mean"], r["kl_se"], 2) + (" (bound)" if r["kl_kind"] == "bound" else "")
-        out.append("| " + " | ".join([
-            labels[i] if labels else r["setting"], str(r["n"]),
-            *(_pm(r[f"{n}_mean"], r[f"{n}_se"]) + _gain(r, n) for n in names), kl,
-            f"{r['upstream_calls']:.1f}", f"{r['billed_tokens']:.0f}", f"{r['seconds']:.1f}",
-            "–" if math.isnan(r["wall_s"]) else f"{r['wall_s'] / 60:.1f}"]) + " |")
-    return out
-
-
 def _trend(values: list[float]) -> str:
     diffs = [b - a for a, b in zip(values, values[1:])]
     if all(d > 0 for d in diffs):
@@ -103,15 +87,14 @@ def findings(rows: list[dict], compose: list[tuple[float, dict]]) -> list[str]:
                    f"{' → '.join(f'{v:.3f}' for v in vs)}; it {_trend(vs)} "
                    f"(paper: rises with beta). KL to base: {kls} nats.")
         for r in curve:
-            diff = r["vader_mean"] - base["vader_mean"]
-            se = math.hypot(r["vader_se"], base["vader_se"])
+            diff, se = _unpaired(r, base)
             out.append(f"- VAS β={r['beta']:g} vs base: vader {diff:+.3f}: "
                        f"{r['vader_gain'] / r['vader_gain_se']:+.1f} standard errors of the "
                        f"paired difference (± {r['vader_gain_se']:.3f}), {diff / se:+.1f} of "
                        f"the unpaired one (± {se:.3f}).")
-    if curve and 16 in bon:
+    best = max(curve, key=lambda r: r["vader_mean"]) if curve else None
+    if best and 16 in bon:
         b16 = bon[16]
-        best = max(curve, key=lambda r: r["vader_mean"])
         ratio_tok = b16["billed_tokens"] / best["billed_tokens"]
         ratio_calls = b16["upstream_calls"] / best["upstream_calls"]
         out.append(f"- Best VAS (β={best['beta']:g}): vader {_pm2(best, 'vader')} at "
@@ -120,8 +103,7 @@ def findings(rows: list[dict], compose: list[tuple[float, dict]]) -> list[str]:
                    f"{b16['upstream_calls']:.0f} calls and {b16['billed_tokens']:.0f} tokens "
                    f"(BoN-16 costs {ratio_calls:.1f}× the calls, {ratio_tok:.1f}× the billed "
                    f"tokens; paper: VAS near BoN at a fraction of its cost).")
-    if curve and bon:
-        best = max(curve, key=lambda r: r["vader_mean"])
+    if best and bon:
         beat = [r for n, r in sorted(bon.items()) if r["vader_mean"] > best["vader_mean"]]
         if beat:
             r = beat[0]
@@ -130,9 +112,7 @@ def findings(rows: list[dict], compose: list[tuple[float, dict]]) -> list[str]:
                        f"response, {r['billed_tokens'] / best['billed_tokens']:.2f}× VAS β="
                        f"{best['beta']:g}'s).")
     if base and 1 in bon:
-        b1 = bon[1]
-        diff = b1["vader_mean"] - base["vader_mean"]
-        se = math.hypot(b1["vader_se"], base["vader_se"])
+        diff, se = _unpaired(bon[1], base)
         out.append(f"- Best-of-1 and base sample the same distribution (the upstream's top-20, "
                    f"by the upstream in one call vs by our loop token by token); their vader "
                    f"differ by {diff:+.3f} ({diff / se:+.1f} standard errors, unpaired).")
@@ -142,6 +122,11 @@ def findings(rows: list[dict], compose: list[tuple[float, dict]]) -> list[str]:
             out.append(f"- composition, {name} as w goes 0 → 1 (weight moving from positivity "
                        f"to plain): {' → '.join(f'{v:.3f}' for v in vs)}; it {_trend(vs)}.")
     return out
+
+
+def _unpaired(r: dict, base: dict) -> tuple[float, float]:
+    """vader of `r` minus base's, and the standard error of that difference (independent)."""
+    return r["vader_mean"] - base["vader_mean"], math.hypot(r["vader_se"], base["vader_se"])
 
 
 def _b(r):
@@ -156,7 +141,8 @@ def render() -> Path:
     import json
 
     from vas_proxy.eval.harness import CONFIG_FILE, RESULTS_FILE, TIMINGS_FILE, read_records
-    from vas_proxy.eval.report import composition_rows, summarise, write_report
+    from vas_proxy.eval.report import (composition_rows, markdown_table, summarise,
+                                       write_report)
 
     write_report(EVAL_DIR)
     records = read_records(EVAL_DIR / RESULTS_FILE)
@@ -189,13 +175,13 @@ def render() -> Path:
         "",
         "### Reward, KL and cost",
         "",
-        *_row_table(main_rows, names),
+        markdown_table(main_rows, names),
         "",
         "Mean ± standard error over the 64 responses. KL to base: Σ log q − log p of the "
         "chosen tokens (p = the upstream's top-20 renormalised), averaged: an unbiased estimate of "
         "KL(q‖p) per response; for Best-of-N the analytic bound log N − (N−1)/N. Upstream "
         "calls and billed tokens (prompt + completion as the upstream counts them) per "
-        "response; s / resp is the latency of one response on the shared 2-core CPU "
+        "response; s / response is the latency of one response on the shared 2-core CPU "
         "(two generations in flight).",
         "",
         f"![reward vs KL]({rel}/reward_vs_kl.png)",
@@ -205,8 +191,8 @@ def render() -> Path:
     ]
     if compose:
         lines += [f"### Two objectives: (1−w)·positivity + w·plain at β={comp[0]:g}", "",
-                  *_row_table([r for _, r in compose], names,
-                              [f"w={x:g}: {r['setting']}" for x, r in compose]), "",
+                  markdown_table([r for _, r in compose], names,
+                                 [f"w={x:g}: {r['setting']}" for x, r in compose]), "",
                   f"![composition]({rel}/composition.png)", ""]
     lines += ["### What this shows", "", *findings(rows, compose), ""]
     path = OUT / "RESULTS.md"

@@ -135,16 +135,18 @@ def _gain(row: dict, name: str) -> str:
     return f" (Δ {mean:+.3f} ± {se:.3f}{z})"
 
 
-def markdown_table(rows: list[dict], names: list[str]) -> str:
-    head = ["setting", "n", *names, "KL to base", "upstream calls", "billed tokens",
-            "tokens", "s / response"]
+def markdown_table(rows: list[dict], names: list[str], labels: list[str] | None = None) -> str:
+    """One line per setting (`labels` replace the setting names); costs are per response."""
+    head = ["setting", "n", *names, "KL to base (nats)", "upstream calls", "billed tokens",
+            "tokens", "s / response", "wall (min)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
+    for i, r in enumerate(rows):
         kl = _pm(r["kl_mean"], r["kl_se"], 2) + (" (bound)" if r["kl_kind"] == "bound" else "")
-        cells = [r["setting"], str(r["n"]),
+        cells = [labels[i] if labels else r["setting"], str(r["n"]),
                  *(_pm(r[f"{n}_mean"], r[f"{n}_se"]) + _gain(r, n) for n in names), kl,
                  f"{r['upstream_calls']:.1f}", f"{r['billed_tokens']:.0f}",
-                 f"{r['tokens']:.1f}", f"{r['seconds']:.1f}"]
+                 f"{r['tokens']:.1f}", f"{r['seconds']:.1f}",
+                 "–" if math.isnan(r["wall_s"]) else f"{r['wall_s'] / 60:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

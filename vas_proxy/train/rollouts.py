@@ -177,7 +177,8 @@ async def sample_rollouts(client: Completer, prompts: list[PromptItem], *, sampl
 
     async def work(job):
         item, j, s = job
-        res = await client.complete(item.upstream, max_tokens=max_tokens, top_k=int(logprobs),
+        res = await client.complete(item.upstream, max_tokens=max_tokens,
+                                    top_k=1 if logprobs else 0,
                                     temperature=1.0, seed=s, stop=stop or None)
         sampled = [p.sampled for p in res.positions if p.sampled is not None]
         r = Rollout(item.index, j, s, client.model, max_tokens, item.text, item.upstream,

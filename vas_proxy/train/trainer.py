@@ -137,12 +137,9 @@ class Trainer:
         hundreds of steps to reach an offset like -1.5 (the `plain` reward), time the body then
         spends fitting the offset instead of what distinguishes tokens. (`restore` overwrites
         this on resume.)"""
-        head = getattr(self.model, "head", None)
-        if head is None or getattr(head, "bias", None) is None:
-            return
         with torch.no_grad():
-            head.weight.zero_()
-            head.bias.fill_(float(np.mean([e.reward for e in self.examples])))
+            self.model.head.weight.zero_()
+            self.model.head.bias.fill_(float(np.mean([e.reward for e in self.examples])))
 
     # -- state ----------------------------------------------------------------------------
 
