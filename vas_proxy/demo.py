@@ -14,7 +14,6 @@ import argparse
 import shutil
 import sys
 import textwrap
-import time
 from dataclasses import dataclass
 
 from .assets import DATA_DIR
@@ -103,10 +102,12 @@ async def run_demo(prompts: list[str], objectives: list[Objective], *, max_token
                    speculate: int = -1, seed: int = 0, width: int | None = None,
                    file=None) -> list[list["Cell"]]:
     """Generate and print the comparison; returns the cells (one row of 3 per prompt)."""
-    from .bestofn import base_top_k, best_of_n, check_best_of
-    from .engine import GenerationRequest, Guidance
-    from .eval.config import parse_weights
+    from .bestofn import check_best_of
+    from .engine import Guidance
+    from .eval.config import Setting, canonical_weights, parse_weights
+    from .eval.harness import generate
     from .runtime import Options, load_rewards, open_runtime
+    from .train.prompts import PromptItem
 
     file = file or sys.stdout
     check_best_of(best_of)
@@ -116,36 +117,28 @@ async def run_demo(prompts: list[str], objectives: list[Objective], *, max_token
         raise ConfigError(f"--weights names {', '.join(sorted(unknown))}; the value models "
                           f"here are {', '.join(o.name for o in objectives)}")
     w = {k: v for k, v in w.items() if v != 0}
-    rewards = load_rewards({o.name: o.reward for o in objectives})
-    # Only the value models that guide are loaded; every objective's reward is shown.
+    # Every objective's reward is shown, under the reward's name.
+    rewards = load_rewards({o.reward: o.reward for o in objectives})
+    # Only the value models that guide are loaded.
     opts = Options(values={o.name: o.value for o in objectives if w.get(o.name)},
                    guidance=Guidance(beta=beta, top_k=TOP_K, speculate=speculate), use_cache=False)
     guided_label = "VAS β={:g} ({})".format(beta, ", ".join(
         f"{k}" if v == 1 else f"{k}×{v:g}" for k, v in w.items()))
     selector = objectives[0]
     headers = ["base (β=0)", guided_label, f"Best-of-{best_of} ({selector.reward})"]
+    # The very settings `vas-proxy eval` runs, through its `generate`.
+    settings = [Setting("base"), Setting("vas", beta=beta, weights=canonical_weights(w)),
+                Setting("bon", best_of=best_of, bon_reward=selector.reward)]
     rows = []
     async with open_runtime(opts) as rt:
-        guided = rt.engine.resolve({"beta": beta, "weights": w})
-        base = rt.engine.resolve({"beta": 0.0})
+        rt.engine.resolve({"beta": beta, "weights": w})  # bad weights fail before any call
         stop = rt.template.stop_strings if rt.template else []
         for i, prompt in enumerate(prompts):
             print(f"[{i + 1}/{len(prompts)}] {prompt}", file=sys.stderr, flush=True)
-            upstream_prompt = rt.render_prompt(prompt)
-            cells = []
-            for g in (base, guided):
-                t0 = time.perf_counter()
-                out = await rt.engine.generate(GenerationRequest(
-                    upstream_prompt, max_tokens=max_tokens, seed=seed + i, guidance=g))
-                cells.append(Cell(out.text, out.usage, time.perf_counter() - t0))
-            t0 = time.perf_counter()
-            bon = await best_of_n(rt.engine.upstream, upstream_prompt, n=best_of,
-                                  reward=rewards[selector.name], reward_prompt=prompt,
-                                  max_tokens=max_tokens, stop=stop, seed=seed + i,
-                                  top_k=base_top_k(rt.engine.upstream, TOP_K))
-            cells.append(Cell(bon.text, bon.usage, time.perf_counter() - t0))
-            for c in cells:
-                c.scores = {o.reward: rewards[o.name]([prompt], [c.text])[0] for o in objectives}
+            item = PromptItem(i, prompt, rt.render_prompt(prompt))
+            cells = [Cell.of(await generate(rt, s, item, seed + i, rewards, stop,
+                                            max_tokens=max_tokens, top_k=TOP_K))
+                     for s in settings]
             rows.append(cells)
             print_row(prompt, headers, cells, width, file)
     return rows
@@ -154,15 +147,21 @@ async def run_demo(prompts: list[str], objectives: list[Objective], *, max_token
 @dataclass
 class Cell:
     text: str
-    usage: object
+    upstream_calls: int
+    billed_tokens: int
     seconds: float
-    scores: dict | None = None
+    scores: dict
+
+    @classmethod
+    def of(cls, record: dict) -> "Cell":
+        """From a `vas-proxy eval` record."""
+        return cls(record["response"], record["upstream_calls"], record["billed_tokens"],
+                   record["seconds"], record["rewards"])
 
     def footer(self) -> list[str]:
-        u = self.usage
-        billed = u.upstream_prompt_tokens + u.upstream_completion_tokens
-        return ["  ".join(f"{k} {v:+.2f}" for k, v in (self.scores or {}).items()),
-                f"{u.upstream_calls} calls, {billed} billed tok", f"{self.seconds:.1f} s"]
+        return ["  ".join(f"{k} {v:+.2f}" for k, v in self.scores.items()),
+                f"{self.upstream_calls} calls, {self.billed_tokens} billed tok",
+                f"{self.seconds:.1f} s"]
 
 
 def print_row(prompt: str, headers: list[str], cells: list[Cell], width: int | None,

@@ -149,9 +149,10 @@ async def run(cfg: EvalConfig, api_key: str | None = None) -> Path:
 
                     async def one(p: PromptItem, j: int, s=s):
                         async with gate:
-                            rec = await generate(rt, cfg, s, p, seed_for(cfg, p.index, j,
-                                                                         len(prompts)),
-                                                 rewards, stop)
+                            rec = await generate(rt, s, p,
+                                                 seed_for(cfg, p.index, j, len(prompts)),
+                                                 rewards, stop, max_tokens=cfg.max_tokens,
+                                                 top_k=cfg.top_k)
                         rec["sample"] = j
                         f.write(json.dumps(rec) + "\n")
                         f.flush()
@@ -166,16 +167,17 @@ async def run(cfg: EvalConfig, api_key: str | None = None) -> Path:
     return out
 
 
-async def generate(rt: Runtime, cfg: EvalConfig, s: Setting, p: PromptItem, seed: int,
-                   rewards: dict, stop: list[str]) -> dict:
-    """One generation of setting `s` for prompt `p`, scored by every reward."""
+async def generate(rt: Runtime, s: Setting, p: PromptItem, seed: int, rewards: dict,
+                   stop: list[str], *, max_tokens: int, top_k: int) -> dict:
+    """One generation of setting `s` for prompt `p`, scored by every reward: the record that
+    `results.jsonl` holds (also what `vas-proxy demo` prints)."""
     t0 = time.perf_counter()
     extra: dict = {}
     if s.method == "bon":
         res = await best_of_n(rt.engine.upstream, p.upstream, n=s.best_of,
                               reward=rewards[s.bon_reward], reward_prompt=p.text,
-                              max_tokens=cfg.max_tokens, stop=stop, seed=seed,
-                              top_k=base_top_k(rt.engine.upstream, cfg.top_k),
+                              max_tokens=max_tokens, stop=stop, seed=seed,
+                              top_k=base_top_k(rt.engine.upstream, top_k),
                               concurrency=2)
         text, finish, usage = res.text, res.finish_reason, res.usage
         kl, kl_kind = kl_bound(s.best_of), "bound"
@@ -184,7 +186,7 @@ async def generate(rt: Runtime, cfg: EvalConfig, s: Setting, p: PromptItem, seed
         guidance = rt.engine.resolve({"beta": s.beta, "weights": s.weights_dict or None}
                                      if s.method == "vas" else {"beta": 0.0})
         g = await rt.engine.generate(GenerationRequest(
-            prompt=p.upstream, max_tokens=cfg.max_tokens, seed=seed, guidance=guidance))
+            prompt=p.upstream, max_tokens=max_tokens, seed=seed, guidance=guidance))
         text, finish, usage = g.text, g.finish_reason, g.usage
         kl, kl_kind = g.kl, "estimate"
     seconds = time.perf_counter() - t0
