@@ -7,6 +7,11 @@ Two evaluations into one directory (the second resumes it, so shared settings ru
 2. composition (when the bundled `plain` model exists): VAS at beta 4 with the weights
    (1−w)·positivity + w·plain for w = 0, .5, 1 (w = 0 is the main run's beta 4 setting).
 
+Then a second draw of base and VAS at beta 1, 2, 4 on the same prompts with the next 64 seeds
+(its own directory): the "Does it guide?" table pools both draws (n = 128 per setting) and
+computes the gain's standard error over the 64 prompts (each prompt's two paired gains
+averaged first), since two responses to one prompt are not independent.
+
 Cost on the 2-core CPU: about one upstream call per 3 tokens (adaptive exact speculation) plus
 one value scoring per token for VAS (~0.2–1 s each, depending on the load), and N full
 generations per response for Best-of-N. It resumes where it stopped (results are appended as
@@ -35,17 +40,28 @@ from vas_proxy.cli import main as cli  # noqa: E402
 
 OUT = ROOT / "docs" / "results"
 EVAL_DIR = OUT / "eval"
+SECOND_DIR = OUT / "eval_seed64"
 PROMPTS = "data/prompts/everyday_heldout.jsonl"
-COMMON = ["--prompts", PROMPTS, "--limit", "64", "--reward", "vader", "--reward", "plain",
-          "--max-tokens", "32", "--speculate", "-1", "--seed", "0", "--out",
-          str(EVAL_DIR.relative_to(ROOT)), "--resume"]
-MAIN = ["eval", *COMMON, "--value", "positivity=bundled:positivity", "--beta", "0,1,2,4",
-        "--best-of", "1,4,16"]
+N_PROMPTS = 64
+GUIDE_BETAS = (1, 2, 4)
+
+
+def common(out: Path, seed: int) -> list[str]:
+    return ["--prompts", PROMPTS, "--limit", str(N_PROMPTS), "--reward", "vader", "--reward",
+            "plain", "--max-tokens", "32", "--speculate", "-1", "--seed", str(seed), "--out",
+            str(out.relative_to(ROOT)), "--resume"]
+
+
+POSITIVITY = ["--value", "positivity=bundled:positivity"]
+BETAS = ["--beta", "0," + ",".join(map(str, GUIDE_BETAS))]
+MAIN = ["eval", *common(EVAL_DIR, 0), *POSITIVITY, *BETAS, "--best-of", "1,4,16"]
 COMPOSE_BETA = 4.0
-COMPOSE = ["eval", *COMMON, "--value", "positivity=bundled:positivity",
+COMPOSE = ["eval", *common(EVAL_DIR, 0), *POSITIVITY,
            "--value", "plain=bundled:plain", "--beta", f"{COMPOSE_BETA:g}", "--best-of", "none",
            *[x for w in (0, 0.5, 1)
              for x in ("--weights", f"positivity={1 - w:g},plain={w:g}")]]
+# Seeds 64..127: prompt i gets seed 64 + i, the seeds `--samples 2` would give its 2nd sample.
+SECOND = ["eval", *common(SECOND_DIR, N_PROMPTS), *POSITIVITY, *BETAS, "--best-of", "none"]
 
 
 def has_plain() -> bool:
@@ -55,7 +71,7 @@ def has_plain() -> bool:
 def run() -> None:
     os.chdir(ROOT)  # the commands name repository-relative paths
     EVAL_DIR.mkdir(parents=True, exist_ok=True)
-    for args in (MAIN, COMPOSE) if has_plain() else (MAIN,):
+    for args in (MAIN, COMPOSE, SECOND) if has_plain() else (MAIN, SECOND):
         print("$ vas-proxy " + shlex.join(args), flush=True)
         if cli(args) != 0:
             raise SystemExit(1)
@@ -201,10 +217,61 @@ def render() -> Path:
     return path
 
 
-def _into_readme(text: str) -> None:
-    """Put the rendered results between README.md's results markers (when it has them)."""
+def guidance_table() -> str:
+    """"Does it guide?": vader gain of VAS at each beta over base, per draw and pooled."""
+    from vas_proxy.eval.harness import RESULTS_FILE, read_records
+    from vas_proxy.eval.report import mean_se
+
+    draws = [(d, read_records(d / RESULTS_FILE)) for d in (EVAL_DIR, SECOND_DIR)
+             if (d / RESULTS_FILE).exists()]
+    base = {(r["prompt_index"], r["seed"]): r["rewards"]["vader"]
+            for _, recs in draws for r in recs if r["method"] == "base"}
+    base_all = list(base.values())
+    lines = ["The first draw is the Results' main run (seeds 0–63); the second:", "",
+             "```bash", "vas-proxy " + shlex.join(SECOND), "```", "",
+             "| beta (sd units) | vader | KL to base | "
+             + " | ".join(f"gain, seeds {_seeds(recs)} (n = {N_PROMPTS})" for _, recs in draws)
+             + f" | gain, pooled (n = {len(base_all)}) |",
+             "|---|---|---|" + "---|" * (len(draws) + 1)]
+    lines.append(f"| 0 (base) | {_fmt(*mean_se(base_all))} | 0 | "
+                 + " | ".join("" for _ in draws) + " |  |")
+    for beta in GUIDE_BETAS:
+        name = f"vas b={beta:g} positivity=1"
+        per_draw, by_prompt, vader, kl = [], {}, [], []
+        for _, recs in draws:
+            gains = []
+            for r in (r for r in recs if r["setting"] == name):
+                g = r["rewards"]["vader"] - base[(r["prompt_index"], r["seed"])]
+                gains.append(g)
+                by_prompt.setdefault(r["prompt_index"], []).append(g)
+                vader.append(r["rewards"]["vader"])
+                kl.append(r["kl"])
+            per_draw.append(_z(*mean_se(gains)) if len(gains) > 1 else "–")
+        if len(vader) < 2:
+            continue
+        pooled = mean_se([sum(g) / len(g) for g in by_prompt.values()])
+        lines.append(f"| {beta:g} | {_fmt(*mean_se(vader))} | {sum(kl) / len(kl):.2f} nats | "
+                     + " | ".join(per_draw) + f" | **{_z(*pooled)}** |")
+    return "\n".join(lines)
+
+
+def _seeds(recs: list[dict]) -> str:
+    seeds = [r["seed"] for r in recs]
+    return f"{min(seeds)}–{max(seeds)}"
+
+
+def _fmt(mean: float, se: float) -> str:
+    return f"{mean:.3f} ± {se:.3f}"
+
+
+def _z(mean: float, se: float) -> str:
+    return f"{mean:+.3f} ± {se:.3f} ({mean / se:.2f} s.e.)"
+
+
+def _into_readme(text: str, marker: str = "results") -> None:
+    """Put `text` between README.md's `marker` markers (when it has them)."""
     readme = ROOT / "README.md"
-    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     doc = readme.read_text()
     if start in doc and end in doc:
         head, rest = doc.split(start, 1)
@@ -217,3 +284,6 @@ if __name__ == "__main__":
     if not p.parse_args().render_only:
         run()
     print(f"wrote {render()}")
+    table = guidance_table()
+    _into_readme(table, "guidance")
+    print(table)
