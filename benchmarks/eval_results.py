@@ -105,8 +105,8 @@ def findings(rows: list[dict], compose: list[tuple[float, dict]]) -> list[str]:
         for r in curve:
             diff, se = _unpaired(r, base)
             out.append(f"- VAS β={r['beta']:g} vs base: vader {diff:+.3f}: "
-                       f"{r['vader_gain'] / r['vader_gain_se']:+.1f} standard errors of the "
-                       f"paired difference (± {r['vader_gain_se']:.3f}), {diff / se:+.1f} of "
+                       f"{r['vader_gain'] / r['vader_gain_se']:+.2f} standard errors of the "
+                       f"paired difference (± {r['vader_gain_se']:.3f}), {diff / se:+.2f} of "
                        f"the unpaired one (± {se:.3f}).")
     best = max(curve, key=lambda r: r["vader_mean"]) if curve else None
     if best and 16 in bon:

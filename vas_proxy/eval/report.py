@@ -131,7 +131,7 @@ def _gain(row: dict, name: str) -> str:
     mean, se = row[f"{name}_gain"], row[f"{name}_gain_se"]
     if math.isnan(mean):
         return ""
-    z = "" if math.isnan(se) or se == 0 else f", {mean / se:+.1f} s.e."
+    z = "" if math.isnan(se) or se == 0 else f", {mean / se:+.2f} s.e."
     return f" (Δ {mean:+.3f} ± {se:.3f}{z})"
 
 
