@@ -131,7 +131,7 @@ def findings(rows: list[dict], compose: list[tuple[float, dict]]) -> list[str]:
         diff, se = _unpaired(bon[1], base)
         out.append(f"- Best-of-1 and base sample the same distribution (the upstream's top-20, "
                    f"by the upstream in one call vs by our loop token by token); their vader "
-                   f"differ by {diff:+.3f} ({diff / se:+.1f} standard errors, unpaired).")
+                   f"differ by {diff:+.3f} ({diff / se:+.2f} standard errors, unpaired).")
     if compose:
         for name in ("vader", "plain"):
             vs = [r[f"{name}_mean"] for _, r in compose]
@@ -150,7 +150,9 @@ def _b(r):
 
 
 def _pm2(r, name):
-    return f"{r[f'{name}_mean']:.3f} ± {r[f'{name}_se']:.3f}"
+    from vas_proxy.eval.report import pm
+
+    return pm(r[f"{name}_mean"], r[f"{name}_se"])
 
 
 def render() -> Path:
@@ -220,52 +222,42 @@ def render() -> Path:
 def guidance_table() -> str:
     """"Does it guide?": vader gain of VAS at each beta over base, per draw and pooled."""
     from vas_proxy.eval.harness import RESULTS_FILE, read_records
-    from vas_proxy.eval.report import mean_se
+    from vas_proxy.eval.report import gain_text, mean_se, paired, pm
 
-    draws = [(d, read_records(d / RESULTS_FILE)) for d in (EVAL_DIR, SECOND_DIR)
+    draws = [read_records(d / RESULTS_FILE) for d in (EVAL_DIR, SECOND_DIR)
              if (d / RESULTS_FILE).exists()]
-    base = {(r["prompt_index"], r["seed"]): r["rewards"]["vader"]
-            for _, recs in draws for r in recs if r["method"] == "base"}
-    base_all = list(base.values())
+    bases = [{(r["prompt_index"], r["sample"]): r for r in recs if r["method"] == "base"}
+             for recs in draws]
+    base_all = [r["rewards"]["vader"] for base in bases for r in base.values()]
     lines = ["The first draw is the Results' main run (seeds 0–63); the second:", "",
              "```bash", "vas-proxy " + shlex.join(SECOND), "```", "",
              "| beta (sd units) | vader | KL to base | "
-             + " | ".join(f"gain, seeds {_seeds(recs)} (n = {N_PROMPTS})" for _, recs in draws)
+             + " | ".join(f"gain, seeds {_seeds(recs)} (n = {N_PROMPTS})" for recs in draws)
              + f" | gain, pooled (n = {len(base_all)}) |",
-             "|---|---|---|" + "---|" * (len(draws) + 1)]
-    lines.append(f"| 0 (base) | {_fmt(*mean_se(base_all))} | 0 | "
-                 + " | ".join("" for _ in draws) + " |  |")
+             "|---|---|---|" + "---|" * (len(draws) + 1),
+             f"| 0 (base) | {pm(*mean_se(base_all))} | 0 | " + " | " * len(draws) + " |"]
     for beta in GUIDE_BETAS:
         name = f"vas b={beta:g} positivity=1"
-        per_draw, by_prompt, vader, kl = [], {}, [], []
-        for _, recs in draws:
-            gains = []
-            for r in (r for r in recs if r["setting"] == name):
-                g = r["rewards"]["vader"] - base[(r["prompt_index"], r["seed"])]
-                gains.append(g)
-                by_prompt.setdefault(r["prompt_index"], []).append(g)
-                vader.append(r["rewards"]["vader"])
-                kl.append(r["kl"])
-            per_draw.append(_z(*mean_se(gains)) if len(gains) > 1 else "–")
-        if len(vader) < 2:
+        pairs = [list(paired([r for r in recs if r["setting"] == name], base, "vader"))
+                 for recs, base in zip(draws, bases)]
+        done = [r for draw in pairs for r, _ in draw]
+        if len(done) < 2:
             continue
+        by_prompt: dict[int, list[float]] = {}
+        for r, g in (x for draw in pairs for x in draw):
+            by_prompt.setdefault(r["prompt_index"], []).append(g)
         pooled = mean_se([sum(g) / len(g) for g in by_prompt.values()])
-        lines.append(f"| {beta:g} | {_fmt(*mean_se(vader))} | {sum(kl) / len(kl):.2f} nats | "
-                     + " | ".join(per_draw) + f" | **{_z(*pooled)}** |")
+        cells = [gain_text(*mean_se([g for _, g in draw])) if len(draw) > 1 else "–"
+                 for draw in pairs]
+        lines.append(f"| {beta:g} | {pm(*mean_se(r['rewards']['vader'] for r in done))} | "
+                     f"{sum(r['kl'] for r in done) / len(done):.2f} nats | "
+                     + " | ".join(cells) + f" | **{gain_text(*pooled)}** |")
     return "\n".join(lines)
 
 
 def _seeds(recs: list[dict]) -> str:
     seeds = [r["seed"] for r in recs]
     return f"{min(seeds)}–{max(seeds)}"
-
-
-def _fmt(mean: float, se: float) -> str:
-    return f"{mean:.3f} ± {se:.3f}"
-
-
-def _z(mean: float, se: float) -> str:
-    return f"{mean:+.3f} ± {se:.3f} ({mean / se:.2f} s.e.)"
 
 
 def _into_readme(text: str, marker: str = "results") -> None:

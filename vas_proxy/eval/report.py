@@ -58,7 +58,7 @@ def summarise(records: list[dict], reward_names: list[str],
             # Paired with base (same prompt, same seed): the gain and its standard error,
             # which is smaller than the two settings' errors combined when they correlate.
             row[f"{reward}_gain"], row[f"{reward}_gain_se"] = mean_se(
-                _paired(rs, base, reward) if name != "base" else [])
+                [g for _, g in paired(rs, base, reward)] if name != "base" else [])
         row["kl_mean"], row["kl_se"] = mean_se(r["kl"] for r in rs)
         if first["kl_kind"] == "bound":
             row["kl_se"] = math.nan
@@ -76,12 +76,14 @@ def summarise(records: list[dict], reward_names: list[str],
     return rows
 
 
-def _paired(rs: list[dict], base: dict, reward: str):
+def paired(rs: list[dict], base: dict, reward: str):
+    """(record, its reward minus base's) for each record of `rs` whose base response (same
+    prompt, same sample: `base` keyed by (prompt_index, sample)) exists and is scored."""
     for r in rs:
         b = base.get((r["prompt_index"], r["sample"]))
         if b is not None and r["rewards"].get(reward) is not None \
                 and b["rewards"].get(reward) is not None:
-            yield r["rewards"][reward] - b["rewards"][reward]
+            yield r, r["rewards"][reward] - b["rewards"][reward]
 
 
 def write_report(out: str | Path, quiet: bool = True) -> dict[str, Path]:
@@ -121,7 +123,8 @@ def _csv(v):
     return v
 
 
-def _pm(mean: float, se: float, digits: int = 3) -> str:
+def pm(mean: float, se: float, digits: int = 3) -> str:
+    """"mean ± se" ("–" when there is no mean)."""
     if math.isnan(mean):
         return "–"
     return f"{mean:.{digits}f}" + ("" if math.isnan(se) else f" ± {se:.{digits}f}")
@@ -131,8 +134,13 @@ def _gain(row: dict, name: str) -> str:
     mean, se = row[f"{name}_gain"], row[f"{name}_gain_se"]
     if math.isnan(mean):
         return ""
+    return f" (Δ {gain_text(mean, se)})"
+
+
+def gain_text(mean: float, se: float) -> str:
+    """A difference, its standard error and how many of them it is: "+0.089 ± 0.045, +1.98 s.e."."""
     z = "" if math.isnan(se) or se == 0 else f", {mean / se:+.2f} s.e."
-    return f" (Δ {mean:+.3f} ± {se:.3f}{z})"
+    return f"{mean:+.3f} ± {se:.3f}{z}"
 
 
 def markdown_table(rows: list[dict], names: list[str], labels: list[str] | None = None) -> str:
@@ -141,9 +149,9 @@ def markdown_table(rows: list[dict], names: list[str], labels: list[str] | None 
             "tokens", "s / response", "wall (min)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, r in enumerate(rows):
-        kl = _pm(r["kl_mean"], r["kl_se"], 2) + (" (bound)" if r["kl_kind"] == "bound" else "")
+        kl = pm(r["kl_mean"], r["kl_se"], 2) + (" (bound)" if r["kl_kind"] == "bound" else "")
         cells = [labels[i] if labels else r["setting"], str(r["n"]),
-                 *(_pm(r[f"{n}_mean"], r[f"{n}_se"]) + _gain(r, n) for n in names), kl,
+                 *(pm(r[f"{n}_mean"], r[f"{n}_se"]) + _gain(r, n) for n in names), kl,
                  f"{r['upstream_calls']:.1f}", f"{r['billed_tokens']:.0f}",
                  f"{r['tokens']:.1f}", f"{r['seconds']:.1f}",
                  "–" if math.isnan(r["wall_s"]) else f"{r['wall_s'] / 60:.1f}"]
