@@ -158,7 +158,7 @@ def _pm2(r, name):
 def render() -> Path:
     import json
 
-    from vas_proxy.eval.harness import CONFIG_FILE, RESULTS_FILE, TIMINGS_FILE, read_records
+    from vas_proxy.eval.files import CONFIG_FILE, RESULTS_FILE, TIMINGS_FILE, read_records
     from vas_proxy.eval.report import (composition_rows, markdown_table, summarise,
                                        write_report)
 
@@ -221,7 +221,7 @@ def render() -> Path:
 
 def guidance_table() -> str:
     """"Does it guide?": vader gain of VAS at each beta over base, per draw and pooled."""
-    from vas_proxy.eval.harness import RESULTS_FILE, read_records
+    from vas_proxy.eval.files import RESULTS_FILE, read_records
     from vas_proxy.eval.report import gain_text, mean_se, paired, pm
 
     draws = [read_records(d / RESULTS_FILE) for d in (EVAL_DIR, SECOND_DIR)

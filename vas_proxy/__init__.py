@@ -1,6 +1,6 @@
 """vas_proxy: Value Augmented Sampling for hosted LLMs (see DESIGN.md and README.md)."""
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 
 def wrap(client, *args, **kwargs):

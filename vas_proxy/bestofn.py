@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .engine import Usage
+from .defaults import MAX_BEST_OF
 from .errors import ConfigError
 from .upstream.client import UpstreamClient
+from .usage import Usage
 
-MAX_BEST_OF = 128
 
 
 @dataclass
@@ -107,12 +107,7 @@ async def best_of_n(upstream: UpstreamClient, prompt: str, *, n: int, reward,
     usage.scoring_seconds = time.perf_counter() - t0
     best = int(np.argmax(scores))
     for r in results:
-        if r.cached:
-            usage.cache_hits += 1
-        else:
-            usage.upstream_calls += 1
-            usage.upstream_prompt_tokens += r.prompt_tokens
-            usage.upstream_completion_tokens += r.completion_tokens
+        usage.count(r)
     usage.prompt_tokens = results[best].prompt_tokens
     usage.completion_tokens = results[best].completion_tokens
     finish = "stop" if results[best].finish_reason == "stop" else "length"

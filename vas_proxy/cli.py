@@ -9,7 +9,7 @@ import inspect
 import os
 import sys
 
-from . import __version__
+from ._version import __version__
 from .engine import GenerationRequest, Guidance
 from .errors import ConfigError, VasError
 

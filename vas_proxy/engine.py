@@ -16,9 +16,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import sampling
+from .defaults import BETA, MAX_SPECULATE, SPECULATE, TOP_K
 from .errors import ConfigError
 from .protocol import Candidate, Position
 from .upstream.client import UpstreamClient
+from .usage import Usage
 from .values import ValueFunction
 
 
@@ -26,10 +28,10 @@ from .values import ValueFunction
 class Guidance:
     """Per-request guidance: the body's `vas` field (DESIGN §5), server defaults otherwise."""
 
-    beta: float = 1.0
-    top_k: int = 20
+    beta: float = BETA
+    top_k: int = TOP_K
     weights: dict[str, float] | None = None
-    speculate: int = 0
+    speculate: int = SPECULATE
     trace: bool = False
 
     def merged(self, override: Mapping | None) -> "Guidance":
@@ -57,7 +59,7 @@ class Guidance:
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
             bad("top_k", "must be an integer >= 1")
         if isinstance(self.speculate, bool) or not isinstance(self.speculate, int) \
-                or self.speculate < -1 or self.speculate > 64:
+                or self.speculate < -1 or self.speculate > MAX_SPECULATE:
             bad("speculate", "must be an integer: 0 (one token per call), 1..64 (drafted tokens "
                              "per call) or -1 (adaptive)")
         if not isinstance(self.trace, bool):
@@ -81,34 +83,6 @@ class GenerationRequest:
     seed: int | None = None
     guidance: Guidance = field(default_factory=Guidance)
     model: str | None = None  # upstream model; None: the client's own
-
-
-@dataclass
-class Usage:
-    """Counts for `usage` and `usage.vas` (DESIGN §5), plus timings for benchmarks."""
-
-    prompt_tokens: int = 0  # the prompt as the upstream counted it (first call)
-    completion_tokens: int = 0
-    upstream_calls: int = 0
-    upstream_prompt_tokens: int = 0
-    upstream_completion_tokens: int = 0
-    cache_hits: int = 0
-    rejected_draft_tokens: int = 0
-    draft_trials: int = 0  # drafts put to the acceptance test
-    drafts_accepted: int = 0
-    upstream_seconds: float = 0.0
-    scoring_seconds: float = 0.0
-
-    def vas_dict(self) -> dict:
-        return {"upstream_calls": self.upstream_calls,
-                "upstream_prompt_tokens": self.upstream_prompt_tokens,
-                "upstream_completion_tokens": self.upstream_completion_tokens,
-                "cache_hits": self.cache_hits,
-                "rejected_draft_tokens": self.rejected_draft_tokens}
-
-    def add(self, other: "Usage") -> None:
-        for k, v in asdict(other).items():
-            setattr(self, k, getattr(self, k) + v)
 
 
 @dataclass
@@ -236,12 +210,7 @@ class Engine:
         usage.upstream_seconds += time.perf_counter() - t0
         if not usage.prompt_tokens:
             usage.prompt_tokens = res.prompt_tokens
-        if res.cached:  # served from the response cache: nothing billed
-            usage.cache_hits += 1
-        else:
-            usage.upstream_calls += 1
-            usage.upstream_prompt_tokens += res.prompt_tokens
-            usage.upstream_completion_tokens += res.completion_tokens
+        usage.count(res)
         return res.positions
 
     async def _positions(self, req: GenerationRequest, text: str, usage: Usage,

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import httpx2 as httpx
 
+from . import defaults
 from .engine import Engine, Guidance
 from .runtime import Runtime, default_value_specs, load_rewards, load_values
 from .service.app import create_app
@@ -19,11 +20,12 @@ from .upstream.client import UpstreamClient
 from .values import ValueFunction
 
 
-def wrap(client, values: Mapping[str, str | ValueFunction] | None = None, beta: float = 1.0,
-         top_k: int = 20, speculate: int = 0, cache_dir: str | None = None, *,
+def wrap(client, values: Mapping[str, str | ValueFunction] | None = None,
+         beta: float = defaults.BETA, top_k: int = defaults.TOP_K,
+         speculate: int = defaults.SPECULATE, cache_dir: str | None = None, *,
          use_cache: bool = True,
-         provider: str = "llamacpp", chat_template: str | ChatTemplate | None = None,
-         device: str = "cpu", dtype: str | None = None,
+         provider: str = defaults.PROVIDER, chat_template: str | ChatTemplate | None = None,
+         device: str = defaults.DEVICE, dtype: str | None = None,
          rewards: Mapping[str, str | Callable] | None = None):
     """Return a guided copy of `client` (`openai.OpenAI` or `openai.AsyncOpenAI`).
 
@@ -67,4 +69,4 @@ def wrap(client, values: Mapping[str, str | ValueFunction] | None = None, beta: 
 def _timeout(t) -> float:
     if isinstance(t, (int, float)):
         return float(t)
-    return float(getattr(t, "read", None) or 600.0)
+    return float(getattr(t, "read", None) or defaults.WRAP_TIMEOUT)

@@ -20,15 +20,13 @@ import time
 from pathlib import Path
 
 from ..bestofn import base_top_k, best_of_n, kl_bound
-from ..engine import GenerationRequest, Guidance, Usage
+from ..engine import GenerationRequest, Guidance
 from ..errors import ConfigError
 from ..runtime import Options, Runtime, load_rewards, open_runtime
 from ..train.prompts import PromptItem, read_prompts, render_prompts
 from .config import EvalConfig, Setting
+from .files import CONFIG_FILE, RESULTS_FILE, TIMINGS_FILE, read_json, read_records
 
-RESULTS_FILE = "results.jsonl"
-CONFIG_FILE = "eval.json"
-TIMINGS_FILE = "timings.json"
 # What must not change between runs resumed into one directory (settings may be added).
 _SAME_ON_RESUME = ("prompts", "max_tokens", "top_k", "seed", "samples", "provider", "upstream",
                    "model", "chat_template")
@@ -79,18 +77,6 @@ def _check_resume(cfg: EvalConfig, out: Path) -> None:
                                   f"{out}, now {spec!r}; use another name")
 
 
-def read_records(path: Path) -> list[dict]:
-    records = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a killed run: that generation is redone
-            print(f"warning: {path} line {n} is incomplete; redoing it", file=sys.stderr)
-    return records
-
-
 def _rescore(out: Path, records: list[dict], rewards: dict) -> None:
     """Score earlier records (resume) with rewards added since they were written."""
     missing = [(r, name) for r in records for name in rewards if name not in r["rewards"]]
@@ -135,7 +121,7 @@ async def run(cfg: EvalConfig, api_key: str | None = None) -> Path:
         stop = rt.template.stop_strings if rt.template else []
         jobs = [(s, p, j) for s in settings for p in prompts for j in range(cfg.samples)
                 if (s.name, p.index, j) not in done]
-        timings = _read_timings(out)
+        timings = read_json(out / TIMINGS_FILE)
         bar = _progress(len(jobs), cfg.quiet)
         try:
             with (out / RESULTS_FILE).open("a", encoding="utf-8") as f:
@@ -196,22 +182,8 @@ async def generate(rt: Runtime, s: Setting, p: PromptItem, seed: int, rewards: d
             "weights": s.weights_dict, "best_of": s.best_of if s.method == "bon" else None,
             "bon_reward": s.bon_reward or None, "prompt_index": p.index, "seed": seed,
             "prompt": p.text, "response": text, "finish_reason": finish,
-            "rewards": scores, "kl": kl, "kl_kind": kl_kind, **_usage(usage),
+            "rewards": scores, "kl": kl, "kl_kind": kl_kind, **usage.record_dict(),
             "seconds": seconds, **extra}
-
-
-def _usage(u: Usage) -> dict:
-    return {"tokens": u.completion_tokens, "upstream_calls": u.upstream_calls,
-            "upstream_prompt_tokens": u.upstream_prompt_tokens,
-            "upstream_completion_tokens": u.upstream_completion_tokens,
-            "billed_tokens": u.upstream_prompt_tokens + u.upstream_completion_tokens,
-            "cache_hits": u.cache_hits, "rejected_draft_tokens": u.rejected_draft_tokens,
-            "upstream_seconds": u.upstream_seconds, "scoring_seconds": u.scoring_seconds}
-
-
-def _read_timings(out: Path) -> dict[str, float]:
-    path = out / TIMINGS_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _progress(total: int, quiet: bool):

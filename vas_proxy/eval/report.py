@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import weights_label
-from .harness import CONFIG_FILE, RESULTS_FILE, TIMINGS_FILE, read_records
+from .files import CONFIG_FILE, RESULTS_FILE, TIMINGS_FILE, read_json, read_records
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
@@ -90,9 +90,8 @@ def write_report(out: str | Path, quiet: bool = True) -> dict[str, Path]:
     """Write summary.csv, summary.md and the plots for `out`; returns what was written."""
     out = Path(out)
     records = read_records(out / RESULTS_FILE)
-    config = json.loads((out / CONFIG_FILE).read_text()) if (out / CONFIG_FILE).exists() else {}
-    timings = json.loads((out / TIMINGS_FILE).read_text()) if (out / TIMINGS_FILE).exists() \
-        else {}
+    config = read_json(out / CONFIG_FILE)
+    timings = read_json(out / TIMINGS_FILE)
     names = list(dict.fromkeys([*config.get("rewards", {}),
                                 *(k for r in records for k in r["rewards"])]))
     rows = summarise(records, names, timings)

@@ -27,9 +27,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
+from .._version import __version__
 from ..bestofn import BestOfN, best_of_n, check_best_of
-from ..engine import Generation, GenerationRequest, Outcome, TokenEvent, Usage
+from ..engine import Generation, GenerationRequest, Outcome, TokenEvent
+from ..usage import Usage
 from ..errors import ConfigError, VasError
 from ..runtime import Runtime
 from .schemas import ChatCompletionRequest, CompletionRequest
@@ -232,7 +233,7 @@ def create_app(runtime: Runtime, *, api_key: str | None = None,
                                      media_type="text/event-stream",
                                      headers={"cache-control": "no-cache"})
         gens = await asyncio.gather(*(generate(r) for r in reqs))
-        usage = _total_usage([g.usage for g in gens])
+        usage = Usage.total([g.usage for g in gens])
         _log_summary(request, body, usage, t0)
         return fmt.full(gens, usage)
 
@@ -270,7 +271,7 @@ def create_app(runtime: Runtime, *, api_key: str | None = None,
                     chunk = fmt.stream_token(i, item)
                     if chunk is not None:
                         yield _data(chunk)
-            usage = _total_usage([o.usage for o in outcomes])
+            usage = Usage.total([o.usage for o in outcomes])
             if body.include_usage:
                 yield _data(fmt.stream_usage(usage))
             yield "data: [DONE]\n\n"
@@ -312,20 +313,6 @@ def _data(obj: dict) -> str:
     return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
 
 
-def _total_usage(usages: list[Usage]) -> Usage:
-    total = Usage()
-    for u in usages:
-        total.add(u)
-    # The prompt is the same for every choice: count it once, as OpenAI does.
-    total.prompt_tokens = usages[0].prompt_tokens if usages else 0
-    return total
-
-
-def _usage_dict(u: Usage) -> dict:
-    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-            "total_tokens": u.prompt_tokens + u.completion_tokens, "vas": u.vas_dict()}
-
-
 def _log_summary(request: Request, body, u: Usage, t0: float) -> None:
     log.info("%s model=%s n=%d tokens=%d upstream_calls=%d upstream_prompt_tokens=%d "
              "upstream_completion_tokens=%d rejected_drafts=%d cache_hits=%d %.2fs",
@@ -357,7 +344,7 @@ class _Format:
         out = {"id": self.id, "object": obj, "created": self.created, "model": self.body.model,
                "choices": choices}
         if usage is not None:
-            out["usage"] = _usage_dict(usage)
+            out["usage"] = usage.openai_dict()
         return out
 
     def full(self, gens: list[Generation], usage: Usage) -> dict:

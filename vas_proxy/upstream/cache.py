@@ -37,22 +37,19 @@ from pathlib import Path
 import diskcache
 from diskcache.core import MODE_RAW, UNKNOWN
 
+from .. import env
+
 log = logging.getLogger("vas_proxy.upstream")
 
 DEFAULT_SIZE_LIMIT = 1 << 30  # 1 GiB
-CACHE_DIR_ENV = "VAS_PROXY_CACHE_DIR"
 KEY_VERSION = 1  # bump when the key material or the stored form changes
 _ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
 
 
 def default_cache_dir() -> Path:
-    """`$VAS_PROXY_CACHE_DIR`, else `$XDG_CACHE_HOME/vas-proxy`, else `~/.cache/vas-proxy`."""
-    env = os.environ.get(CACHE_DIR_ENV)
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"  # XDG: absolute only
-    return base / "vas-proxy"
+    """The cache root (`env.cache_root`): `$VAS_PROXY_CACHE_DIR`, `$XDG_CACHE_HOME/vas-proxy`
+    or `~/.cache/vas-proxy`."""
+    return env.cache_root()
 
 
 def cacheable(body: dict) -> bool:

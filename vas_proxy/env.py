@@ -1,0 +1,44 @@
+"""The environment variables the package reads, all of them, read here and nowhere else.
+
+A leaf module: each function reads its variable when called (not at import), so tests and
+long-lived processes see the current environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+UPSTREAM_API_KEY = "VAS_UPSTREAM_API_KEY"  # the upstream's key (generate, serve, train, eval)
+PROXY_API_KEY = "VAS_PROXY_API_KEY"  # the key `serve` requires of its clients
+CACHE_DIR = "VAS_PROXY_CACHE_DIR"  # response cache and dequantized backbones
+TORCH_THREADS = "VAS_PROXY_TORCH_THREADS"  # CPU threads of the value models
+
+
+def _get(name: str) -> str | None:
+    return os.environ.get(name) or None
+
+
+def upstream_api_key(given: str | None = None) -> str | None:
+    """`given` (a flag or argument) when set, else $VAS_UPSTREAM_API_KEY."""
+    return given or _get(UPSTREAM_API_KEY)
+
+
+def proxy_api_key(given: str | None = None) -> str | None:
+    """`given` when set, else $VAS_PROXY_API_KEY."""
+    return given or _get(PROXY_API_KEY)
+
+
+def torch_threads() -> str | None:
+    """$VAS_PROXY_TORCH_THREADS as written (the caller parses and reports it)."""
+    return _get(TORCH_THREADS)
+
+
+def cache_root() -> Path:
+    """`$VAS_PROXY_CACHE_DIR`, else `$XDG_CACHE_HOME/vas-proxy`, else `~/.cache/vas-proxy`."""
+    env = _get(CACHE_DIR)
+    if env:
+        return Path(env).expanduser()
+    xdg = _get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"  # XDG: absolute only
+    return base / "vas-proxy"
