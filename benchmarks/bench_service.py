@@ -23,12 +23,13 @@ import uvicorn
 
 from vas_proxy.assets import smollm2_gguf
 from vas_proxy.engine import Engine, Guidance
-from vas_proxy.runtime import HEURISTIC_VALUE, Runtime
+from vas_proxy.options import HEURISTIC_VALUE
+from vas_proxy.runtime import Runtime
 from vas_proxy.service.app import create_app
 from vas_proxy.templates import from_gguf
 from vas_proxy.upstream.client import UpstreamClient
 from vas_proxy.upstream.local import LocalUpstream, free_port
-from vas_proxy.values import load_value
+from vas_proxy.values.loader import load_value
 
 PROMPTS = ["Tell me about your weekend plans.", "How do I make a cup of tea?",
            "Describe a rainy Monday.", "What should I cook tonight?"]

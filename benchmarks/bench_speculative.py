@@ -19,11 +19,11 @@ from pathlib import Path
 
 from vas_proxy.assets import smollm2_gguf
 from vas_proxy.engine import Engine, GenerationRequest, Guidance
-from vas_proxy.runtime import default_value_specs
+from vas_proxy.options import default_value_specs
 from vas_proxy.templates import from_gguf
 from vas_proxy.upstream.client import UpstreamClient
 from vas_proxy.upstream.local import LocalUpstream
-from vas_proxy.values import load_value
+from vas_proxy.values.loader import load_value
 
 PROMPTS = [
     "Tell me about your weekend plans.", "How do I make a cup of tea?",

@@ -13,7 +13,8 @@ from vas_proxy.assets import smollm2_gguf
 from vas_proxy.bestofn import best_of_n, kl_bound, sample_seeds
 from vas_proxy.engine import Engine, Guidance
 from vas_proxy.rewards import load_reward
-from vas_proxy.runtime import Runtime, parse_reward_specs
+from vas_proxy.options import parse_reward_specs
+from vas_proxy.runtime import Runtime
 from vas_proxy.service.app import create_app
 from vas_proxy.upstream.client import UpstreamClient
 from vas_proxy.values.callable import CallableValue

@@ -1,4 +1,5 @@
-"""`vas-proxy generate`: the text on stdout, and one actionable line on stderr for bad input."""
+"""`vas-proxy generate`: the text on stdout, and one actionable line on stderr for bad input.
+Every subcommand's flags: the same as before they came from one source, all in `--help`."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import os
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from vas_proxy.options import (GenerateOptions, ServeOptions, UpstreamOptions, add_options,
+                               comma_list, from_args, option)
 from vas_proxy.upstream.local import free_port
 
 TESTS = Path(__file__).parent
@@ -101,3 +105,240 @@ def test_bad_flags_exit_2():
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert_user_error(cli("generate", "hi", "--top-k", "0", "--value", "h=py:valuefns:char_hash"),
                       "top_k")
+
+
+# ------------------------------------------------------------------ flags: one source, complete
+
+# Every flag of every subcommand, as the hand-written parsers had it before the options got one
+# source (walked from build_parser()): name -> (action, type, default), or "switch" (no value).
+# One deliberate change: --timeout of generate and serve was 60 s, now defaults.TIMEOUT (120 s)
+# like train and eval (a one-slot server queues requests; the timeout runs while queued).
+BEFORE = {
+    "generate": {
+        "prompt": ("store", str, None), "--upstream": ("store", str, None),
+        "--model": ("store", str, None), "--provider": ("store", str, 'llamacpp'),
+        "--value": ("append", str, None), "--beta": ("store", float, 1.0),
+        "--top-k": ("store", int, 20), "--speculate": ("store", int, 0),
+        "--chat-template": ("store", str, None), "--cache-dir": ("store", str, None),
+        "--no-cache": "switch", "--device": ("store", str, 'cpu'), "--dtype": ("store", str, None),
+        "--timeout": ("store", float, 60.0), "--api-key": ("store", str, None),
+        "--max-tokens": ("store", int, 64), "--temperature": ("store", float, 1.0),
+        "--top-p": ("store", float, 1.0), "--stop": ("append", str, None),
+        "--seed": ("store", int, None), "--raw": "switch", "--quiet/-q": "switch",
+    },
+    "serve": {
+        "--upstream": ("store", str, None), "--model": ("store", str, None),
+        "--provider": ("store", str, 'llamacpp'), "--value": ("append", str, None),
+        "--beta": ("store", float, 1.0), "--top-k": ("store", int, 20),
+        "--speculate": ("store", int, 0), "--chat-template": ("store", str, None),
+        "--cache-dir": ("store", str, None), "--no-cache": "switch",
+        "--device": ("store", str, 'cpu'), "--dtype": ("store", str, None),
+        "--timeout": ("store", float, 60.0), "--host": ("store", str, '127.0.0.1'),
+        "--port": ("store", int, 8000), "--api-key": ("store", str, None),
+        "--upstream-api-key": ("store", str, None), "--log-level": ("store", str, 'info'),
+        "--reward": ("append", str, None),
+    },
+    "train": {
+        "--prompts": ("store", str, None), "--reward": ("store", str, None),
+        "--out": ("store", str, None), "--upstream": ("store", str, None),
+        "--model": ("store", str, None), "--provider": ("store", str, 'llamacpp'),
+        "--chat-template": ("store", str, None), "--timeout": ("store", float, 120.0),
+        "--backbone": ("store", str, 'smollm2'), "--samples-per-prompt": ("store", int, 4),
+        "--max-tokens": ("store", int, 48), "--no-logprobs": "switch",
+        "--concurrency": ("store", int, 2), "--epochs": ("store", int, 2),
+        "--lora-r": ("store", int, 16), "--lora-layers": ("store", int, 0),
+        "--lr": ("store", float, 0.0002), "--head-lr-mult": ("store", float, 10.0),
+        "--weight-decay": ("store", float, 0.0), "--batch-size": ("store", int, 8),
+        "--grad-accum": ("store", int, 1), "--max-grad-norm": ("store", float, 1.0),
+        "--gamma": ("store", float, 1.0), "--lambda": ("store", float, 0.95),
+        "--seed": ("store", int, 0), "--heldout-frac": ("store", float, 0.1),
+        "--val-completions": ("store", int, 4), "--export": ("store", str, None),
+        "--save-every": ("store", int, 0), "--device": ("store", str, 'cpu'),
+        "--dtype": ("store", str, None), "--resume": "switch", "--quiet": "switch",
+        "--api-key": ("store", str, None),
+    },
+    "eval": {
+        "--prompts": ("store", str, None), "--reward": ("append", str, None),
+        "--value": ("append", str, None), "--beta": ("store", str, '0,0.5,1,2,4'),
+        "--best-of": ("store", str, '1,4,16'), "--weights": ("append", str, None),
+        "--bon-reward": ("store", str, None), "--max-tokens": ("store", int, 32),
+        "--top-k": ("store", int, 20), "--speculate": ("store", int, 0),
+        "--seed": ("store", int, 0), "--samples": ("store", int, 1),
+        "--limit": ("store", int, None), "--concurrency": ("store", int, 2),
+        "--out": ("store", str, None), "--resume": "switch", "--upstream": ("store", str, None),
+        "--model": ("store", str, None), "--provider": ("store", str, 'llamacpp'),
+        "--chat-template": ("store", str, None), "--api-key": ("store", str, None),
+        "--timeout": ("store", float, 120.0), "--device": ("store", str, 'cpu'),
+        "--dtype": ("store", str, None), "--quiet/-q": "switch",
+    },
+    "demo": {
+        "--prompt": ("append", str, None), "--prompts": ("store", int, 3),
+        "--max-tokens": ("store", int, 32), "--beta": ("store", float, 4.0),
+        "--weights": ("store", str, None), "--best-of": ("store", int, 4),
+        "--speculate": ("store", int, -1), "--seed": ("store", int, 0),
+        "--value": ("store", str, None), "--reward": ("store", str, None),
+        "--width": ("store", int, None),
+    },
+}
+for _cmd in ("generate", "serve"):
+    BEFORE[_cmd]["--timeout"] = ("store", float, 120.0)
+REQUIRED = {"generate": {"prompt"}, "train": {"--prompts", "--reward", "--out"},
+            "eval": {"--prompts", "--reward", "--out"}}
+CHOICES = {"--dtype": ["float32", "bfloat16", "float16"],
+           "--log-level": ["debug", "info", "warning", "error"]}
+
+
+def _subparsers():
+    import argparse
+
+    from vas_proxy.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices
+
+
+def _flags(parser) -> dict:
+    import argparse
+
+    out = {}
+    for a in parser._actions:
+        if isinstance(a, argparse._HelpAction):
+            continue
+        name = "/".join(a.option_strings) or a.metavar
+        if isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            out[name] = "switch"
+        else:
+            kind = "append" if isinstance(a, argparse._AppendAction) else "store"
+            out[name] = (kind, a.type or str, a.default)
+        assert a.help and a.help.strip(), f"{name} has no help"
+        if a.default is not None and out[name] != "switch":
+            assert "(default" in a.help, f"{name}: --help does not say its default"
+        assert a.required == (name in REQUIRED.get(parser.prog.split()[-1], set())), name
+        if a.option_strings and a.option_strings[0] in CHOICES:
+            assert list(a.choices) == CHOICES[a.option_strings[0]], name
+    return out
+
+
+@pytest.mark.parametrize("command", sorted(BEFORE))
+def test_flags_are_those_of_before(command):
+    assert _flags(_subparsers()[command]) == BEFORE[command]
+
+
+@pytest.mark.parametrize("command", sorted(BEFORE))
+def test_help_mentions_every_flag(command, capsys):
+    from vas_proxy.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for name in BEFORE[command]:
+        for flag in name.split("/"):
+            assert flag in text, flag
+
+
+@dataclass
+class _Sample:
+    """Every kind of field the generator turns into a flag."""
+
+    TITLE = "sample"
+
+    name: str = option(help="positional", positional=True)
+    path: str = option(help="required, no default", metavar="FILE")
+    count: int = option(3, "an int")
+    ratio: float | None = option(None, "an optional float")
+    on: bool = option(False, "store_true")
+    use_x: bool = option(True, "store_false under a custom name", flag="--no-x")
+    tag: list[str] | None = option(None, "repeatable", short="-t")
+    mode: str = option("a", "choices", choices=["a", "b"])
+    lam: float = option(0.5, "custom name", flag="--lambda")
+    sizes: list[int] = option(factory=lambda: [1, 4], help="comma list", show=comma_list,
+                              parse=lambda text: [int(x) for x in text.split(",")])
+    pairs: dict[str, str] = option(factory=dict, help="NAME=V, repeatable", repeat=True,
+                                   parse=lambda items: dict(i.split("=") for i in items or []))
+
+
+def _sample_parser():
+    import argparse
+
+    p = argparse.ArgumentParser(prog="sample")
+    add_options(p, _Sample)
+    return p
+
+
+def test_option_generator():
+    p = _sample_parser()
+    got = from_args(_Sample, p.parse_args(["n", "--path", "f"]))
+    assert got == _Sample(name="n", path="f")  # the flags' defaults are the dataclass's
+    got = from_args(_Sample, p.parse_args(
+        ["n", "--path", "f", "--count", "5", "--ratio", "0.5", "--on", "--no-x", "-t", "a",
+         "--tag", "b", "--mode", "b", "--lambda", "0.25", "--sizes", "2,3", "--pairs", "k=v"]))
+    assert got == _Sample(name="n", path="f", count=5, ratio=0.5, on=True, use_x=False,
+                          tag=["a", "b"], mode="b", lam=0.25, sizes=[2, 3], pairs={"k": "v"})
+    text = p.format_help()
+    for needle in ("sample:", "--count COUNT", "an int (default: 3)", "(default: 1,4)",
+                   "--mode {a,b}", "--lambda LAM", "--no-x", "-t TAG", "--path FILE"):
+        assert needle in text, needle
+    assert "optional float (default" not in text and "store_true (default" not in text
+
+
+@pytest.mark.parametrize("argv", [["n"], ["n", "--path", "f", "--count", "x"],
+                                  ["n", "--path", "f", "--mode", "c"]])
+def test_option_generator_rejects_bad_flags(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _sample_parser().parse_args(argv)
+    assert exit_.value.code == 2
+
+
+def test_flag_defaults_are_the_dataclass_defaults(monkeypatch):
+    """One default per option, from vas_proxy.defaults: what a flag-less command line parses to
+    is what the dataclasses default to, and the upstream timeout is one number everywhere."""
+    from vas_proxy import defaults
+    from vas_proxy.cli import build_parser, runtime_options
+    from vas_proxy.demo import DemoOptions
+    from vas_proxy.eval.config import EvalConfig
+    from vas_proxy.runtime import Options
+    from vas_proxy.train.config import TrainConfig
+
+    monkeypatch.delenv("VAS_UPSTREAM_API_KEY", raising=False)
+    monkeypatch.delenv("VAS_PROXY_API_KEY", raising=False)
+    p = build_parser()
+    for command in ("generate", "serve"):
+        a = p.parse_args([command] + (["hi"] if command == "generate" else []))
+        assert runtime_options(a) == Options()
+        assert Options().upstream.timeout == defaults.TIMEOUT
+        assert Options().guidance.beta == defaults.BETA
+        assert Options().guidance.top_k == defaults.TOP_K
+    assert from_args(ServeOptions, p.parse_args(["serve"])) == ServeOptions()
+    assert from_args(GenerateOptions, p.parse_args(["generate", "hi"])) == GenerateOptions("hi")
+    assert from_args(DemoOptions, p.parse_args(["demo"])) == DemoOptions()
+
+    train = from_args(TrainConfig, p.parse_args(["train", "--prompts", "p", "--reward", "r",
+                                                 "--out", "o"]))
+    assert train == TrainConfig(prompts="p", reward="r", out="o")
+    assert train.timeout == defaults.TIMEOUT
+    evaluation = from_args(EvalConfig, p.parse_args(["eval", "--prompts", "p", "--reward", "r",
+                                                     "--out", "o"]))
+    # the one difference: without --value the command uses the bundled demo model
+    assert evaluation == EvalConfig(prompts="p", rewards={"r": "r"}, out="o",
+                                    values=Options().guidance.values)
+    assert evaluation.timeout == defaults.TIMEOUT
+
+
+def test_keys_come_from_flags_or_env(monkeypatch):
+    from vas_proxy.cli import build_parser
+
+    p = build_parser()
+    monkeypatch.setenv("VAS_UPSTREAM_API_KEY", "from-env")
+    monkeypatch.setenv("VAS_PROXY_API_KEY", "proxy-env")
+    for argv in (["generate", "hi"], ["serve"], ["eval", "--prompts", "p", "--reward", "r",
+                                                  "--out", "o"],
+                 ["train", "--prompts", "p", "--reward", "r", "--out", "o"]):
+        assert from_args(UpstreamOptions, p.parse_args(argv)).api_key == "from-env"
+    assert from_args(ServeOptions, p.parse_args(["serve"])).api_key == "proxy-env"
+    a = p.parse_args(["serve", "--api-key", "mine", "--upstream-api-key", "theirs"])
+    assert from_args(ServeOptions, a).api_key == "mine"
+    assert from_args(UpstreamOptions, a).api_key == "theirs"
+    a = p.parse_args(["generate", "hi", "--api-key", "k"])
+    assert from_args(UpstreamOptions, a).api_key == "k"
+    assert "theirs" not in repr(from_args(UpstreamOptions, a))  # keys stay out of reprs

@@ -8,7 +8,7 @@ import pytest
 
 from vas_proxy import demo
 from vas_proxy.cli import main
-from vas_proxy.runtime import HEURISTIC_VALUE
+from vas_proxy.options import HEURISTIC_VALUE
 
 
 def test_demo_runs_side_by_side(capsys):

@@ -11,7 +11,7 @@ from scipy import stats
 from vas_proxy.engine import Engine, GenerationRequest, Guidance
 from vas_proxy.errors import ConfigError, ContextLengthError, UpstreamUnreachable
 from vas_proxy.upstream.client import UpstreamClient
-from vas_proxy.values import load_value
+from vas_proxy.values.loader import load_value
 
 from valuefns import char_hash
 
@@ -139,7 +139,7 @@ def _pvalue(samples, cands, probs):
 
 
 def test_guided_first_token_is_exact(upstream, chat_prompt):
-    """600 first tokens over seeds follow the DESIGN §1 target, computed here independently
+    """600 first tokens over seeds follow the docs/design.md §1 target, computed here independently
     from the upstream's logprobs and the value function; a wrong target is rejected."""
     prompt = chat_prompt("Give me one word that describes the sea.")
     beta = 1.0

@@ -124,8 +124,8 @@ def two_lora_checkpoints():
     """Two LoRA value models (different adapters and heads) on one saved tiny backbone."""
     from torch import nn
 
-    from vas_proxy.values.checkpoint import build_value_model, save_checkpoint, \
-        tiny_value_model
+    from vas_proxy.values.model import build_value_model, tiny_value_model
+    from vas_proxy.values.store import save_checkpoint
 
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
@@ -154,7 +154,8 @@ def test_value_models_on_one_backbone_share_it(two_lora_checkpoints):
 
     a_path, b_path = map(str, two_lora_checkpoints)
     shared = load_values({"a": a_path, "b": b_path}, verbose=False)
-    alone = {"a": vas_proxy.values.load_value(a_path), "b": vas_proxy.values.load_value(b_path)}
+    alone = {"a": vas_proxy.values.loader.load_value(a_path),
+             "b": vas_proxy.values.loader.load_value(b_path)}
     ma, mb = shared["a"].model, shared["b"].model
     assert ma.base_model is mb.base_model  # one backbone object in memory
     one = _unique_params(alone["a"].model)
@@ -182,6 +183,27 @@ def test_eval_settings_and_parsing():
     assert names == ["base", "vas b=1 pos=1", "vas b=2 pos=1", "vas b=1 plain=0.5 pos=0.5",
                      "vas b=2 plain=0.5 pos=0.5", "bon N=1 vader", "bon N=4 vader"]
     assert parse_weights("a=1,b=-0.5") == {"a": 1.0, "b": -0.5}
+
+
+def test_eval_flags_become_the_config():
+    """The flags parse into EvalConfig by its own fields, whose names eval.json keeps."""
+    from vas_proxy.cli import build_parser
+    from vas_proxy.options import from_args
+
+    a = build_parser().parse_args(
+        ["eval", "--prompts", "p", "--reward", "vader", "--reward", "n=plain", "--out", "o",
+         "--value", "h=py:valuefns:char_hash", "--beta", "0,1.5", "--best-of", "none",
+         "--weights", "h=1", "--weights", "h=-0.5", "--limit", "3", "-q"])
+    cfg = from_args(EvalConfig, a)
+    assert (cfg.rewards, cfg.values) == ({"vader": "vader", "n": "plain"},
+                                         {"h": "py:valuefns:char_hash"})
+    assert (cfg.betas, cfg.best_of, cfg.weights) == ([0.0, 1.5], [], [{"h": 1.0}, {"h": -0.5}])
+    assert (cfg.limit, cfg.quiet, cfg.timeout) == (3, True, 120.0)
+    assert list(cfg.to_dict()) == [
+        "prompts", "rewards", "out", "values", "betas", "best_of", "weights", "bon_reward",
+        "max_tokens", "top_k", "speculate", "seed", "samples", "limit", "concurrency",
+        "upstream", "model", "provider", "chat_template", "device", "dtype", "timeout",
+        "resume", "quiet"]
 
 
 def _eval_args(upstream, prompts, out, *extra):

@@ -1,5 +1,5 @@
-"""Exact speculative multi-token steps (DESIGN §3) against the real upstream: the first token,
-and the second token given the first, follow the one-token-per-call target; a deliberately
+"""Exact speculative multi-token steps (docs/design.md §3) against the real upstream: the first
+token, and the second token given the first, follow the one-token-per-call target; a deliberately
 wrong acceptance rule is caught by the same tests."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from vas_proxy import sampling
-from vas_proxy.engine import Engine, GenerationRequest, Guidance
+from vas_proxy.engine import Engine, GenerationRequest
 from vas_proxy.upstream.client import UpstreamClient
 from vas_proxy.values.callable import CallableValue
 
@@ -47,8 +47,8 @@ def _sample(upstream, prompt, n, max_tokens, speculate, draft):
 
 
 def _target(upstream, prompt, response=""):
-    """Candidates and the DESIGN §1 target after `response`, computed here from a one-token
-    upstream call and the value function (independently of the engine)."""
+    """Candidates and the target (docs/design.md §1) after `response`, computed here from a
+    one-token upstream call and the value function (independently of the engine)."""
     async def go():
         c = UpstreamClient(upstream.base_url, upstream.model, use_cache=False)
         try:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
+import time
 
 import openai
 import pytest
@@ -81,3 +84,63 @@ def test_async_client(upstream):
 def test_wrap_rejects_other_objects():
     with pytest.raises(TypeError, match="openai.OpenAI"):
         vas_proxy.wrap(object())
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _settles(measure, target: int, timeout: float = 5.0) -> int:
+    """measure() once it is <= target, or its last value after `timeout` (threads that were
+    told to stop exit a moment later)."""
+    deadline = time.monotonic() + timeout
+    while (value := measure()) > target and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return value
+
+
+CYCLES = 50
+FD_SLACK = 3  # fds other code (the SDK, the cache's SQLite) may open once and keep
+
+
+def test_close_releases_engine_thread_and_sockets(upstream):
+    """Each wrap starts an engine thread and, on its first request, upstream connections and a
+    cache worker: `close()` / `with` exit must release them all, cycle after cycle."""
+    def cycle(i: int) -> None:
+        client = openai.OpenAI(base_url=upstream.base_url, api_key="sk-upstream", max_retries=0)
+        with vas_proxy.wrap(client, values=VALUES, beta=1.0) as g:
+            r = g.completions.create(model=upstream.model, prompt="Hello", max_tokens=1, seed=i)
+            assert r.usage.model_extra["vas"]["upstream_calls"] == 1  # it works before close
+        with pytest.raises(RuntimeError, match="closed"):  # as for any closed openai client
+            g.completions.create(model=upstream.model, prompt="Hello", max_tokens=1)
+        client.close()
+
+    cycle(0)  # warm-up: imports and one-off state (e.g. the cache's first open)
+    threads, fds = threading.active_count(), _open_fds()
+    for i in range(1, CYCLES + 1):
+        cycle(i)
+    assert _settles(threading.active_count, threads) == threads
+    assert _settles(_open_fds, fds + FD_SLACK) <= fds + FD_SLACK
+
+
+def test_async_close_releases_sockets(upstream):
+    async def go():
+        async def cycle(i: int) -> None:
+            client = openai.AsyncOpenAI(base_url=upstream.base_url, api_key="sk-upstream",
+                                        max_retries=0)
+            async with vas_proxy.wrap(client, values=VALUES, beta=1.0) as g:
+                r = await g.completions.create(model=upstream.model, prompt="Hello",
+                                               max_tokens=1, seed=i)
+                assert r.usage.model_extra["vas"]["upstream_calls"] == 1
+            assert g.is_closed()
+            await client.close()
+
+        await cycle(0)
+        threads, fds = threading.active_count(), _open_fds()
+        for i in range(1, CYCLES // 2 + 1):
+            await cycle(i)
+        return threads, fds
+
+    threads, fds = asyncio.run(go())
+    assert _settles(threading.active_count, threads) <= threads
+    assert _settles(_open_fds, fds + FD_SLACK) <= fds + FD_SLACK

@@ -1,6 +1,6 @@
-"""vas_proxy: Value Augmented Sampling for hosted LLMs (see DESIGN.md and README.md)."""
+"""vas_proxy: Value Augmented Sampling for hosted LLMs (see README.md and docs/design.md)."""
 
-from ._version import __version__
+from ._version import __version__  # noqa: F401  (re-exported)
 
 
 def wrap(client, *args, **kwargs):

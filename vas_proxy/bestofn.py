@@ -1,5 +1,5 @@
-"""Best-of-N, the baseline VAS is measured against (DESIGN §1): N full responses sampled plainly
-from the upstream, the one the reward scores highest returned.
+"""Best-of-N, the baseline VAS is measured against (docs/design.md §1): N full responses sampled
+plainly from the upstream, the one the reward scores highest returned.
 
 One function serves the service (`vas: {"best_of": N, "reward": NAME}`) and the eval, so the
 baseline they report is the same code. Each sample is one ordinary completion call (the

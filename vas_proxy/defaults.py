@@ -20,14 +20,32 @@ WRAP_TIMEOUT = 600.0  # `wrap` of a client whose timeout has no read part (the S
 
 # Generation
 MAX_TOKENS = 64  # `vas-proxy generate`
+TEMPERATURE = 1.0  # `vas-proxy generate`
+TOP_P = 1.0  # `vas-proxy generate`
 COMPLETION_MAX_TOKENS = 16  # `/v1/completions` without max_tokens (OpenAI's default)
 CHAT_MAX_TOKENS = 256  # `/v1/chat/completions` without max_tokens
 MAX_N = 16  # choices per request (`n`)
 
 # Value models
 DEVICE = "cpu"
+DTYPES = ("float32", "bfloat16", "float16")  # --dtype choices (None: float32 on CPU)
 
 # Service
 HOST = "127.0.0.1"
 PORT = 8000
 LOG_LEVEL = "info"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+# `vas-proxy eval`, `train` and `demo` (training hyperparameters live in train/config.py's
+# TrainConfig, their one definition, saved with every checkpoint)
+SEED = 0  # eval, train and demo: runs are seeded unless told otherwise
+CONCURRENCY = 2  # upstream requests in flight (eval, train)
+EVAL_MAX_TOKENS = 32
+EVAL_BETAS = (0.0, 0.5, 1.0, 2.0, 4.0)  # 0 is base sampling
+EVAL_BEST_OF = (1, 4, 16)
+EVAL_SAMPLES = 1  # responses per prompt and setting
+DEMO_PROMPTS = 3  # built-in prompts shown
+DEMO_MAX_TOKENS = 32
+DEMO_BETA = 4.0  # the bundled models move their reward clearly only from about here up
+DEMO_BEST_OF = 4
+DEMO_SPECULATE = -1  # adaptive: exact, fewer upstream calls

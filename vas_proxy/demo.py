@@ -16,8 +16,10 @@ import sys
 import textwrap
 from dataclasses import dataclass
 
+from . import defaults
 from .assets import DATA_DIR
 from .errors import ConfigError
+from .options import add_options, from_args, option
 
 PROMPTS = ["Tell me about your weekend plans.",
            "What do you think about Mondays?",
@@ -27,7 +29,7 @@ PROMPTS = ["Tell me about your weekend plans.",
 # Rewards of the bundled objectives when a checkpoint does not name its own.
 KNOWN_REWARDS = {"positivity": "vader", "plain": "plain", "concise": "concise"}
 
-TOP_K = 20  # candidates per step; Best-of-N samples the same top-k base
+TOP_K = defaults.TOP_K  # candidates per step; Best-of-N samples the same top-k base
 
 
 @dataclass
@@ -41,7 +43,7 @@ def bundled_objectives() -> list[Objective]:
     """The bundled value models (positivity first) with their rewards; else the heuristic."""
     import json
 
-    from .runtime import HEURISTIC_VALUE
+    from .options import HEURISTIC_VALUE
 
     found = []
     root = DATA_DIR / "values"
@@ -58,54 +60,62 @@ def bundled_objectives() -> list[Objective]:
     return found or [Objective("positivity", HEURISTIC_VALUE, "vader")]
 
 
+@dataclass
+class DemoOptions:
+    """`vas-proxy demo`'s flags (an option group: vas_proxy/options)."""
+
+    prompt: list[str] | None = option(None, "a prompt (repeatable; default: built-in ones)",
+                                      metavar="TEXT")
+    prompts: int = option(defaults.DEMO_PROMPTS, "how many built-in prompts", metavar="N")
+    max_tokens: int = option(defaults.DEMO_MAX_TOKENS, "tokens per response")
+    beta: float = option(defaults.DEMO_BETA, "guidance strength in reward sd units; the default "
+                                             "is where the bundled models start to move the "
+                                             "reward clearly (README Results)")
+    weights: str | None = option(None, "weights of the bundled value models (default: the "
+                                       "first at 1)", metavar="NAME=W,...")
+    best_of: int = option(defaults.DEMO_BEST_OF, "N of the baseline")
+    speculate: int = option(defaults.DEMO_SPECULATE, "draft tokens per upstream call (-1: "
+                                                     "adaptive, exact)")
+    seed: int = option(defaults.SEED, "prompt i uses seed + i")
+    value: str | None = option(None, "use this value model instead of the bundled ones (with "
+                                     "--reward)", metavar="NAME=SPEC")
+    reward: str | None = option(None, "the reward of --value (default vader)", metavar="SPEC")
+    width: int | None = option(None, "output width (default: the terminal's)")
+
+
 def register(sub) -> None:
     p = sub.add_parser("demo", help="base vs VAS vs Best-of-N side by side on the embedded "
                                     "default", description=__doc__.split("\n\n")[0])
-    p.add_argument("--prompt", action="append", metavar="TEXT", help="a prompt (repeatable; "
-                                                                     "default: built-in ones)")
-    p.add_argument("--prompts", type=int, default=3, metavar="N",
-                   help="how many built-in prompts (default 3)")
-    p.add_argument("--max-tokens", type=int, default=32)
-    p.add_argument("--beta", type=float, default=4.0,
-                   help="guidance strength in reward sd units (default 4: the bundled models "
-                        "move the reward clearly only there, see README Results)")
-    p.add_argument("--weights", metavar="NAME=W,...",
-                   help="weights of the bundled value models (default: the first at 1)")
-    p.add_argument("--best-of", type=int, default=4, help="N of the baseline (default 4)")
-    p.add_argument("--speculate", type=int, default=-1,
-                   help="draft tokens per upstream call (default -1: adaptive, exact)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--value", metavar="NAME=SPEC",
-                   help="use this value model instead of the bundled ones (with --reward)")
-    p.add_argument("--reward", metavar="SPEC", help="the reward of --value (default vader)")
-    p.add_argument("--width", type=int, help="output width (default: the terminal's)")
+    add_options(p, DemoOptions)
     p.set_defaults(func=_main)
 
 
 async def _main(a: argparse.Namespace) -> int:
-    prompts = a.prompt or PROMPTS[:max(1, a.prompts)]
-    if a.value:
-        name, sep, spec = a.value.partition("=")
+    o = from_args(DemoOptions, a)
+    prompts = o.prompt or PROMPTS[:max(1, o.prompts)]
+    if o.value:
+        name, sep, spec = o.value.partition("=")
         if not sep or not name or not spec:
-            raise ConfigError(f"--value expects NAME=SPEC, got {a.value!r}")
-        objectives = [Objective(name, spec, a.reward or "vader")]
+            raise ConfigError(f"--value expects NAME=SPEC, got {o.value!r}")
+        objectives = [Objective(name, spec, o.reward or "vader")]
     else:
         objectives = bundled_objectives()
-    await run_demo(prompts, objectives, max_tokens=a.max_tokens, beta=a.beta,
-                   weights=a.weights, best_of=a.best_of, speculate=a.speculate, seed=a.seed,
-                   width=a.width)
+    await run_demo(prompts, objectives, max_tokens=o.max_tokens, beta=o.beta,
+                   weights=o.weights, best_of=o.best_of, speculate=o.speculate, seed=o.seed,
+                   width=o.width)
     return 0
 
 
-async def run_demo(prompts: list[str], objectives: list[Objective], *, max_tokens: int = 32,
-                   beta: float = 4.0, weights: str | None = None, best_of: int = 4,
-                   speculate: int = -1, seed: int = 0, width: int | None = None,
-                   file=None) -> list[list["Cell"]]:
+async def run_demo(prompts: list[str], objectives: list[Objective], *,
+                   max_tokens: int = defaults.DEMO_MAX_TOKENS, beta: float = defaults.DEMO_BETA,
+                   weights: str | None = None, best_of: int = defaults.DEMO_BEST_OF,
+                   speculate: int = defaults.DEMO_SPECULATE, seed: int = defaults.SEED,
+                   width: int | None = None, file=None) -> list[list["Cell"]]:
     """Generate and print the comparison; returns the cells (one row of 3 per prompt)."""
     from .bestofn import check_best_of
-    from .engine import Guidance
     from .eval.config import Setting, canonical_weights, parse_weights
     from .eval.harness import generate
+    from .options import CacheOptions, GuidanceOptions
     from .runtime import Options, load_rewards, open_runtime
     from .train.prompts import PromptItem
 
@@ -120,8 +130,10 @@ async def run_demo(prompts: list[str], objectives: list[Objective], *, max_token
     # Every objective's reward is shown, under the reward's name.
     rewards = load_rewards({o.reward: o.reward for o in objectives})
     # Only the value models that guide are loaded.
-    opts = Options(values={o.name: o.value for o in objectives if w.get(o.name)},
-                   guidance=Guidance(beta=beta, top_k=TOP_K, speculate=speculate), use_cache=False)
+    opts = Options(guidance=GuidanceOptions(values={o.name: o.value for o in objectives
+                                                    if w.get(o.name)},
+                                            beta=beta, top_k=TOP_K, speculate=speculate),
+                   cache=CacheOptions(use_cache=False))
     guided_label = "VAS β={:g} ({})".format(beta, ", ".join(
         f"{k}" if v == 1 else f"{k}×{v:g}" for k, v in w.items()))
     selector = objectives[0]

@@ -1,8 +1,8 @@
-"""The guided generator: the one engine behind the CLI, the service and `wrap` (DESIGN §6).
+"""The guided generator: the one engine behind the CLI, the service and `wrap` (docs/design.md §6).
 
 Each step asks the upstream for the top-k next-token candidates of prompt + response so far,
-scores them with the value models, and samples from the DESIGN §1 target q with the request's
-own seeded generator. Value scoring runs in a worker thread so the event loop stays free.
+scores them with the value models, and samples from the target q (docs/design.md §1) with the
+request's own seeded generator. Value scoring runs in a worker thread so the event loop stays free.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import codecs
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from . import sampling
-from .defaults import BETA, MAX_SPECULATE, SPECULATE, TOP_K
+from .defaults import BETA, MAX_SPECULATE, MAX_TOKENS, SPECULATE, TEMPERATURE, TOP_K, TOP_P
 from .errors import ConfigError
 from .protocol import Candidate, Position
 from .upstream.client import UpstreamClient
@@ -24,9 +24,51 @@ from .usage import Usage
 from .values import ValueFunction
 
 
+def _finite(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and bool(np.isfinite(v))
+
+
+def _integer(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, int)
+
+
+# What each guidance field accepts, in the order they are checked (the first failure is the one
+# reported). The one set of rules for every caller: `Guidance.validate` (CLI flags, `wrap`, the
+# eval) and the service's `vas` schema, which calls `check_guidance` field by field.
+GUIDANCE_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "beta": (_finite, "must be a finite number"),
+    "top_k": (lambda v: _integer(v) and v >= 1, "must be an integer >= 1"),
+    "speculate": (lambda v: _integer(v) and -1 <= v <= MAX_SPECULATE,
+                  f"must be an integer: 0 (one token per call), 1..{MAX_SPECULATE} (drafted "
+                  "tokens per call) or -1 (adaptive)"),
+    "trace": (lambda v: isinstance(v, bool), "must be true or false"),
+    "weights": (lambda v: v is None or (isinstance(v, Mapping)
+                                        and all(_finite(x) for x in v.values())),
+                "must map value-model names to finite numbers"),
+}
+
+
+def check_guidance(name: str, value) -> None:
+    """Raise the ConfigError (param `vas.<name>`) when `value` breaks guidance field `name`'s
+    rule. Named `vas.*` everywhere: that is how users know these options (docs/design.md §5)."""
+    ok, must = GUIDANCE_RULES[name]
+    if not ok(value):
+        raise ConfigError(f"vas.{name} {must}", param=f"vas.{name}")
+
+
+def check_known(fields, also: Iterable[str] = ()) -> None:
+    """Raise when `fields` names something that is neither a guidance field nor in `also` (the
+    service passes its Best-of-N fields, which the engine knows nothing of)."""
+    unknown = set(fields) - set(GUIDANCE_RULES) - set(also)
+    if unknown:
+        raise ConfigError(f"unknown `vas` field(s): {', '.join(sorted(unknown))}; "
+                          f"known: {', '.join(sorted(GUIDANCE_RULES))}", param="vas")
+
+
 @dataclass
 class Guidance:
-    """Per-request guidance: the body's `vas` field (DESIGN §5), server defaults otherwise."""
+    """Per-request guidance: the body's `vas` field (docs/design.md §5), server defaults
+    otherwise."""
 
     beta: float = BETA
     top_k: int = TOP_K
@@ -35,40 +77,19 @@ class Guidance:
     trace: bool = False
 
     def merged(self, override: Mapping | None) -> "Guidance":
-        """These defaults overridden by a request's `vas` object (validated)."""
+        """These defaults overridden by `override` ({guidance field: value}), validated."""
         if not override:
             return Guidance(**asdict(self))
         if not isinstance(override, Mapping):
             raise ConfigError("`vas` must be an object", param="vas")
-        known = set(asdict(self))
-        unknown = set(override) - known - {"best_of", "reward"}
-        if unknown:
-            raise ConfigError(f"unknown `vas` field(s): {', '.join(sorted(unknown))}; "
-                              f"known: {', '.join(sorted(known))}", param="vas")
-        out = Guidance(**{**asdict(self), **{k: v for k, v in override.items() if k in known}})
+        check_known(override)
+        out = Guidance(**{**asdict(self), **override})
         out.validate()
         return out
 
     def validate(self) -> None:
-        def bad(field_, msg):
-            raise ConfigError(f"vas.{field_} {msg}", param=f"vas.{field_}")
-
-        if isinstance(self.beta, bool) or not isinstance(self.beta, (int, float)) \
-                or not np.isfinite(self.beta):
-            bad("beta", "must be a finite number")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
-            bad("top_k", "must be an integer >= 1")
-        if isinstance(self.speculate, bool) or not isinstance(self.speculate, int) \
-                or self.speculate < -1 or self.speculate > MAX_SPECULATE:
-            bad("speculate", "must be an integer: 0 (one token per call), 1..64 (drafted tokens "
-                             "per call) or -1 (adaptive)")
-        if not isinstance(self.trace, bool):
-            bad("trace", "must be true or false")
-        if self.weights is not None:
-            if not isinstance(self.weights, Mapping) or not all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
-                    for v in self.weights.values()):
-                bad("weights", "must map value-model names to finite numbers")
+        for name in GUIDANCE_RULES:
+            check_guidance(name, getattr(self, name))
 
 
 @dataclass
@@ -76,9 +97,9 @@ class GenerationRequest:
     """One guided generation. `prompt` is the exact text sent upstream (chat template applied)."""
 
     prompt: str
-    max_tokens: int = 64
-    temperature: float = 1.0
-    top_p: float = 1.0
+    max_tokens: int = MAX_TOKENS
+    temperature: float = TEMPERATURE
+    top_p: float = TOP_P
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     guidance: Guidance = field(default_factory=Guidance)
@@ -177,6 +198,8 @@ class Engine:
         self.draft = draft
 
     def resolve(self, override: Mapping | None) -> Guidance:
+        """One request's guidance: the server defaults overridden by `override` (checked by
+        `GUIDANCE_RULES`), whose weights may only name the loaded value models."""
         g = self.defaults.merged(override)
         if g.weights is not None:
             unknown = set(g.weights) - set(self.values)
@@ -264,8 +287,8 @@ class Engine:
         """Yield one TokenEvent per generated token; `outcome` is filled in as it goes.
 
         With `speculate`, each upstream call drafts several tokens whose top-k we see at every
-        position, and the speculative rule (DESIGN §3) accepts or replaces each draft so the
-        output is distributed exactly as with one token per call. A draft that cannot be matched
+        position, and the speculative rule (docs/design.md §3) accepts or replaces each draft so
+        the output is distributed exactly as with one token per call. A draft that cannot be matched
         to a candidate is ignored (we sample from q directly and end the chunk: also exact).
         """
         g = req.guidance

@@ -5,7 +5,7 @@ Kept free of IO and of any library type so the sampling math and the engine stay
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -13,8 +13,8 @@ class Candidate:
     """One next-token candidate as the upstream reported it.
 
     `text` is what the upstream printed; `raw` the token's bytes when the provider gives them
-    (chat shape), else `text` encoded. A token can be a partial UTF-8 sequence (DESIGN §2), so
-    the engine accumulates `raw`, never `text`.
+    (chat shape), else `text` encoded. A token can be a partial UTF-8 sequence (docs/design.md
+    §2), so the engine accumulates `raw`, never `text`.
     """
 
     text: str
@@ -28,11 +28,10 @@ class Candidate:
 
 @dataclass
 class Position:
-    """The top-k candidates at one generated position, best first, plus what the upstream sampled."""
+    """The top-k candidates at one generated position, best first, and the upstream's sample."""
 
     candidates: list[Candidate]
     sampled: Candidate | None = None
-    finish_reason: str | None = None
 
 
 @dataclass
@@ -45,4 +44,3 @@ class UpstreamResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached: bool = False
-    raw: dict = field(default_factory=dict, repr=False)

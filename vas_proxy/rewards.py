@@ -1,4 +1,4 @@
-"""Rewards behind one interface, for training value models and for evaluation (DESIGN §5).
+"""Rewards behind one interface, for training value models and for evaluation (docs/design.md §5).
 
 A reward scores finished responses: `reward(prompts, responses) -> list[float]`, one float per
 (prompt, response) pair, where `prompt` is the text the response answers. Specs:
@@ -148,8 +148,8 @@ MAX_WORD_SYLLABLES = 4  # a longer "word" is run-together noise ("Ribbonclothmag
 
 
 def syllables(word: str) -> int:
-    """Vowel-group syllable estimate (no dictionary: textstat's needs a download, DESIGN §4):
-    groups of a, e, i, o, u, y, less a silent final "e" ("make", not "table"), at least 1."""
+    """Vowel-group syllable estimate (no dictionary: textstat's needs a download, docs/design.md
+    §4): groups of a, e, i, o, u, y, less a silent final "e" ("make", not "table"), at least 1."""
     w = word.lower()
     n = len(_VOWELS.findall(w))
     if n > 1 and w.endswith("e") and not w.endswith(("le", "ee", "ye")):

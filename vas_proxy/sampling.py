@@ -1,4 +1,4 @@
-"""The VAS target distribution and its samplers: pure math, no IO (DESIGN §1, §3).
+"""The VAS target distribution and its samplers: pure math, no IO (docs/design.md §1, §3).
 
 Target over the k highest-logprob candidates the upstream returned for a step:
 
@@ -46,7 +46,7 @@ def target_logits(logprobs: Sequence[float], values: np.ndarray | Sequence[float
 
 def target_probs(logprobs: Sequence[float], values: np.ndarray | Sequence[float] | None = None,
                  beta: float = 0.0, temperature: float = 1.0) -> np.ndarray:
-    """The DESIGN §1 target q over the given candidates (probabilities summing to 1).
+    """The docs/design.md §1 target q over the given candidates (probabilities summing to 1).
 
     temperature 0 is greedy: all mass on the argmax of logp + beta·V (first one on ties).
     """

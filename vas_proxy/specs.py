@@ -1,4 +1,4 @@
-"""`py:module:function` specs, shared by value models and rewards (DESIGN §5).
+"""`py:module:function` specs, shared by value models and rewards (docs/design.md §5).
 
 Only operators name code (CLI flags, Python arguments); a request body never reaches here.
 """

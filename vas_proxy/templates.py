@@ -1,5 +1,6 @@
 """Chat templates applied locally, so a chat request becomes a raw continuation prompt for
-completions-only upstreams (DESIGN §2: llama-cpp-python's server documents no chat prefill).
+completions-only upstreams (docs/design.md §2: llama-cpp-python's server documents no chat
+prefill).
 
 Templates are Jinja (the Hugging Face convention), rendered in a sandbox. Sources: a GGUF file's
 `tokenizer.chat_template` metadata, a transformers tokenizer directory, a template file, or the

@@ -1,6 +1,7 @@
 """`vas_proxy.wrap(client)`: an openai client of the same type whose requests run the guided
-engine in-process (DESIGN §2, §5). Not a monkey-patch: `client.copy(http_client=...)` with a
-transport that answers through the very app `vas-proxy serve` runs.
+engine in-process (docs/design.md §2, §5). Not a monkey-patch: `client.copy(http_client=...)`
+with a transport that answers through the very app `vas-proxy serve` runs. The copy owns what
+it started (the sync engine thread, the upstream connections): its `close()` releases them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import httpx2 as httpx
 
 from . import defaults
 from .engine import Engine, Guidance
-from .runtime import Runtime, default_value_specs, load_rewards, load_values
+from .options import default_value_specs
+from .runtime import Runtime, load_rewards, load_values
 from .service.app import create_app
 from .service.transport import AsyncAppTransport, SyncAppTransport
 from .templates import ChatTemplate, load_template
@@ -37,6 +39,8 @@ def wrap(client, values: Mapping[str, str | ValueFunction] | None = None,
     upstream is continued through /v1/completions. `rewards` maps names to reward SPECs (or
     callables `f(prompts, responses) -> list[float]`) that `extra_body={"vas": {"best_of": N,
     "reward": NAME}}` may name for the Best-of-N baseline; value models on one backbone share it.
+    Close the copy (`close()`, `with`, or `await close()` / `async with` for AsyncOpenAI) to
+    release its engine thread and upstream sockets; `client` itself is left as it was.
     """
     import openai
 
@@ -44,7 +48,7 @@ def wrap(client, values: Mapping[str, str | ValueFunction] | None = None,
         raise TypeError(f"wrap expects openai.OpenAI or openai.AsyncOpenAI, got {type(client)!r}")
     specs = dict(values) if values is not None else default_value_specs()
     loaded = load_values(specs, device=device, dtype=dtype, verbose=False)
-    reward_fns = load_rewards(rewards or {}, device=device)
+    reward_fns = load_rewards(rewards or {}, device=device, verbose=False)
     template = load_template(chat_template) if isinstance(chat_template, str) else chat_template
     base_url = str(client.base_url).rstrip("/")
     upstream = UpstreamClient(base_url, "", api_key=client.api_key or None, profile=provider,
@@ -58,9 +62,11 @@ def wrap(client, values: Mapping[str, str | ValueFunction] | None = None,
                      passthrough_models=True)
     prefix = urlsplit(base_url).path
     if isinstance(client, openai.AsyncOpenAI):
-        http = httpx.AsyncClient(transport=AsyncAppTransport(app, prefix), timeout=client.timeout)
+        http = httpx.AsyncClient(transport=AsyncAppTransport(app, prefix, upstream.aclose),
+                                 timeout=client.timeout)
     else:
-        http = httpx.Client(transport=SyncAppTransport(app, prefix), timeout=client.timeout)
+        http = httpx.Client(transport=SyncAppTransport(app, prefix, upstream.aclose),
+                            timeout=client.timeout)
     # The engine's upstream client already retries (tenacity); SDK retries on top would repeat
     # whole guided generations.
     return client.copy(http_client=http, max_retries=0)

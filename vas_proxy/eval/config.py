@@ -4,13 +4,20 @@ Best-of-N at each N) and the options shared by all of them.
 A setting's name says everything that defines it ("vas b=2 plain=0.25 positivity=0.75",
 "bon N=16 vader"), so results from several runs in one directory (`--resume`) never mix two
 different things under one name.
+
+EvalConfig is also the `vas-proxy eval` flags (an option group: vas_proxy/options); its field
+names are saved in eval.json and compared by `--resume`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
+from .. import defaults
 from ..errors import ConfigError
+from ..options import (GuidanceOptions, UpstreamOptions, ValueLoadOptions, comma_list, option,
+                       option_like)
+from ..options.groups import REWARD_HELP, parse_rewards, parse_values
 
 
 @dataclass(frozen=True)
@@ -85,32 +92,60 @@ def parse_weights(text: str) -> dict[str, float]:
     return out
 
 
+def _weight_sets(items: list[str] | None) -> list[dict[str, float]] | None:
+    return [parse_weights(w) for w in items] if items else None
+
+
+def _upstream(group: type, name: str, **changes):
+    return option_like(group, name, section="upstream", **changes)
+
+
 @dataclass
 class EvalConfig:
-    prompts: str
-    rewards: dict[str, str]
-    out: str
-    values: dict[str, str] = field(default_factory=dict)
-    betas: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0, 4.0])
-    best_of: list[int] = field(default_factory=lambda: [1, 4, 16])
-    weights: list[dict[str, float]] | None = None  # None: every value model at weight 1
-    bon_reward: str | None = None  # None: the first reward
-    max_tokens: int = 32
-    top_k: int = 20
-    speculate: int = 0
-    seed: int = 0
-    samples: int = 1
-    limit: int | None = None
-    concurrency: int = 2
-    upstream: str | None = None
-    model: str | None = None
-    provider: str = "llamacpp"
-    chat_template: str | None = None
-    device: str = "cpu"
-    dtype: str | None = None
-    timeout: float = 120.0
-    resume: bool = False
-    quiet: bool = False
+    prompts: str = option(help="prompts JSONL: \"prompt\" (raw text) or \"messages\" (chat) per "
+                               "line, as for training", metavar="FILE")
+    rewards: dict[str, str] = option(help=f"reward to report: {REWARD_HELP}; repeatable (the "
+                                          "first one picks the Best-of-N winner)",
+                                     flag="--reward", metavar="[NAME=]SPEC", repeat=True,
+                                     parse=parse_rewards)
+    out: str = option(help="results.jsonl, summary.csv, summary.md and the PNG plots go here",
+                      metavar="DIR")
+    # The flag's default is the bundled demo model; the dataclass's (no flag) is none.
+    values: dict[str, str] = option(factory=dict, help="value model for VAS: a checkpoint dir, "
+                                    "bundled:NAME or py:module:function; repeatable (default: "
+                                    "the bundled demo model)", flag="--value",
+                                    metavar="NAME=SPEC", repeat=True, parse=parse_values)
+    betas: list[float] = option(factory=lambda: list(defaults.EVAL_BETAS),
+                                help="guidance strengths; 0 is base sampling", flag="--beta",
+                                metavar="B,B,...", parse=lambda t: parse_floats(t, "--beta"),
+                                show=comma_list)
+    best_of: list[int] = option(factory=lambda: list(defaults.EVAL_BEST_OF),
+                                help="Best-of-N sizes, or none", metavar="N,N,...",
+                                parse=lambda t: parse_ints(t, "--best-of"), show=comma_list)
+    weights: list[dict[str, float]] | None = option(
+        None, "one weight setting of the value models (negative pushes away); repeatable: each "
+              "is run at every beta (default: all at weight 1)", metavar="NAME=W,...",
+        repeat=True, parse=_weight_sets)
+    bon_reward: str | None = option(None, "reward that picks the Best-of-N winner (default: the "
+                                          "first --reward)", metavar="NAME")
+    max_tokens: int = option(defaults.EVAL_MAX_TOKENS, "tokens per response")
+    top_k: int = option_like(GuidanceOptions, "top_k")
+    speculate: int = option_like(GuidanceOptions, "speculate",
+                                 help="VAS draft tokens per upstream call: 0 one token per call, "
+                                      "-1 adaptive (exact either way; fewer calls)")
+    seed: int = option(defaults.SEED, "prompt i uses seed + i in every setting")
+    samples: int = option(defaults.EVAL_SAMPLES, "responses per prompt and setting")
+    limit: int | None = option(None, "use the first N prompts only", metavar="N")
+    concurrency: int = option(defaults.CONCURRENCY, "generations in flight")
+    upstream: str | None = _upstream(UpstreamOptions, "url")
+    model: str | None = _upstream(UpstreamOptions, "model")
+    provider: str = _upstream(UpstreamOptions, "provider")
+    chat_template: str | None = _upstream(UpstreamOptions, "chat_template")
+    device: str = _upstream(ValueLoadOptions, "device", help="value-model and reward device")
+    dtype: str | None = _upstream(ValueLoadOptions, "dtype")
+    timeout: float = _upstream(UpstreamOptions, "timeout")
+    resume: bool = option(False, "add to --out: skip generations already in its results.jsonl")
+    quiet: bool = option(False, "no progress bar or table", short="-q")
 
     def check(self) -> None:
         rules = [(bool(self.rewards), "--reward is required (at least one reward SPEC)"),

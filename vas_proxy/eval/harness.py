@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 
 from ..bestofn import base_top_k, best_of_n, kl_bound
-from ..engine import GenerationRequest, Guidance
+from ..engine import GenerationRequest
 from ..errors import ConfigError
+from ..options import CacheOptions, GuidanceOptions, UpstreamOptions, ValueLoadOptions
 from ..runtime import Options, Runtime, load_rewards, open_runtime
 from ..train.prompts import PromptItem, read_prompts, render_prompts
 from .config import EvalConfig, Setting
@@ -37,7 +38,7 @@ def prepare(cfg: EvalConfig) -> tuple[Path, list[dict], dict]:
     the records already there (resume) and the rewards."""
     cfg.check()
     items = read_prompts(cfg.prompts)
-    rewards = load_rewards(cfg.rewards, device=cfg.device)
+    rewards = load_rewards(cfg.rewards, device=cfg.device, verbose=not cfg.quiet)
     out = Path(cfg.out).expanduser()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -105,13 +106,13 @@ async def run(cfg: EvalConfig, api_key: str | None = None) -> Path:
     done = {(r["setting"], r["prompt_index"], r["sample"]) for r in records}
     settings = cfg.settings()
     needs_values = any(s.method == "vas" for s in settings)
-    opts = Options(upstream=cfg.upstream, model=cfg.model, provider=cfg.provider,
-                   api_key=api_key,
-                   values=dict(cfg.values) if needs_values else {},
-                   chat_template=cfg.chat_template,
-                   guidance=Guidance(beta=0.0, top_k=cfg.top_k, speculate=cfg.speculate),
-                   device=cfg.device, dtype=cfg.dtype, timeout=cfg.timeout,
-                   use_cache=False,  # cost is what we measure: never answer from the cache
+    opts = Options(upstream=UpstreamOptions(url=cfg.upstream, model=cfg.model,
+                                            provider=cfg.provider, api_key=api_key,
+                                            timeout=cfg.timeout, chat_template=cfg.chat_template),
+                   guidance=GuidanceOptions(values=dict(cfg.values) if needs_values else {},
+                                            beta=0.0, top_k=cfg.top_k, speculate=cfg.speculate),
+                   loading=ValueLoadOptions(device=cfg.device, dtype=cfg.dtype),
+                   cache=CacheOptions(use_cache=False),  # cost is what we measure: no cache
                    verbose=not cfg.quiet)
     async with open_runtime(opts) as rt:
         for s in settings:  # unknown weights etc. fail now, not after an hour

@@ -1,16 +1,18 @@
 """HTTP transports that answer by calling an ASGI app in-process (no socket), streaming the body
 chunk by chunk. They let an `openai` client talk to the vas-proxy app directly: typed responses,
-`with_raw_response`, streaming and `with_options` copies all keep working (DESIGN §2).
+`with_raw_response`, streaming and `with_options` copies all keep working (docs/design.md §2).
 
 httpx's own ASGITransport buffers the whole body, which would turn streaming into one late burst;
-these stream. Closing a response early tells the app the client disconnected.
+these stream. Closing a response early tells the app the client disconnected. Closing the
+transport (the openai client's `close()` / `with` exit) runs `on_close` (the engine's upstream
+client) and, for the sync one, stops its event-loop thread: nothing outlives the client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import httpx2 as httpx
 
@@ -45,9 +47,16 @@ class AsyncAppTransport(httpx.AsyncBaseTransport):
     """Serve requests from `app` in the caller's event loop. `prefix` is the client's base path
     (e.g. "/v1" or "/api/v1"): it is mapped onto the app's "/v1" routes."""
 
-    def __init__(self, app, prefix: str = "/v1"):
+    def __init__(self, app, prefix: str = "/v1",
+                 on_close: Callable[[], Awaitable[None]] | None = None):
         self.app = app
         self.prefix = prefix.rstrip("/")
+        self._on_close = on_close
+
+    async def aclose(self) -> None:
+        on_close, self._on_close = self._on_close, None  # once, however often it is closed
+        if on_close is not None:
+            await on_close()
 
     def _path(self, path: str) -> str:
         if self.prefix and path.startswith(self.prefix):
@@ -105,15 +114,27 @@ class _SyncStream(httpx.SyncByteStream):
                 return
 
     def close(self) -> None:
+        if not self._loop.is_running():  # the transport was closed first: its tasks are gone
+            return
         self._run(self._stream.aclose())
 
 
 class SyncAppTransport(httpx.BaseTransport):
     """The same for sync clients: the app (and the engine's async upstream client) live in one
-    private event loop on a daemon thread; each body chunk is fetched from it as it is read."""
+    private event loop on a daemon thread; each body chunk is fetched from it as it is read.
 
-    def __init__(self, app, prefix: str = "/v1"):
+    Copies of the client (`with_options`) share this transport, as they share an httpx pool in
+    the openai SDK; closing any of them closes it (the SDK's own semantics).
+    """
+
+    CLOSE_TIMEOUT = 10.0  # seconds for `on_close` and in-flight work to finish
+
+    def __init__(self, app, prefix: str = "/v1",
+                 on_close: Callable[[], Awaitable[None]] | None = None):
         self._async = AsyncAppTransport(app, prefix)
+        self._on_close = on_close
+        self._lock = threading.Lock()
+        self._closed = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vas-proxy-engine",
                                         daemon=True)
@@ -127,5 +148,31 @@ class SyncAppTransport(httpx.BaseTransport):
         return httpx.Response(resp.status_code, headers=resp.headers,
                               stream=_SyncStream(self._loop, resp.stream), request=request)
 
+    async def _shutdown(self) -> None:
+        """In the loop: cancel what still runs (an unread stream's generation), close the
+        upstream (`on_close`), and join the default executor's threads (value scoring)."""
+        me = asyncio.current_task()
+        rest = [t for t in asyncio.all_tasks() if t is not me]
+        for t in rest:
+            t.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
+        try:
+            if self._on_close is not None:
+                await self._on_close()
+        finally:
+            await self._loop.shutdown_asyncgens()
+            await self._loop.shutdown_default_executor()
+
     def close(self) -> None:
-        pass  # the loop thread is a daemon shared by copies of the client
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(
+                    self.CLOSE_TIMEOUT)
+            finally:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                self._thread.join(self.CLOSE_TIMEOUT)
+                if not self._thread.is_alive():
+                    self._loop.close()

@@ -1,17 +1,32 @@
 """One dataclass that is at once the training configuration, its documentation and the
-`vas-proxy train` flags (each field's `help` is the flag's help; `flag` overrides its name).
+`vas-proxy train` flags (an option group: vas_proxy/options; `flag` overrides a flag's name).
 
-It is saved into every checkpoint's metadata, so a checkpoint says how it was made.
+It is saved into every checkpoint's metadata (and run.json), so a checkpoint says how it was
+made: field names are part of that record. The upstream and device options are the upstream
+and value-loading groups' own (`option_like`), so their defaults cannot drift; the training
+hyperparameters are defined here and nowhere else.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+from .. import defaults
+from ..options import UpstreamOptions, ValueLoadOptions, option, option_like
+
+_METAVARS = {int: "N", float: "X"}
 
 
 def opt(default: Any, help: str, **extra: Any):
-    return field(default=default, metadata={"help": help, **extra})
+    """An `option()` whose metavar says what it takes: N (integer), X (number), else NAME."""
+    if not isinstance(default, bool):  # a switch takes no value
+        extra.setdefault("metavar", _METAVARS.get(type(default), "NAME"))
+    return option(default, help, **extra)
+
+
+def _upstream(name: str, **changes: Any):
+    return option_like(UpstreamOptions, name, **changes)
 
 
 @dataclass
@@ -24,13 +39,13 @@ class TrainConfig:
     out: str = opt(None, "run directory: rollouts, metrics, curves, checkpoints; the final "
                          "value model is written at its top (load it with --value NAME=DIR)",
                    required=True, metavar="DIR")
-    upstream: str | None = opt(None, "OpenAI-compatible base URL ending in /v1 (default: start "
-                                     "the embedded SmolLM2 upstream)", metavar="URL")
-    model: str | None = opt(None, "upstream model (default: the first it lists)", metavar="NAME")
-    provider: str = opt("llamacpp", "provider profile of the upstream")
-    chat_template: str | None = opt(None, "chatml, a .gguf, a tokenizer dir or a Jinja file "
-                                          "(default: the embedded model's own)", metavar="SPEC")
-    timeout: float = opt(120.0, "seconds per upstream call")
+    upstream: str | None = _upstream("url")
+    model: str | None = _upstream("model")
+    provider: str = _upstream("provider", metavar="NAME")
+    chat_template: str | None = _upstream("chat_template", help="chatml, a .gguf, a tokenizer "
+                                          "dir or a Jinja file (default: the embedded model's "
+                                          "own)")
+    timeout: float = _upstream("timeout", metavar="X")
     backbone: str = opt("smollm2", "value-model backbone: smollm2 (the bundled GGUF), a "
                                    "transformers model directory, or tiny (a tiny random model "
                                    "for tests)")
@@ -39,7 +54,7 @@ class TrainConfig:
     no_logprobs: bool = opt(False, "store rollouts without their tokens' logprobs: ~3x faster on "
                                    "llama-cpp-python (it sorts the whole vocabulary in Python for "
                                    "each logprob it reports); training reads only the text")
-    concurrency: int = opt(2, "upstream requests in flight")
+    concurrency: int = opt(defaults.CONCURRENCY, "upstream requests in flight")
     epochs: int = opt(2, "passes over the training rollouts")
     lora_r: int = opt(16, "LoRA rank (0: full fine-tune)")
     lora_layers: int = opt(0, "put LoRA on the top N transformer layers only (0: all); the "
@@ -54,16 +69,18 @@ class TrainConfig:
     max_grad_norm: float = opt(1.0, "gradient clipping norm (0: off)")
     gamma: float = opt(1.0, "TD discount")
     lam: float = opt(0.95, "TD(lambda) lambda", flag="--lambda")
-    seed: int = opt(0, "seed of sampling, split, shuffling and initialisation")
+    seed: int = opt(defaults.SEED, "seed of sampling, split, shuffling and initialisation")
     heldout_frac: float = opt(0.1, "fraction of prompts held out for validation")
     val_completions: int = opt(4, "completions per held-out half-response (validation targets)")
     export: str | None = opt(None, "also write the final value model alone (config, head, "
                                    "adapter: no rollouts or training state) to this directory, "
                                    "e.g. to ship it", metavar="DIR")
     save_every: int = opt(0, "also checkpoint every N optimiser steps (0: only at the end)")
-    device: str = opt("cpu", "device to train on: cpu, cuda, cuda:1 ...")
-    dtype: str | None = opt(None, "backbone dtype: float32, bfloat16, float16 (default float32)",
-                            choices=["float32", "bfloat16", "float16"])
+    device: str = option_like(ValueLoadOptions, "device", metavar="NAME",
+                              help="device to train on: cpu, cuda, cuda:1 ...")
+    dtype: str | None = option_like(ValueLoadOptions, "dtype", metavar="NAME",
+                                    help="backbone dtype: float32, bfloat16, float16 (default "
+                                         "float32)")
     resume: bool = opt(False, "continue the run in --out: reuse its rollouts, restore the step "
                               "count and optimiser state")
     quiet: bool = opt(False, "no progress bars")

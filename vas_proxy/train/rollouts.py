@@ -3,8 +3,8 @@
 Only what any OpenAI-compatible endpoint gives is used: the response text and the sampled
 tokens' logprobs, never the base model's weights. Requests run at temperature 1 with the
 provider profile's neutral sampler (llama.cpp: top_k=0, top_p=1, min_p=0, repeat_penalty=1), so
-the samples follow the model's own distribution (DESIGN §4), and each carries a seed derived
-from (run seed, prompt, sample): a run is reproducible, and a resumed run reuses every stored
+the samples follow the model's own distribution (docs/design.md §4), and each carries a seed
+derived from (run seed, prompt, sample): a run is reproducible, and a resumed run reuses every stored
 rollout whose settings still match instead of sampling it again.
 
 Two files in the run directory: `rollouts.jsonl` (one line per response) and

@@ -1,4 +1,4 @@
-"""TD(lambda) for value models: the pure math and the batches it runs on (DESIGN §1).
+"""TD(lambda) for value models: the pure math and the batches it runs on (docs/design.md §1).
 
 As in the official VAS code: gamma = 1, lambda = 0.95, the reward sits on the last response
 token, targets are lambda-returns of the OLD values (GAE advantages + old values, no gradient
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..values.checkpoint import encode
+from ..values.model import encode
 
 
 def lambda_returns(values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor,

@@ -3,8 +3,8 @@
 When a cached answer is exact. A cached answer is a replay of one upstream answer, so it is only
 as good as that answer is reproducible. Only requests that carry a `seed` or ask for temperature 0
 are cached (`cacheable`):
-- logprob queries: llama.cpp reports the raw model distribution whatever its sampler does (DESIGN
-  §4), and the engine sends explicit upstream seeds derived from the request seed, so the whole
+- logprob queries: llama.cpp reports the raw model distribution whatever its sampler does
+  (docs/design.md §4), and the engine sends explicit upstream seeds derived from the request seed, so the whole
   answer, the upstream's own sampled token included, comes back the same: replaying it is exact;
 - temperature 0: greedy answers do not depend on a random draw;
 - anything the upstream sampled without a seed is NOT cached: replaying one draw is not a fresh
@@ -14,8 +14,8 @@ Key: sha256 of canonical JSON (sorted keys) of the upstream URL and path and the
 (model, prompt, max_tokens, logprobs, temperature, seed, stop, sampler parameters): everything that
 can change the answer, never the API key (it only ever goes into the Authorization header).
 
-Safety (DESIGN §2): diskcache (SQLite in WAL mode) is thread- and process-safe, and a writer killed
-mid-write leaves its transaction rolled back, not a half entry. Its default `Disk` pickles values
+Safety (docs/design.md §2): diskcache (SQLite in WAL mode) is thread- and process-safe, and a
+writer killed mid-write leaves its transaction rolled back, not a half entry. Its default `Disk` pickles values
 and unpickles whatever a row says is a pickle, which runs code planted by anyone who can write the
 cache directory (CVE-2025-69872); `JSONTextDisk` stores str only, inside the SQLite file, and
 refuses any other row. A row that cannot be read or decoded is a miss and is deleted; a cache that

@@ -1,6 +1,6 @@
 """The one place that talks HTTP to upstreams: async `/v1/completions` with logprobs.
 
-Parses both logprob shapes (DESIGN §2): legacy completions (`top_logprobs` is a dict
+Parses both logprob shapes (docs/design.md §2): legacy completions (`top_logprobs` is a dict
 token→logprob per position; two tokens with the same text collide) and chat (lists of
 {token, logprob, bytes}). `-9999` marks "outside the top-k" on some servers and is dropped.
 Calls are retried (`retry.py`) and reproducible answers are cached (`cache.py`).
@@ -16,6 +16,7 @@ from email.utils import parsedate_to_datetime
 
 import httpx2 as httpx
 
+from ..defaults import PROVIDER, TIMEOUT
 from ..errors import (ContextLengthError, NoLogprobsError, TooFewCandidatesError,
                       UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable)
 from ..protocol import Candidate, Position, UpstreamResult
@@ -40,7 +41,7 @@ def parse_positions(choice: dict, top_k: int) -> list[Position]:
     """Positions of one choice, each with its candidates best-first, cut to `top_k`.
 
     llama.cpp adds the sampled token when it is not among the top-k: extras are dropped so the
-    target is always over exactly the k highest-logprob candidates (DESIGN §1).
+    target is always over exactly the k highest-logprob candidates (docs/design.md §1).
     """
     lp = choice.get("logprobs")
     if not lp:
@@ -115,7 +116,7 @@ class UpstreamClient:
     """
 
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None,
-                 profile: str | Profile = "llamacpp", timeout: float = 60.0,
+                 profile: str | Profile = PROVIDER, timeout: float = TIMEOUT,
                  transport: httpx.AsyncBaseTransport | None = None,
                  cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
                  retry: RetryPolicy | None = None, cache_size_limit: int = DEFAULT_SIZE_LIMIT):
@@ -220,8 +221,7 @@ class UpstreamClient:
                               text=choice.get("text", ""),
                               finish_reason=choice.get("finish_reason"),
                               prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                              completion_tokens=int(usage.get("completion_tokens") or 0),
-                              raw=data)
+                              completion_tokens=int(usage.get("completion_tokens") or 0))
 
 
 def _usable_positions(choice: dict, k: int, max_tokens: int | None) -> list[Position]:
@@ -229,8 +229,6 @@ def _usable_positions(choice: dict, k: int, max_tokens: int | None) -> list[Posi
     # llama-cpp-python may run past max_tokens to finish a partial UTF-8 character and then
     # reports a stub position for the extra token: keep only what was asked for.
     positions = parse_positions(choice, k)[:max_tokens]
-    if positions:
-        positions[-1].finish_reason = choice.get("finish_reason")
     # The legacy dict shape collides tokens with the same text (llama-cpp-python prints every
     # special token and every partial UTF-8 token as ""), so a few missing there is normal.
     chat_shape = isinstance((choice.get("logprobs") or {}).get("content"), list)

@@ -1,4 +1,5 @@
-"""Retries of upstream calls (DESIGN §2): which failures are worth another try, how long to wait.
+"""Retries of upstream calls (docs/design.md §2): which failures are worth another try, and
+how long to wait.
 
 Retried: 408, 409, 429 and 5xx answers, connection errors and timeouts. Never retried: other 4xx
 (the request itself is wrong; another try cannot help) and a 429 whose code is
@@ -56,7 +57,7 @@ class RetryPolicy:
 
 
 def retryable(exc: BaseException) -> bool:
-    """Whether another attempt could succeed where `exc` failed (DESIGN §2)."""
+    """Whether another attempt could succeed where `exc` failed (docs/design.md §2)."""
     if isinstance(exc, UpstreamHTTPError):
         if exc.status == 429 and exc.error_code == "insufficient_quota":
             return False

@@ -1,0 +1,123 @@
+"""The option groups, one dataclass each; a subcommand's flags are the groups it uses
+(docs/design.md §5): generate = upstream + guidance + cache + value loading + generate,
+serve = the same + serve, train = TrainConfig, eval = EvalConfig, demo = DemoOptions.
+`runtime.Options` is made of the first four (and serve's rewards).
+
+Light on purpose (defaults, env, errors only): the parser is built at every CLI start. What
+needs the heavy modules (value specs, the engine's Guidance) imports them when called.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import defaults, env
+from .flags import option
+from .specs import default_value_specs as default_values
+from .specs import parse_reward_specs as parse_rewards
+from .specs import parse_value_specs as parse_values
+
+
+REWARD_HELP = "vader, concise, plain, py:module:function or hf:PATH"
+
+
+@dataclass
+class UpstreamOptions:
+    """The black box: where it is and how to talk to it."""
+
+    TITLE = "upstream"
+
+    url: str | None = option(None, "OpenAI-compatible base URL ending in /v1 (default: start "
+                                   "the embedded SmolLM2 upstream)", flag="--upstream",
+                             metavar="URL")
+    model: str | None = option(None, "upstream model (default: the first it lists)",
+                               metavar="NAME")
+    provider: str = option(defaults.PROVIDER, "provider profile: llamacpp, vllm, sglang, "
+                                              "openai-completions, ...")
+    api_key: str | None = option(None, f"upstream API key (or {env.UPSTREAM_API_KEY})",
+                                 parse=env.upstream_api_key, secret=True)
+    # One default for every command: a one-slot server queues requests, and a queued request's
+    # timeout runs while it waits.
+    timeout: float = option(defaults.TIMEOUT, "seconds per upstream call")
+    chat_template: str | None = option(None, "chatml, a .gguf, a tokenizer dir or a Jinja file "
+                                             "(default: the embedded model's own; raw prompts "
+                                             "for other upstreams)", metavar="SPEC")
+
+
+@dataclass
+class GuidanceOptions:
+    """The server-side defaults of the request's `vas` field, and the value models it names."""
+
+    TITLE = "guidance"
+
+    values: dict[str, str] = option(factory=default_values, help="value model: a checkpoint "
+                                    "dir, bundled:NAME or py:module:function; repeatable "
+                                    "(default: the bundled demo value model)", flag="--value",
+                                    metavar="NAME=SPEC", repeat=True, parse=parse_values)
+    beta: float = option(defaults.BETA, "guidance strength, in units of the value model's "
+                                        "reward sd")
+    top_k: int = option(defaults.TOP_K, "candidates scored per step")
+    speculate: int = option(defaults.SPECULATE, "draft tokens per upstream call: 0 one token "
+                                                "per call, -1 adaptive (exact either way)")
+
+    def engine_defaults(self):
+        """The engine's `Guidance` (validated: a bad flag fails before anything starts)."""
+        from ..engine import Guidance
+
+        guidance = Guidance(beta=self.beta, top_k=self.top_k, speculate=self.speculate)
+        guidance.validate()
+        return guidance
+
+
+@dataclass
+class CacheOptions:
+    """The upstream response cache (seeded requests only)."""
+
+    TITLE = "cache"
+
+    cache_dir: str | None = option(None, "upstream response cache (default: "
+                                         f"${env.CACHE_DIR} or ~/.cache/vas-proxy); only "
+                                         "seeded requests are cached", metavar="DIR")
+    use_cache: bool = option(True, "never read or write the cache", flag="--no-cache")
+
+
+@dataclass
+class ValueLoadOptions:
+    """Where and how the value models (and rewards) are loaded."""
+
+    TITLE = "value models"
+
+    device: str = option(defaults.DEVICE, "value-model device: cpu, cuda, cuda:1 ...")
+    dtype: str | None = option(None, "value-model dtype (default float32 on CPU)",
+                               choices=defaults.DTYPES)
+
+
+@dataclass
+class ServeOptions:
+    """`vas-proxy serve`'s own: the address, the key clients must send, the rewards."""
+
+    host: str = option(defaults.HOST, "address to bind; off loopback an --api-key is required")
+    port: int = option(defaults.PORT, "port to listen on")
+    api_key: str | None = option(None, "require Authorization: Bearer KEY on /v1 (or "
+                                       f"{env.PROXY_API_KEY}); needed off loopback",
+                                 parse=env.proxy_api_key, secret=True)
+    log_level: str = option(defaults.LOG_LEVEL, "log level of the service and uvicorn",
+                            choices=defaults.LOG_LEVELS)
+    rewards: dict[str, str] = option(factory=dict, help="reward that requests may name for the "
+                                     "Best-of-N baseline (vas.best_of, vas.reward): "
+                                     f"{REWARD_HELP}; repeatable", flag="--reward",
+                                     metavar="NAME=SPEC", repeat=True, parse=parse_rewards)
+
+
+@dataclass
+class GenerateOptions:
+    """`vas-proxy generate`'s own: the prompt and how to sample its answer."""
+
+    prompt: str = option(help="the user message (sent as is with --raw)", positional=True)
+    max_tokens: int = option(defaults.MAX_TOKENS, "tokens to generate")
+    temperature: float = option(defaults.TEMPERATURE, "sampling temperature")
+    top_p: float = option(defaults.TOP_P, "nucleus sampling: keep this much probability mass")
+    stop: list[str] | None = option(None, "stop string (repeatable)")
+    seed: int | None = option(None, "same seed, same text")
+    raw: bool = option(False, "send PROMPT as is, no chat template")
+    quiet: bool = option(False, "no progress on stderr", short="-q")

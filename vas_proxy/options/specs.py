@@ -1,0 +1,57 @@
+"""Value and reward SPEC lists as the CLI takes them (`--value NAME=SPEC`, `--reward
+[NAME=]SPEC`) and the default value model. Light (no torch): the parser uses them at every
+start, and `runtime`, `wrap` and the demo read the same defaults from here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from ..assets import DATA_DIR
+from ..errors import ConfigError
+
+HEURISTIC_VALUE = "py:vas_proxy.values.heuristics:positivity"
+
+
+def default_value_specs() -> dict[str, str]:
+    """The bundled demo value model when it is installed, else the documented heuristic."""
+    if (DATA_DIR / "values" / "positivity" / "vas_value.json").is_file():
+        return {"positivity": "bundled:positivity"}
+    return {"positivity": HEURISTIC_VALUE}
+
+
+def parse_value_specs(items: Sequence[str] | None) -> dict[str, str]:
+    """`NAME=SPEC` items → {name: spec}; none → the defaults."""
+    if not items:
+        return default_value_specs()
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, spec = item.partition("=")
+        if not sep or not name or not spec:
+            raise ConfigError(f"--value expects NAME=SPEC, got {item!r}")
+        if name in out:
+            raise ConfigError(f"value model name {name!r} given twice")
+        out[name] = spec
+    return out
+
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def parse_reward_specs(items: Sequence[str] | None) -> dict[str, str]:
+    """`NAME=SPEC` or bare `SPEC` items → {name: spec} (a bare spec is its own name: `vader`).
+
+    A `=` only names when what precedes it is a plain name, so `hf:dir?pair=1` stays a spec.
+    """
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, spec = item.partition("=")
+        if not (sep and _NAME.fullmatch(name)):
+            name, spec = item, item
+        if not spec:
+            raise ConfigError(f"--reward expects NAME=SPEC or SPEC, got {item!r}")
+        if name in out:
+            raise ConfigError(f"reward name {name!r} given twice")
+        out[name] = spec
+    return out

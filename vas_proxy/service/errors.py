@@ -1,0 +1,118 @@
+"""The OpenAI error envelope {"error": {"message", "type", "param", "code"}} and the app's
+exception handlers: every failure the service answers, inside or outside a stream, has this
+shape (docs/design.md §5), so the openai SDK raises its own typed errors for them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic_core import PydanticCustomError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import VasError
+
+log = logging.getLogger("vas_proxy.service")
+
+# The pydantic error type of a `vas` option that broke one of the engine's rules. It carries
+# the rule's VasError (ctx "error"), answered as it would have been raised outside pydantic.
+VAS_OPTION = "vas_option"
+
+
+class Unauthorized(Exception):
+    """No valid `Authorization: Bearer <key>` on a request that needs one."""
+
+
+class UnknownModel(Exception):
+    """A request for a model this server does not serve."""
+
+    def __init__(self, model: str, served: list[str]):
+        super().__init__(model)
+        self.model, self.served = model, served
+
+
+def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_response(status: int, message: str, type_: str = "invalid_request_error",
+                   param: str | None = None, code: str | None = None) -> JSONResponse:
+    return JSONResponse(error_body(message, type_, param, code), status_code=status)
+
+
+def vas_error_body(e: VasError) -> dict:
+    return error_body(e.message, e.type, e.param, e.code)
+
+
+def vas_error_response(e: VasError) -> JSONResponse:
+    return JSONResponse(vas_error_body(e), status_code=e.http_status)
+
+
+def stream_error_body(e: Exception) -> dict:
+    """The `data: {"error": ...}` event that ends a stream whose generation failed."""
+    if isinstance(e, VasError):
+        return vas_error_body(e)
+    log.error("generation failed", exc_info=e)
+    return error_body(f"internal error: {type(e).__name__}", "server_error")
+
+
+def vas_option_error(e: VasError) -> PydanticCustomError:
+    """A rule's VasError as a pydantic validation error (raised inside a request schema)."""
+    return PydanticCustomError(VAS_OPTION, "{message}", {"error": e, "message": e.message})
+
+
+async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errs = exc.errors()
+    # A body's own fields are reported before its `vas` options: the engine used to check
+    # those only once the body was valid, and the first failure is the one answered.
+    first = next((e for e in errs if e.get("type") != VAS_OPTION), errs[0] if errs else {})
+    if first.get("type") == VAS_OPTION:
+        return vas_error_response(first["ctx"]["error"])
+    if first.get("type") == "json_invalid":
+        return error_response(400, "could not parse the request body as JSON", code="invalid_json")
+    loc = [str(x) for x in first.get("loc", []) if x != "body"]
+    param = ".".join(loc) or None
+    msg = first.get("msg", "invalid request")
+    if first.get("type") == "missing":
+        msg = f"missing required field: {param}"
+    elif param:
+        msg = f"invalid value for {param}: {msg}"
+    return error_response(400, msg, param=param, code="invalid_value")
+
+
+async def vas_error(request: Request, exc: VasError) -> JSONResponse:
+    return vas_error_response(exc)
+
+
+async def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
+    return error_response(401, "invalid or missing API key: send Authorization: Bearer <key>",
+                          code="invalid_api_key")
+
+
+async def unknown_model(request: Request, exc: UnknownModel) -> JSONResponse:
+    return error_response(404, f"the model {exc.model!r} does not exist here; served: "
+                               f"{', '.join(exc.served)}", param="model", code="model_not_found")
+
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return error_response(exc.status_code, str(exc.detail),
+                          code="not_found" if exc.status_code == 404 else None)
+
+
+async def crash(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("internal error on %s", request.url.path)
+    return error_response(500, f"internal error: {type(exc).__name__}", "server_error")
+
+
+def install(app: FastAPI) -> None:
+    """Answer every failure of `app` with the envelope."""
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(VasError, vas_error)
+    app.add_exception_handler(Unauthorized, unauthorized)
+    app.add_exception_handler(UnknownModel, unknown_model)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, crash)

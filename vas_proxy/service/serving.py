@@ -1,0 +1,271 @@
+"""The serving object behind the HTTP routes: one per app, on `app.state.serving`.
+
+It holds the runtime and the operator's rewards, checks the API key and the model, turns a
+validated request into one engine request per choice and answers them with a strategy: guided
+sampling (`Guided`), or the Best-of-N baseline (`BestOf`) when the body asks `vas: {"best_of":
+N, "reward": NAME}`. NAME is one of the rewards the operator loaded at start, never a spec from
+the request: a `py:` spec would run the client's code (docs/design.md §5).
+
+Streams pump every choice's tokens through one queue. A failure mid-stream is sent as a
+`data: {"error": ...}` event then `[DONE]` (which the openai SDK raises), never as a silent
+truncation; a client that disconnects cancels its generations, so no further upstream calls are
+made for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+
+from ..bestofn import BestOfN, best_of_n
+from ..engine import Engine, Generation, GenerationRequest, Guidance, Outcome, TokenEvent
+from ..errors import ConfigError
+from ..runtime import Runtime
+from ..usage import Usage
+from .errors import Unauthorized, UnknownModel, stream_error_body
+from .formats import SSE_DONE, ChatFormat, CompletionFormat, Format, sse_data
+from .schemas import ChatCompletionRequest, CompletionRequest
+
+log = logging.getLogger("vas_proxy.service")
+
+
+class Strategy(Protocol):
+    """How one choice is answered. `generate` gives the whole answer; `stream` yields its
+    tokens and fills in `outcome` (usage, finish reason) as it goes."""
+
+    async def generate(self, req: GenerationRequest) -> Generation: ...
+
+    def stream(self, req: GenerationRequest, outcome: Outcome) -> AsyncIterator[TokenEvent]: ...
+
+    def choice_fields(self, gen: Generation) -> dict:
+        """Further fields of a non-streamed choice."""
+        ...
+
+
+class Guided:
+    """Value-guided sampling: the engine's own loop."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    async def generate(self, req: GenerationRequest) -> Generation:
+        return await self.engine.generate(req)
+
+    def stream(self, req: GenerationRequest, outcome: Outcome) -> AsyncIterator[TokenEvent]:
+        return self.engine.stream(req, outcome)
+
+    def choice_fields(self, gen: Generation) -> dict:
+        return {}
+
+
+@dataclass
+class BestOfGeneration(Generation):
+    """A Best-of-N answer, with every sample's score and which one won."""
+
+    best_of: dict = field(default_factory=dict)
+
+
+class BestOf:
+    """The Best-of-N baseline (`bestofn`): each choice samples `n` plain answers to the
+    request's prompt with its limits and seed, and returns the one `reward` scores highest
+    against `reward_prompt`. Non-streamed choices report it as `vas_best_of`."""
+
+    def __init__(self, engine: Engine, n: int, reward_name: str, reward, reward_prompt: str):
+        self.engine, self.n, self.reward_name = engine, n, reward_name
+        self.reward, self.reward_prompt = reward, reward_prompt
+
+    async def run(self, req: GenerationRequest) -> BestOfN:
+        # The model's end-of-turn texts stop the plain samples too (they are not in the answer).
+        stop = list(dict.fromkeys([*(req.stop or []), *sorted(self.engine.eos_texts)]))
+        return await best_of_n(self.engine.upstream, req.prompt, n=self.n, reward=self.reward,
+                               reward_prompt=self.reward_prompt, max_tokens=req.max_tokens,
+                               stop=stop, temperature=req.temperature, top_p=req.top_p,
+                               seed=req.seed, model=req.model)
+
+    async def generate(self, req: GenerationRequest) -> BestOfGeneration:
+        res = await self.run(req)
+        return BestOfGeneration(res.text, res.finish_reason, [_whole(res.text)], res.usage,
+                                best_of={"n": self.n, "reward": self.reward_name,
+                                         "scores": res.scores, "chosen": res.index})
+
+    async def stream(self, req: GenerationRequest, outcome: Outcome
+                     ) -> AsyncIterator[TokenEvent]:
+        res = await self.run(req)  # all N must finish first: the answer comes as one chunk
+        outcome.usage, outcome.finish_reason = res.usage, res.finish_reason
+        yield _whole(res.text)
+
+    def choice_fields(self, gen: Generation) -> dict:
+        return {"vas_best_of": gen.best_of}
+
+
+def _whole(text: str) -> TokenEvent:
+    """A whole answer as one event (no logprob of its own: 0)."""
+    return TokenEvent(text, text.encode(), 0.0)
+
+
+class Serving:
+    """The OpenAI endpoints over one Runtime. `passthrough_models`: forward any `model`
+    upstream (wrap); otherwise only the served model is accepted (404 for others, as OpenAI
+    does)."""
+
+    def __init__(self, runtime: Runtime, *, api_key: str | None = None,
+                 passthrough_models: bool = False):
+        self.runtime, self.engine = runtime, runtime.engine
+        self.rewards = dict(runtime.rewards or {})
+        self.api_key, self.passthrough_models = api_key, passthrough_models
+        self.guided = Guided(self.engine)
+
+    # ---- checks ------------------------------------------------------------------------
+    def check_auth(self, request: Request) -> None:
+        """Raise Unauthorized unless the request bears the key (when the server has one)."""
+        if self.api_key is None:
+            return
+        got = request.headers.get("authorization", "")
+        scheme, _, token = got.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(),
+                                                                 self.api_key.encode()):
+            raise Unauthorized()
+
+    def upstream_model(self, name: str) -> str | None:
+        """The model to ask the upstream for (None: its client's own)."""
+        if self.passthrough_models:
+            return name
+        if name != self.runtime.model:
+            raise UnknownModel(name, [self.runtime.model])
+        return None
+
+    def strategy(self, body: CompletionRequest | ChatCompletionRequest,
+                 guidance: Guidance) -> Strategy:
+        """Guided sampling, or Best-of-N when the body's `vas` asks for it."""
+        vas = body.vas
+        if vas is None or "best_of" not in vas.model_fields_set:
+            return self.guided
+        name = self.reward_name(vas.reward)
+        if guidance.trace or body.logprobs:
+            raise ConfigError("vas.trace and logprobs describe guided sampling; they are not "
+                              "available with vas.best_of", param="vas.best_of")
+        return BestOf(self.engine, vas.best_of, name, self.rewards[name], body.reward_prompt())
+
+    def reward_name(self, name) -> str:
+        """The loaded reward `vas.reward` names (None: the only one loaded)."""
+        loaded = ", ".join(sorted(self.rewards)) or "none"
+        if name is None:
+            if len(self.rewards) != 1:
+                raise ConfigError(
+                    "vas.best_of needs vas.reward naming one of the rewards the server loaded; "
+                    f"loaded: {loaded}" + ("" if self.rewards else
+                                           " (start it with --reward NAME=SPEC)"),
+                    param="vas.reward")
+            return next(iter(self.rewards))
+        if not isinstance(name, str) or name not in self.rewards:
+            # Never load what a request names (docs/design.md §5).
+            raise ConfigError(f"unknown reward {_clip(repr(name))} in vas.reward; loaded: "
+                              f"{loaded} (a request can only name a reward the server loaded)",
+                              param="vas.reward")
+        return name
+
+    # ---- endpoints ---------------------------------------------------------------------
+    def health(self) -> dict:
+        return {"status": "ok", "model": self.runtime.model, "upstream": self.runtime.base_url,
+                "values": sorted(self.engine.values), "rewards": sorted(self.rewards)}
+
+    def models(self) -> dict:
+        served = [] if self.passthrough_models else [self.runtime.model]
+        return {"object": "list", "data": [{"id": m, "object": "model", "created": 0,
+                                            "owned_by": "vas-proxy"} for m in served]}
+
+    async def completion(self, body: CompletionRequest, request: Request):
+        return await self.serve(request, body, body.prompt, CompletionFormat(body))
+
+    async def chat(self, body: ChatCompletionRequest, request: Request):
+        prompt = self.runtime.render_messages(body.chat_messages())
+        return await self.serve(request, body, prompt, ChatFormat(body))
+
+    async def serve(self, request: Request, body, prompt: str, fmt: Format):
+        """Answer `body` on `prompt` (the exact upstream text): JSON, or an SSE stream."""
+        guidance = self.engine.resolve(body.guidance_override())
+        model = self.upstream_model(body.model)
+        for name in body.unknown_fields():
+            log.debug("ignoring unknown request field %r", name)
+        reqs = body.generation_requests(prompt, guidance, model)
+        strategy = self.strategy(body, guidance)
+        t0 = time.perf_counter()
+
+        def done(usage: Usage) -> None:
+            _log_summary(request.url.path, body, usage, t0)
+
+        if body.stream:
+            return StreamingResponse(sse(strategy, reqs, fmt, include_usage=body.include_usage,
+                                         done=done),
+                                     media_type="text/event-stream",
+                                     headers={"cache-control": "no-cache"})
+        gens = await asyncio.gather(*(strategy.generate(r) for r in reqs))
+        usage = Usage.total([g.usage for g in gens])
+        done(usage)
+        return fmt.full(gens, usage, [strategy.choice_fields(g) for g in gens])
+
+
+async def sse(strategy: Strategy, reqs: list[GenerationRequest], fmt: Format, *,
+              include_usage: bool = False,
+              done: Callable[[Usage], None] | None = None) -> AsyncIterator[str]:
+    """The SSE events of one streamed response: every choice generates concurrently, its
+    tokens are sent as they come; `done(usage)` once all finished. Closing this generator
+    (the client disconnected) cancels every generation."""
+    queue: asyncio.Queue = asyncio.Queue()
+    outcomes = [Outcome() for _ in reqs]
+
+    async def run(i: int):
+        try:
+            async for ev in strategy.stream(reqs[i], outcomes[i]):
+                await queue.put((i, ev))
+            await queue.put((i, None))
+        except Exception as e:  # delivered to the client as an error event
+            await queue.put((i, e))
+
+    tasks = [asyncio.create_task(run(i)) for i in range(len(reqs))]
+    try:
+        for chunk in fmt.stream_start(len(reqs)):
+            yield sse_data(chunk)
+        open_ = len(reqs)
+        while open_:
+            i, item = await queue.get()
+            if item is None:
+                open_ -= 1
+                yield sse_data(fmt.stream_finish(i, outcomes[i].finish_reason))
+            elif isinstance(item, Exception):
+                yield sse_data(stream_error_body(item))
+                yield SSE_DONE
+                return
+            else:
+                chunk = fmt.stream_token(i, item)
+                if chunk is not None:
+                    yield sse_data(chunk)
+        usage = Usage.total([o.usage for o in outcomes])
+        if include_usage:
+            yield sse_data(fmt.stream_usage(usage))
+        yield SSE_DONE
+        if done is not None:
+            done(usage)
+    finally:  # also on client disconnect (cancellation): stop every generation
+        for t in tasks:
+            t.cancel()
+
+
+def _clip(text: str, n: int = 60) -> str:
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
+def _log_summary(path: str, body, u: Usage, t0: float) -> None:
+    log.info("%s model=%s n=%d tokens=%d upstream_calls=%d upstream_prompt_tokens=%d "
+             "upstream_completion_tokens=%d rejected_drafts=%d cache_hits=%d %.2fs",
+             path, body.model, body.n, u.completion_tokens, u.upstream_calls,
+             u.upstream_prompt_tokens, u.upstream_completion_tokens, u.rejected_draft_tokens,
+             u.cache_hits, time.perf_counter() - t0)
