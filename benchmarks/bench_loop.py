@@ -22,7 +22,8 @@ from vas_proxy.engine import Engine, GenerationRequest, Guidance
 from vas_proxy.templates import from_gguf
 from vas_proxy.upstream.client import UpstreamClient
 from vas_proxy.upstream.local import LocalUpstream
-from vas_proxy.values.checkpoint import CheckpointValue, build_value_model
+from vas_proxy.values.model import build_value_model
+from vas_proxy.values.scorer import CheckpointValue
 
 SHORT = ["Tell me about your weekend plans.", "How do I make a cup of tea?",
          "Describe a rainy Monday.", "What should I cook tonight?"]

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from vas_proxy.assets import smollm2_gguf
-from vas_proxy.values.checkpoint import (CheckpointValue, build_value_model, dtype_name,
-                                         encode_batch)
+from vas_proxy.values.model import build_value_model, dtype_name, encode_batch
+from vas_proxy.values.scorer import CheckpointValue
 
 # Any fixed English text: repeated until it is long enough, then cut at token boundaries.
 TEXT = (

@@ -3,16 +3,33 @@
 from __future__ import annotations
 
 import pytest
+from vas_cache import cache_root_env, shared_root
 
+from vas_proxy import env
 from vas_proxy.assets import smollm2_gguf
 from vas_proxy.templates import from_gguf
 from vas_proxy.upstream.local import LocalUpstream
+from vas_proxy.values import gguf_cache
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    """Session- and module-scoped fixtures run before `_isolated_cache`: point them at a cache
+    root of this run too, never the user's ~/.cache."""
+    with cache_root_env(shared_root(tmp_path_factory)) as root:
+        yield root
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    """Never touch the user's response cache (subprocess CLI tests inherit the variable)."""
-    monkeypatch.setenv("VAS_PROXY_CACHE_DIR", str(tmp_path / "vas-cache"))
+def _isolated_cache(tmp_path, monkeypatch, _session_cache):
+    """A fresh response cache per test (subprocess CLI tests inherit the variable). The
+    dequantized backbones are shared with the session's root: one dequantization per run."""
+    root = tmp_path / "vas-cache"
+    shared = _session_cache / gguf_cache.SUBDIR
+    shared.mkdir(parents=True, exist_ok=True)
+    root.mkdir()
+    (root / gguf_cache.SUBDIR).symlink_to(shared, target_is_directory=True)
+    monkeypatch.setenv(env.CACHE_DIR, str(root))
 
 
 @pytest.fixture(scope="session")

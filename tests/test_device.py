@@ -13,7 +13,8 @@ import torch
 from vas_proxy.train.config import TrainConfig
 from vas_proxy.train.td import make_example
 from vas_proxy.train.trainer import Trainer, build_model
-from vas_proxy.values.checkpoint import CheckpointValue, tiny_value_model
+from vas_proxy.values.model import tiny_value_model
+from vas_proxy.values.scorer import CheckpointValue
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 PROMPT = "<|im_start|>user\nTell me about your day.<|im_end|>\n<|im_start|>assistant\n"

@@ -99,7 +99,7 @@ def tiny_classifier(tmp_path_factory):
     """A tiny random Llama sequence classifier saved on disk (labels: NEGATIVE, POSITIVE)."""
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from vas_proxy.values.checkpoint import smollm2_tokenizer
+    from vas_proxy.values.model import smollm2_tokenizer
 
     tok = smollm2_tokenizer()
     config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,

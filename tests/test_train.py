@@ -75,7 +75,7 @@ def test_td_loss_is_half_mse_over_masked_positions():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from vas_proxy.values.checkpoint import smollm2_tokenizer
+    from vas_proxy.values.model import smollm2_tokenizer
 
     return smollm2_tokenizer()
 
@@ -142,6 +142,24 @@ def test_heldout_split_is_seeded_and_leaves_training_prompts():
     assert derive_seed(0, 1, 2) == derive_seed(0, 1, 2) != derive_seed(0, 2, 1)
 
 
+def test_train_flags_become_the_config():
+    """The flags parse into TrainConfig, whose keys run.json and checkpoints keep (--resume)."""
+    from vas_proxy.cli import build_parser
+    from vas_proxy.options import from_args
+
+    a = build_parser().parse_args(["train", "--prompts", "p", "--reward", "vader", "--out", "o",
+                                   "--lambda", "0.5", "--no-logprobs", "--dtype", "bfloat16"])
+    cfg = from_args(TrainConfig, a)
+    assert cfg == TrainConfig(prompts="p", reward="vader", out="o", lam=0.5, no_logprobs=True,
+                              dtype="bfloat16")
+    assert list(cfg.to_dict()) == [
+        "prompts", "reward", "out", "upstream", "model", "provider", "chat_template", "timeout",
+        "backbone", "samples_per_prompt", "max_tokens", "no_logprobs", "concurrency", "epochs",
+        "lora_r", "lora_layers", "lr", "head_lr_mult", "weight_decay", "batch_size",
+        "grad_accum", "max_grad_norm", "gamma", "lam", "seed", "heldout_frac",
+        "val_completions", "export", "save_every", "device", "dtype", "resume", "quiet"]
+
+
 def test_reward_errors_name_the_rollout(tmp_path):
     def rollout(i, text):
         return Rollout(i, 0, 1, "m", 8, f"prompt {i}", f"<p>{i}", text)
@@ -183,8 +201,8 @@ def tiny_run(upstream, tmp_path_factory):
 def test_tiny_end_to_end_run_yields_a_loadable_trained_checkpoint(tiny_run):
     from vas_proxy.train.trainer import build_model
     from vas_proxy.train.validation import predict_last
-    from vas_proxy.values import load_value
-    from vas_proxy.values.checkpoint import read_checkpoint_config
+    from vas_proxy.values.loader import load_value
+    from vas_proxy.values.store import read_checkpoint_config
 
     cfg, summary = tiny_run
     out = Path(cfg.out)

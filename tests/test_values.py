@@ -15,16 +15,13 @@ import pytest
 import torch
 
 from vas_proxy.errors import CheckpointError, ValueSpecError
-from vas_proxy.values import ValueFunction, load_value
+from vas_proxy.values import ValueFunction
 from vas_proxy.values.callable import CallableValue
-from vas_proxy.values.checkpoint import (
-    CONFIG_NAME,
-    HEAD_NAME,
-    CheckpointValue,
-    reward_scale,
-    save_checkpoint,
-    tiny_value_model,
-)
+from vas_proxy.values.loader import load_value
+from vas_proxy.values.model import tiny_value_model
+from vas_proxy.values.scorer import CheckpointValue
+from vas_proxy.values.store import CONFIG_NAME, HEAD_NAME, reward_scale, save_checkpoint
+
 
 ATOL = 1e-4  # float32: cached vs recomputed attention differ by summation order only (~1e-7)
 

@@ -5,90 +5,47 @@ models, the chat template and the end-of-turn markers. Shared by `generate`, `se
 from __future__ import annotations
 
 import contextlib
-import re
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
 from . import progress
-from .assets import DATA_DIR, smollm2_gguf
-from .engine import Engine, Guidance
+from .assets import smollm2_gguf
+from .engine import Engine
 from .errors import ConfigError
+from .options import CacheOptions, GuidanceOptions, UpstreamOptions, ValueLoadOptions
 from .templates import ChatTemplate, from_gguf, load_template
 from .upstream.client import UpstreamClient
 from .upstream.local import LocalUpstream
 from .values import ValueFunction
 from .values.loader import backbone_of, load_value
 
-HEURISTIC_VALUE = "py:vas_proxy.values.heuristics:positivity"
-
-
-def default_value_specs() -> dict[str, str]:
-    """The bundled demo value model when it is installed, else the documented heuristic."""
-    if (DATA_DIR / "values" / "positivity" / "vas_value.json").is_file():
-        return {"positivity": "bundled:positivity"}
-    return {"positivity": HEURISTIC_VALUE}
-
-
-def parse_value_specs(items: Sequence[str] | None) -> dict[str, str]:
-    """`NAME=SPEC` items → {name: spec}; none → the defaults."""
-    if not items:
-        return default_value_specs()
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, spec = item.partition("=")
-        if not sep or not name or not spec:
-            raise ConfigError(f"--value expects NAME=SPEC, got {item!r}")
-        if name in out:
-            raise ConfigError(f"value model name {name!r} given twice")
-        out[name] = spec
-    return out
-
-
-_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-def parse_reward_specs(items: Sequence[str] | None) -> dict[str, str]:
-    """`NAME=SPEC` or bare `SPEC` items → {name: spec} (a bare spec is its own name: `vader`).
-
-    A `=` only names when what precedes it is a plain name, so `hf:dir?pair=1` stays a spec.
-    """
-    out: dict[str, str] = {}
-    for item in items or []:
-        name, sep, spec = item.partition("=")
-        if not (sep and _NAME.fullmatch(name)):
-            name, spec = item, item
-        if not spec:
-            raise ConfigError(f"--reward expects NAME=SPEC or SPEC, got {item!r}")
-        if name in out:
-            raise ConfigError(f"reward name {name!r} given twice")
-        out[name] = spec
-    return out
-
-
-def load_rewards(specs: Mapping[str, str | Callable], *, device: str = "cpu") -> dict:
+def load_rewards(specs: Mapping[str, str | Callable], *, device: str = "cpu",
+                 verbose: bool = True) -> dict:
     """{name: SPEC or callable} → {name: Reward}; the operator's rewards (never a request's:
-    DESIGN §5). Callables `f(prompts, responses) -> list[float]` are kept as they are."""
+    docs/design.md §5). Callables `f(prompts, responses) -> list[float]` are kept as they
+    are. Not `verbose`: transformers prints nothing while `hf:` classifiers load."""
     from .rewards import load_reward
 
-    return {name: load_reward(spec, device=device) if isinstance(spec, str) else spec
-            for name, spec in specs.items()}
+    out = {}
+    for name, spec in specs.items():
+        if not isinstance(spec, str):
+            out[name] = spec
+            continue
+        with progress.quiet_third_party(enabled=not verbose and spec.strip().startswith("hf:")):
+            out[name] = load_reward(spec, device=device)
+    return out
 
 
 @dataclass
 class Options:
-    upstream: str | None = None
-    model: str | None = None
-    api_key: str | None = None
-    provider: str = "llamacpp"
-    values: dict[str, str] = field(default_factory=default_value_specs)
+    """What `open_runtime` starts: the option groups of `generate` and `serve` (the same
+    dataclasses their flags are parsed into, vas_proxy/options), so a default lives only there."""
+
+    upstream: UpstreamOptions = field(default_factory=UpstreamOptions)
+    guidance: GuidanceOptions = field(default_factory=GuidanceOptions)  # and the value models
+    cache: CacheOptions = field(default_factory=CacheOptions)
+    loading: ValueLoadOptions = field(default_factory=ValueLoadOptions)
     rewards: dict[str, str] = field(default_factory=dict)  # for vas.best_of: {name: SPEC}
-    guidance: Guidance = field(default_factory=Guidance)
-    chat_template: str | None = None  # None: the GGUF's own for the embedded upstream, else raw
-    device: str = "cpu"
-    dtype: str | None = None
-    timeout: float = 60.0
-    cache_dir: str | None = None  # None: the user cache directory
-    use_cache: bool = True
     verbose: bool = True
 
 
@@ -128,7 +85,7 @@ def load_values(specs: Mapping[str, str | ValueFunction], *, device: str = "cpu"
     uses = Counter(b for b in backbones.values() if b is not None)
     pool = None
     if any(n > 1 for n in uses.values()):
-        from .values.checkpoint import BackbonePool
+        from .values.store import BackbonePool
 
         pool = BackbonePool()
     out = {}
@@ -139,7 +96,8 @@ def load_values(specs: Mapping[str, str | ValueFunction], *, device: str = "cpu"
         shared = uses.get(backbones[name], 0) > 1
         with progress.step(f"loading value model {name} ({spec})"
                            + (" on a shared backbone" if shared else ""),
-                           enabled=verbose and not spec.startswith("py:")):
+                           enabled=verbose and not spec.startswith("py:")), \
+                progress.quiet_third_party(enabled=not verbose and not spec.startswith("py:")):
             out[name] = load_value(spec, name=name, device=device, dtype=dtype,
                                    pool=pool if shared else None)
     return out
@@ -148,21 +106,23 @@ def load_values(specs: Mapping[str, str | ValueFunction], *, device: str = "cpu"
 @contextlib.asynccontextmanager
 async def open_runtime(opts: Options) -> AsyncIterator[Runtime]:
     """Start what `opts` needs (embedded upstream, value models) and stop it all on exit."""
+    up, loading, cache = opts.upstream, opts.loading, opts.cache
     with contextlib.ExitStack() as stack:
-        base_url, model = opts.upstream, opts.model
-        template = load_template(opts.chat_template) if opts.chat_template else None
+        base_url, model = up.url, up.model
+        # None: the GGUF's own for the embedded upstream, else raw prompts
+        template = load_template(up.chat_template) if up.chat_template else None
         if base_url is None:
             local = LocalUpstream()
             with progress.step("starting the embedded SmolLM2 upstream", enabled=opts.verbose):
                 stack.enter_context(local)
             base_url, model = local.base_url, model or local.model
             template = template or from_gguf(str(smollm2_gguf()))
-        values = load_values(opts.values, device=opts.device, dtype=opts.dtype,
+        values = load_values(opts.guidance.values, device=loading.device, dtype=loading.dtype,
                              verbose=opts.verbose)
-        rewards = load_rewards(opts.rewards, device=opts.device)
-        client = UpstreamClient(base_url, model or "default", api_key=opts.api_key,
-                                profile=opts.provider, timeout=opts.timeout,
-                                cache_dir=opts.cache_dir, use_cache=opts.use_cache)
+        rewards = load_rewards(opts.rewards, device=loading.device, verbose=opts.verbose)
+        client = UpstreamClient(base_url, model or "default", api_key=up.api_key,
+                                profile=up.provider, timeout=up.timeout,
+                                cache_dir=cache.cache_dir, use_cache=cache.use_cache)
         try:
             if model is None:  # ask the upstream which model it serves
                 models = await client.models()
@@ -170,7 +130,8 @@ async def open_runtime(opts: Options) -> AsyncIterator[Runtime]:
                     raise ConfigError(f"upstream {base_url} lists no model; pass --model")
                 client.model = model = models[0]
             eos = template.stop_strings if template else []
-            engine = Engine(client, values, defaults=opts.guidance, eos_texts=eos)
+            engine = Engine(client, values, defaults=opts.guidance.engine_defaults(),
+                            eos_texts=eos)
             yield Runtime(engine, template, model, base_url, rewards)
         finally:
             await client.aclose()

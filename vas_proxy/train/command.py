@@ -12,46 +12,29 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 
+from ..options import UpstreamOptions, add_options, from_args
 from .config import TrainConfig
 
 RUN_FILE = "run.json"
-_TYPES = {"int": int, "float": float, "str": str}
-_METAVARS = {"int": "N", "float": "X", "str": "NAME"}
 
 
 def register(sub) -> None:
-    """Add the `train` subcommand; its flags are TrainConfig's fields."""
+    """Add the `train` subcommand: TrainConfig's flags, and the upstream's key (kept out of the
+    config, which is written to disk)."""
     p = sub.add_parser("train", help="train a value model on rollouts sampled from the upstream",
                        description=__doc__.split("\n\n")[0])
-    for f in fields(TrainConfig):
-        meta = dict(f.metadata)
-        flag = meta.pop("flag", "--" + f.name.replace("_", "-"))
-        kwargs = {"dest": f.name, "help": meta.pop("help")}
-        if f.type == "bool":
-            kwargs.update(action="store_true")
-        else:
-            base = f.type.split("|")[0].strip()
-            kwargs.update(type=_TYPES.get(base, str), default=f.default,
-                          metavar=meta.pop("metavar", _METAVARS.get(base, "VALUE")), **meta)
-            if meta.get("required"):
-                kwargs.pop("default")
-            elif f.default is not None and "default" not in kwargs["help"]:
-                kwargs["help"] += " (default: %(default)s)"
-        p.add_argument(flag, **kwargs)
-    p.add_argument("--api-key", help="upstream API key (or VAS_UPSTREAM_API_KEY)")
+    add_options(p, TrainConfig)
+    add_options(p, UpstreamOptions, only=["api_key"])
     p.set_defaults(func=_main)
 
 
 async def _main(a: argparse.Namespace) -> int:
-    cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)})
-    await run(cfg, api_key=a.api_key or os.environ.get("VAS_UPSTREAM_API_KEY"))
+    await run(from_args(TrainConfig, a), api_key=from_args(UpstreamOptions, a).api_key)
     return 0
 
 
@@ -218,6 +201,7 @@ async def collect(cfg: TrainConfig, out: Path, items: list[dict], api_key: str |
 
 async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
     """The whole `vas-proxy train` run; returns a summary (steps, validation, paths)."""
+    from .. import progress
     from ..errors import ConfigError
     from ..rewards import load_reward
     from .prompts import read_prompts
@@ -225,7 +209,8 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
     # User errors first, before torch and transformers are even imported.
     check_config(cfg)
     items = read_prompts(cfg.prompts)
-    reward = load_reward(cfg.reward, device=cfg.device)
+    with progress.quiet_third_party(enabled=cfg.quiet and cfg.reward.startswith("hf:")):
+        reward = load_reward(cfg.reward, device=cfg.device)
     out = prepare_out_dir(cfg.out)
     if cfg.export:
         prepare_out_dir(cfg.export, "--export")
@@ -256,7 +241,8 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
           f"reward {rewards.mean():.3f} ± {rewards.std():.3f}, "
           f"{np.mean([len(r.response) for r in rollouts]):.0f} characters on average", cfg)
 
-    model, tokenizer = build_model(cfg)
+    with progress.quiet_third_party(enabled=cfg.quiet):  # the backbone's bars and warnings
+        model, tokenizer = build_model(cfg)
     examples = [make_example(tokenizer, r.upstream_prompt, r.response, r.rewards[spec])
                 for r in train_rollouts]
     metadata = {"reward": spec, "trained_with": "vas-proxy train", "upstream_model": upstream_model,

@@ -25,8 +25,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..values.checkpoint import (LORA_TARGETS, ValueModel, build_value_model, save_checkpoint,
-                                 tiny_value_model)
+from ..values.model import LORA_TARGETS, ValueModel, build_value_model, tiny_value_model
+from ..values.store import save_checkpoint
 from .config import TrainConfig
 from .td import Example, collate, lambda_returns, td_loss
 
@@ -296,7 +296,7 @@ def export_checkpoint(src: Path, dest: str | Path) -> Path:
     names) to `dest`, replacing what a previous export left there."""
     import shutil
 
-    from ..values.checkpoint import CONFIG_NAME, HEAD_NAME, read_checkpoint_config
+    from ..values.store import CONFIG_NAME, HEAD_NAME, read_checkpoint_config
 
     config = read_checkpoint_config(src)
     dest = Path(dest)

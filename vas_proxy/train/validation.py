@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from ..values.checkpoint import ValueModel, encode
+from ..values.model import ValueModel, encode
 from .rollouts import HalfCompletions, Rollout
 
 

@@ -1,4 +1,4 @@
-"""Turn a value SPEC string into a `ValueFunction` (DESIGN §5 Value SPEC).
+"""Turn a value SPEC string into a `ValueFunction` (docs/design.md §5.4).
 
 Forms: `py:module:function` (a Python callable), `bundled:NAME` (a checkpoint shipped under
 `vas_proxy/data/values/NAME`), or a path to a checkpoint directory. Every failure is a
@@ -23,7 +23,7 @@ FORMS = "use py:module:function, bundled:NAME or a checkpoint directory"
 def load_value(spec: str, *, name: str | None = None, device: str = "cpu",
                dtype: str | None = None, pool=None) -> ValueFunction:
     """Load `spec`; `name` defaults to the spec itself. device/dtype apply to checkpoints only;
-    checkpoints loaded with the same `pool` (a `checkpoint.BackbonePool`) share their backbone."""
+    checkpoints loaded with the same `pool` (a `store.BackbonePool`) share their backbone."""
     if not isinstance(spec, str) or not spec.strip():
         raise ValueSpecError(f"empty value spec {spec!r}; {FORMS}")
     spec = spec.strip()
@@ -35,10 +35,10 @@ def load_value(spec: str, *, name: str | None = None, device: str = "cpu",
 
 def backbone_of(spec: str) -> str | None:
     """The backbone a checkpoint SPEC is built on (cheap: reads only its config), None for
-    `py:` specs. Value models with the same one can share it (`checkpoint.BackbonePool`)."""
+    `py:` specs. Value models with the same one can share it (`store.BackbonePool`)."""
     if not isinstance(spec, str) or spec.strip().startswith(PY_PREFIX):
         return None
-    from .checkpoint import backbone_identity, read_checkpoint_config
+    from .store import backbone_identity, read_checkpoint_config
 
     path = _checkpoint_dir(spec.strip())
     return backbone_identity(path, read_checkpoint_config(path))
@@ -71,6 +71,6 @@ def _checkpoint_dir(spec: str) -> Path:
 def _load_checkpoint(spec: str, path: Path, *, name: str | None, device: str,
                      dtype: str | None, pool=None) -> ValueFunction:
     # Imported here: torch/transformers cost seconds and `py:` specs need neither.
-    from .checkpoint import CheckpointValue
+    from .scorer import CheckpointValue
 
     return CheckpointValue.load(path, name=name or spec, device=device, dtype=dtype, pool=pool)
