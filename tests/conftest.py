@@ -21,13 +21,12 @@ def _session_cache(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch, _session_cache):
+def _isolated_cache(tmp_path_factory, monkeypatch, _session_cache):
     """A fresh response cache per test (subprocess CLI tests inherit the variable). The
     dequantized backbones are shared with the session's root: one dequantization per run."""
-    root = tmp_path / "vas-cache"
+    root = tmp_path_factory.mktemp("vas-cache")  # beside tmp_path: tests own theirs whole
     shared = _session_cache / gguf_cache.SUBDIR
     shared.mkdir(parents=True, exist_ok=True)
-    root.mkdir()
     (root / gguf_cache.SUBDIR).symlink_to(shared, target_is_directory=True)
     monkeypatch.setenv(env.CACHE_DIR, str(root))
 

@@ -46,7 +46,8 @@ def _imports(module: str) -> set[str]:
                 prefix = ".".join(root + ([node.module] if node.module else []))
             else:
                 prefix = node.module or ""
-            names = [prefix] + [f"{prefix}.{a.name}" for a in node.names]
+            # `from pkg import x`: x when it is a module, else the module that defines it
+            names = [f"{prefix}.{a.name}" for a in node.names]
         for n in names:
             target = _resolve(n) if n.startswith("vas_proxy") else None
             if target and target != module:

@@ -3,6 +3,7 @@ of the bundled value model through the CLI, and `progress.quiet_third_party` on 
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -55,18 +56,35 @@ def _state():
             hub_logging.get_verbosity(), are_progress_bars_disabled(), gguf_utils.tqdm)
 
 
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
 def test_quiet_third_party_hushes_and_restores(capfd):
+    # transformers' own handler keeps the stderr it first saw (in a full run, some earlier
+    # test's capture), so its log records are caught by a handler of ours, the bars by capfd.
+    records = _Records()
+    logging.getLogger("transformers").addHandler(records)
     before = _state()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        with progress.quiet_third_party():
-            _noise()
-        assert not caught
-        assert capfd.readouterr().err == ""
-        assert _state() == before
-        _noise()  # the same, after: everything is back
-        assert [str(w.message) for w in caught] == ["future-noise"]
-    err = capfd.readouterr().err
-    assert all(n in err for n in ("tf-log-noise", "tf-bar-noise", "gguf-bar-noise")), err
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with progress.quiet_third_party():
+                _noise()
+            assert not caught and not records.messages
+            assert capfd.readouterr().err == ""
+            assert _state() == before
+            _noise()  # the same, after: everything is back
+            assert [str(w.message) for w in caught] == ["future-noise"]
+        err = capfd.readouterr().err
+        assert all(n in err for n in ("tf-bar-noise", "gguf-bar-noise")), err
+        assert records.messages == ["tf-log-noise"]
+    finally:
+        logging.getLogger("transformers").removeHandler(records)
     with progress.quiet_third_party(enabled=False):  # disabled: touches nothing
         assert _state() == before

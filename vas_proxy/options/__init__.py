@@ -2,7 +2,7 @@
 
     flags.py   `option()` fields → argparse flags → dataclasses (`add_options`, `from_args`)
     groups.py  the groups: upstream, guidance, cache, value loading, serve, generate
-    specs.py   NAME=SPEC lists of value models and rewards; the default value model
+    named_specs.py  NAME=SPEC lists of value models and rewards; the default value model
 
 TrainConfig (train/config.py), EvalConfig (eval/config.py) and DemoOptions (demo.py) are
 groups too, kept beside the code they configure. To add an option: add an `option()` field to
@@ -10,7 +10,7 @@ its group, with its default in `vas_proxy/defaults.py`; the flag, its help and i
 """
 
 from .flags import add_options, comma_list, dest, from_args, option, option_like
-from .specs import (HEURISTIC_VALUE, default_value_specs, parse_reward_specs,
+from .named_specs import (HEURISTIC_VALUE, default_value_specs, parse_reward_specs,
                     parse_value_specs)
 from .groups import (CacheOptions, GenerateOptions, GuidanceOptions, ServeOptions,
                      UpstreamOptions, ValueLoadOptions)

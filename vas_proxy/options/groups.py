@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from .. import defaults, env
 from .flags import option
-from .specs import default_value_specs as default_values
-from .specs import parse_reward_specs as parse_rewards
-from .specs import parse_value_specs as parse_values
+from .named_specs import default_value_specs as default_values
+from .named_specs import parse_reward_specs as parse_rewards
+from .named_specs import parse_value_specs as parse_values
 
 
 REWARD_HELP = "vader, concise, plain, py:module:function or hf:PATH"
