@@ -22,7 +22,8 @@ import openai
 import uvicorn
 
 from vas_proxy.assets import smollm2_gguf
-from vas_proxy.engine import Engine, Guidance
+from vas_proxy.engine import Engine
+from vas_proxy.guidance import Guidance
 from vas_proxy.options import HEURISTIC_VALUE
 from vas_proxy.runtime import Runtime
 from vas_proxy.service.app import create_app

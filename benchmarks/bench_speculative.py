@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 from vas_proxy.assets import smollm2_gguf
-from vas_proxy.engine import Engine, GenerationRequest, Guidance
+from vas_proxy.engine import Engine, GenerationRequest
+from vas_proxy.guidance import Guidance
 from vas_proxy.options import default_value_specs
 from vas_proxy.templates import from_gguf
 from vas_proxy.upstream.client import UpstreamClient

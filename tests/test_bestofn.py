@@ -11,7 +11,8 @@ import pytest
 import vas_proxy
 from vas_proxy.assets import smollm2_gguf
 from vas_proxy.bestofn import best_of_n, kl_bound, sample_seeds
-from vas_proxy.engine import Engine, Guidance
+from vas_proxy.engine import Engine
+from vas_proxy.guidance import Guidance
 from vas_proxy.rewards import load_reward
 from vas_proxy.options import parse_reward_specs
 from vas_proxy.runtime import Runtime

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from vas_proxy.engine import Engine, GenerationRequest, Guidance
+from vas_proxy.engine import Engine, GenerationRequest
+
+from vas_proxy.guidance import Guidance
 from vas_proxy.errors import ConfigError, ContextLengthError, UpstreamUnreachable
 from vas_proxy.upstream.client import UpstreamClient
 from vas_proxy.values.loader import load_value

@@ -16,7 +16,8 @@ import pytest
 from scipy import stats
 
 from vas_proxy import sampling
-from vas_proxy.engine import Engine, GenerationRequest, Guidance, Outcome
+from vas_proxy.engine import Engine, GenerationRequest, Outcome
+from vas_proxy.guidance import Guidance
 from vas_proxy.upstream.client import UpstreamClient
 from vas_proxy.values.callable import CallableValue
 

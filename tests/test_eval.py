@@ -19,7 +19,8 @@ import torch
 import vas_proxy
 from vas_proxy.bestofn import kl_bound
 from vas_proxy.cli import main
-from vas_proxy.engine import Engine, GenerationRequest, Guidance
+from vas_proxy.engine import Engine, GenerationRequest
+from vas_proxy.guidance import Guidance
 from vas_proxy.eval.config import EvalConfig, parse_weights
 from vas_proxy.upstream.client import UpstreamClient
 from vas_proxy.upstream.retry import RetryPolicy

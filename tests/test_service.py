@@ -14,7 +14,9 @@ import numpy as np
 import openai
 import pytest
 
-from vas_proxy.engine import Engine, Guidance
+from vas_proxy.engine import Engine
+
+from vas_proxy.guidance import Guidance
 from vas_proxy.runtime import Runtime
 from vas_proxy.service.app import create_app
 from vas_proxy.upstream.client import UpstreamClient

@@ -12,7 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from vas_proxy.engine import Engine, Generation, GenerationRequest, Guidance, Outcome, TokenEvent
+from vas_proxy.engine import Engine, Generation, GenerationRequest, Outcome, TokenEvent
+
+from vas_proxy.guidance import Guidance
 from vas_proxy.errors import ConfigError, UpstreamError
 from vas_proxy.protocol import Candidate
 from vas_proxy.runtime import Runtime

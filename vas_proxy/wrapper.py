@@ -12,7 +12,8 @@ from urllib.parse import urlsplit
 import httpx2 as httpx
 
 from . import defaults
-from .engine import Engine, Guidance
+from .engine import Engine
+from .guidance import Guidance
 from .options import default_value_specs
 from .runtime import Runtime, load_rewards, load_values
 from .service.app import create_app

@@ -62,7 +62,7 @@ class GuidanceOptions:
 
     def engine_defaults(self):
         """The engine's `Guidance` (validated: a bad flag fails before anything starts)."""
-        from ..engine import Guidance
+        from ..guidance import Guidance
 
         guidance = Guidance(beta=self.beta, top_k=self.top_k, speculate=self.speculate)
         guidance.validate()

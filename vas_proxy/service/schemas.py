@@ -3,7 +3,7 @@ translation into engine requests (`generation_requests`).
 
 Unknown top-level fields are accepted (OpenAI clients send many) and logged at debug level by
 the serving. The `vas` object is strict: its fields are checked by the engine's own rules
-(`engine.check_guidance`, `bestofn.check_best_of`), so the wire, the CLI flags, `wrap` and the
+(`guidance.check_guidance`, `bestofn.check_best_of`), so the wire, the CLI flags, `wrap` and the
 eval cannot disagree, and a failure keeps the rule's message, param and code.
 """
 
@@ -18,7 +18,8 @@ from pydantic_core import PydanticCustomError
 
 from ..bestofn import check_best_of
 from ..defaults import CHAT_MAX_TOKENS, COMPLETION_MAX_TOKENS, MAX_N
-from ..engine import GUIDANCE_RULES, GenerationRequest, Guidance, check_guidance, check_known
+from ..engine import GenerationRequest
+from ..guidance import GUIDANCE_RULES, Guidance, check_guidance, check_known
 from ..errors import ConfigError
 from .errors import vas_option_error
 

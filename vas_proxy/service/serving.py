@@ -26,7 +26,8 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from ..bestofn import BestOfN, best_of_n
-from ..engine import Engine, Generation, GenerationRequest, Guidance, Outcome, TokenEvent
+from ..engine import Engine, Generation, GenerationRequest, Outcome, TokenEvent
+from ..guidance import Guidance
 from ..errors import ConfigError
 from ..runtime import Runtime
 from ..usage import Usage
