@@ -1,4 +1,4 @@
-"""`py:module:function` value functions (DESIGN §5 Value SPEC).
+"""`py:module:function` value functions (docs/design.md §5.4).
 
 The callable sees text, not tokens: `fn(prompt, continuations) -> list[float]`, where each
 continuation is the response so far plus one candidate's text. That keeps user value functions
@@ -18,8 +18,8 @@ ValueCallable = Callable[[str, list[str]], Sequence[float]]
 class CallableValue:
     """Adapts a Python callable to the `ValueFunction` protocol, checking what it returns.
 
-    A wrong-length or non-finite answer would silently skew the reweighting (DESIGN §1), so it
-    fails loudly with the function's name instead.
+    A wrong-length or non-finite answer would silently skew the reweighting (docs/design.md §1),
+    so it fails loudly with the function's name instead.
     """
 
     def __init__(self, fn: ValueCallable, name: str):
