@@ -119,7 +119,8 @@ def test_close_releases_engine_thread_and_sockets(upstream):
     threads, fds = threading.active_count(), _open_fds()
     for i in range(1, CYCLES + 1):
         cycle(i)
-    assert _settles(threading.active_count, threads) == threads
+    # <=, not ==: a thread an earlier test left may end meanwhile; a leak grows the count
+    assert _settles(threading.active_count, threads) <= threads
     assert _settles(_open_fds, fds + FD_SLACK) <= fds + FD_SLACK
 
 

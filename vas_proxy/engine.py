@@ -1,4 +1,5 @@
-"""The guided generator: the one engine behind the CLI, the service and `wrap` (docs/design.md §6).
+"""The guided generator: the one engine behind the CLI, the service and `wrap`
+(docs/design.md §6).
 
 Each step asks the upstream for the top-k next-token candidates of prompt + response so far,
 scores them with the value models, and samples from the target q (docs/design.md §1) with the

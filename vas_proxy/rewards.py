@@ -30,6 +30,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from . import progress
 from .errors import ConfigError, VasError
 from .specs import import_callable
 
@@ -240,8 +241,10 @@ BUILTINS: dict[str, type[BatchReward]] = {"vader": VaderReward, "concise": Conci
                                            "plain": PlainReward}
 
 
-def load_reward(spec: str, *, device: str = "cpu") -> BatchReward:
-    """Turn a reward SPEC into a `Reward` (see the module docstring for the forms)."""
+def load_reward(spec: str, *, device: str = "cpu", quiet: bool = False) -> BatchReward:
+    """Turn a reward SPEC into a `Reward` (see the module docstring for the forms). `quiet`:
+    transformers prints nothing while an `hf:` classifier loads (the other forms never import
+    it, so they are not made to pay for hushing it)."""
     if not isinstance(spec, str) or not spec.strip():
         raise RewardSpecError(f"empty reward spec {spec!r}; {FORMS}")
     spec = spec.strip()
@@ -259,7 +262,8 @@ def load_reward(spec: str, *, device: str = "cpu") -> BatchReward:
         if query and not pair and query not in ("pair=0", "pair=false"):
             raise RewardSpecError(f"reward spec {spec!r}: unknown option {query!r} "
                                   "(only ?pair=1 is known)")
-        return ClassifierReward(path, name=spec, device=device, pair=pair)
+        with progress.quiet_third_party(enabled=quiet):
+            return ClassifierReward(path, name=spec, device=device, pair=pair)
     raise RewardSpecError(f"unknown reward spec {spec!r}; {FORMS}")
 
 

@@ -26,14 +26,8 @@ def load_rewards(specs: Mapping[str, str | Callable], *, device: str = "cpu",
     are. Not `verbose`: transformers prints nothing while `hf:` classifiers load."""
     from .rewards import load_reward
 
-    out = {}
-    for name, spec in specs.items():
-        if not isinstance(spec, str):
-            out[name] = spec
-            continue
-        with progress.quiet_third_party(enabled=not verbose and spec.strip().startswith("hf:")):
-            out[name] = load_reward(spec, device=device)
-    return out
+    return {name: load_reward(spec, device=device, quiet=not verbose) if isinstance(spec, str)
+            else spec for name, spec in specs.items()}
 
 
 @dataclass
@@ -96,10 +90,9 @@ def load_values(specs: Mapping[str, str | ValueFunction], *, device: str = "cpu"
         shared = uses.get(backbones[name], 0) > 1
         with progress.step(f"loading value model {name} ({spec})"
                            + (" on a shared backbone" if shared else ""),
-                           enabled=verbose and not spec.startswith("py:")), \
-                progress.quiet_third_party(enabled=not verbose and not spec.startswith("py:")):
+                           enabled=verbose and not spec.startswith("py:")):
             out[name] = load_value(spec, name=name, device=device, dtype=dtype,
-                                   pool=pool if shared else None)
+                                   pool=pool if shared else None, quiet=not verbose)
     return out
 
 

@@ -209,8 +209,7 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
     # User errors first, before torch and transformers are even imported.
     check_config(cfg)
     items = read_prompts(cfg.prompts)
-    with progress.quiet_third_party(enabled=cfg.quiet and cfg.reward.startswith("hf:")):
-        reward = load_reward(cfg.reward, device=cfg.device)
+    reward = load_reward(cfg.reward, device=cfg.device, quiet=cfg.quiet)
     out = prepare_out_dir(cfg.out)
     if cfg.export:
         prepare_out_dir(cfg.export, "--export")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..assets import DATA_DIR
 from ..errors import ValueSpecError
+from ..progress import quiet_third_party
 from ..specs import import_callable
 from . import ValueFunction
 from .callable import CallableValue
@@ -21,16 +22,18 @@ FORMS = "use py:module:function, bundled:NAME or a checkpoint directory"
 
 
 def load_value(spec: str, *, name: str | None = None, device: str = "cpu",
-               dtype: str | None = None, pool=None) -> ValueFunction:
+               dtype: str | None = None, pool=None, quiet: bool = False) -> ValueFunction:
     """Load `spec`; `name` defaults to the spec itself. device/dtype apply to checkpoints only;
-    checkpoints loaded with the same `pool` (a `store.BackbonePool`) share their backbone."""
+    checkpoints loaded with the same `pool` (a `store.BackbonePool`) share their backbone.
+    `quiet`: transformers and peft print nothing while a checkpoint loads."""
     if not isinstance(spec, str) or not spec.strip():
         raise ValueSpecError(f"empty value spec {spec!r}; {FORMS}")
     spec = spec.strip()
     if spec.startswith(PY_PREFIX):
         return CallableValue(_import_callable(spec), name or spec)
-    return _load_checkpoint(spec, _checkpoint_dir(spec), name=name, device=device, dtype=dtype,
-                            pool=pool)
+    path = _checkpoint_dir(spec)
+    with quiet_third_party(enabled=quiet):
+        return _load_checkpoint(spec, path, name=name, device=device, dtype=dtype, pool=pool)
 
 
 def backbone_of(spec: str) -> str | None:
