@@ -139,3 +139,46 @@ def test_reward_specs_parse():
         "vader": "vader", "len": "py:m:f", "hf:/x?pair=1": "hf:/x?pair=1", "c": "hf:/y?pair=1"}
     with pytest.raises(vas_proxy.errors.ConfigError, match="given twice"):
         parse_reward_specs(["vader", "vader"])
+
+
+def _vllm_n(calls: list[dict]):
+    """A replay of vLLM's /v1/completions answer to `n` (documented shape: n choices with
+    index 0..n-1, one usage with the prompt counted once); texts depend on the seed."""
+    import httpx2 as httpx
+    import json
+
+    def handler(request):
+        body = json.loads(request.content)
+        calls.append(body)
+        n = body.get("n", 1)
+        texts = [f"s{body['seed'] % 97}-{i}" + "x" * i for i in range(n)]
+        return httpx.Response(200, json={
+            "id": "cmpl-1", "object": "text_completion", "model": body["model"],
+            "choices": [{"index": i, "text": t, "logprobs": None, "finish_reason": "length"}
+                        for i, t in enumerate(texts)],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5 * n,
+                      "total_tokens": 10 + 5 * n}})
+    return httpx.MockTransport(handler)
+
+
+def test_best_of_asks_an_upstream_that_takes_n_once():
+    """vLLM-like profiles: the N samples come from one call with `n`, the prompt billed once;
+    the same seed gives the same samples. A profile without `n` makes N calls."""
+    async def go(profile: str, seed: int):
+        calls: list[dict] = []
+        async with UpstreamClient("http://fake/v1", "m", profile=profile, use_cache=False,
+                                  transport=_vllm_n(calls)) as up:
+            res = await best_of_n(up, "Q:", n=4, reward=length_reward, reward_prompt="Q",
+                                  max_tokens=5, seed=seed)
+        return res, calls
+
+    res, calls = asyncio.run(go("vllm", 3))
+    assert len(calls) == 1 and calls[0]["n"] == 4
+    assert res.usage.upstream_calls == 1 and res.usage.upstream_prompt_tokens == 10
+    assert res.usage.upstream_completion_tokens == 20 and res.usage.completion_tokens == 5
+    assert res.index == 3 and res.text == res.texts[3] and len(set(res.texts)) == 4
+    again, _ = asyncio.run(go("vllm", 3))
+    assert again.texts == res.texts
+    other, calls = asyncio.run(go("llamacpp", 3))
+    assert len(calls) == 4 and all("n" not in c for c in calls)
+    assert other.usage.upstream_prompt_tokens == 40

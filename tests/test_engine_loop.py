@@ -355,3 +355,55 @@ def test_too_many_answers_without_position_end_the_turn(speculate):
     draft_call = 1 if speculate else 0
     before = 1 if speculate else 2  # calls that produced "Hi" and "!"
     assert len(fake.calls) == before + draft_call + Engine.EOS_RETRIES + 1
+
+
+# ---- batched scoring of drafted positions, the speculation default ---------------------------
+
+def _counting_value():
+    """A value of the whole continuation (so a wrong draft prefix shows), counting its calls."""
+    calls = []
+
+    def fn(prompt: str, continuations: list[str]) -> list[float]:
+        calls.append(len(continuations))
+        return [c.count("e") - 0.5 * c.count("c") + 0.25 * c.count("b") for c in continuations]
+    return CallableValue(fn, "count"), calls
+
+
+@pytest.mark.parametrize("shape", ["legacy", "chat"])
+def test_batched_draft_scoring_gives_the_very_same_output(shape):
+    """Scoring all of a chunk's drafted positions in one call (position i's strings carry the
+    drafts before it) gives the values of scoring them one by one, so the same tokens, the same
+    trace and the same bookkeeping, with fewer scoring calls."""
+    runs = {}
+    for batch in (False, True):
+        value, calls = _counting_value()
+        outs = []
+        for seed in range(12):
+            fake = ScriptedUpstream(spread, shape=shape)
+            eng = Engine(fake.client(), {"v": value},
+                         defaults=Guidance(beta=1.5, top_k=4, speculate=3, trace=True),
+                         batch_drafts=batch)
+            evs, out = events(eng, max_tokens=9, seed=seed)
+            outs.append(([e.token for e in evs], [e.trace for e in evs],
+                         (out.usage.draft_trials, out.usage.drafts_accepted,
+                          out.usage.rejected_draft_tokens)))
+        runs[batch] = outs, calls
+    (seq, seq_calls), (bat, bat_calls) = runs[False], runs[True]
+    for (tok_a, tr_a, book_a), (tok_b, tr_b, book_b) in zip(seq, bat):
+        assert tok_a == tok_b and book_a == book_b
+        for a, b in zip(tr_a, tr_b):
+            assert [c["value"] for c in a["candidates"]] == pytest.approx(
+                [c["value"] for c in b["candidates"]], abs=1e-12)
+    assert len(bat_calls) < len(seq_calls)
+    assert max(bat_calls) > 4  # some call scored several positions' candidates at once
+
+
+def test_speculation_default_is_the_profiles():
+    """Adaptive where the profile's drafts are the upstream's exact samples, else one token per
+    call; an explicit choice is kept."""
+    def eng(profile, **g):
+        client = UpstreamClient("http://fake/v1", "m", profile=profile, use_cache=False)
+        return Engine(client, {}, defaults=Guidance(**g)).defaults.speculate
+    assert eng("llamacpp") == -1 and eng("vllm") == -1
+    assert eng("openai-completions") == 0 and eng("sglang") == 0
+    assert eng("llamacpp", speculate=0) == 0 and eng("openai-completions", speculate=4) == 4

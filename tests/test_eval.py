@@ -52,7 +52,8 @@ def test_kl_estimate_matches_the_analytic_kl():
     value = CallableValue(lambda prompt, cs: [VALUES[c[-1]] for c in cs], "v")
     client = UpstreamClient("http://fake/v1", "m", use_cache=False, retry=RetryPolicy.none(),
                             transport=httpx.MockTransport(_fixed_upstream))
-    engine = Engine(client, {"v": value}, defaults=Guidance(beta=beta, top_k=3, trace=True))
+    engine = Engine(client, {"v": value}, defaults=Guidance(beta=beta, top_k=3, trace=True,
+                                                            speculate=0))
 
     async def go():
         return [await engine.generate(GenerationRequest("x", max_tokens=steps, seed=s,
@@ -202,7 +203,8 @@ def test_eval_flags_become_the_config():
     assert (cfg.limit, cfg.quiet, cfg.timeout) == (3, True, 120.0)
     assert list(cfg.to_dict()) == [
         "prompts", "rewards", "out", "values", "betas", "best_of", "weights", "bon_reward",
-        "max_tokens", "top_k", "speculate", "seed", "samples", "limit", "concurrency",
+        "pruned_best_of", "prune_block", "prune_keep", "guided_best_of", "guided_beta",
+        "prices", "max_tokens", "top_k", "speculate", "seed", "samples", "limit", "concurrency",
         "upstream", "model", "provider", "chat_template", "device", "dtype", "timeout",
         "resume", "quiet"]
 
@@ -253,6 +255,14 @@ def test_eval_writes_every_artefact(upstream, prompts_file, tmp_path, capsys):
     assert float(rows["base"]["kl_mean"]) == pytest.approx(0.0, abs=1e-9)
     assert float(rows["bon N=2 vader"]["kl_mean"]) == pytest.approx(kl_bound(2))
     assert float(rows["bon N=2 vader"]["upstream_calls"]) == 2
+    # Best-of-1 and Best-of-2 come from one pool: Best-of-1 is its first sample
+    by = {(r["setting"], r["prompt_index"]): r for r in records}
+    for i in range(2):
+        one, two = by["bon N=1 vader", i], by["bon N=2 vader", i]
+        assert one["bon_scores"] == two["bon_scores"][:1] and two["bon_pool"] == 2
+        assert one["calls"] == two["calls"][:1]
+        if two["bon_chosen"] == 0:
+            assert one["response"] == two["response"]
     assert float(row["kl_mean"]) > 0
     assert "| setting |" in (out / "summary.md").read_text()
 

@@ -56,7 +56,8 @@ def test_completions_and_usage(sdk, service):
     assert r.choices[0].text and r.choices[0].finish_reason in ("stop", "length")
     assert 1 <= r.usage.completion_tokens <= 6 and r.usage.prompt_tokens > 0
     vas = r.usage.model_extra["vas"]
-    assert vas["upstream_calls"] >= r.usage.completion_tokens
+    assert vas["upstream_calls"] >= 1  # adaptive drafts by default: maybe fewer than tokens
+    assert vas["upstream_completion_tokens"] >= r.usage.completion_tokens
     assert vas["upstream_prompt_tokens"] >= r.usage.prompt_tokens
     assert set(vas) >= {"upstream_calls", "upstream_prompt_tokens",
                         "upstream_completion_tokens", "cache_hits"}

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .defaults import MAX_BEST_OF
-from .errors import ConfigError
+from .errors import ConfigError, UpstreamError
 from .upstream.client import UpstreamClient
 from .usage import Usage
 
@@ -35,6 +35,12 @@ class BestOfN:
     texts: list[str]
     scores: list[float]
     usage: Usage = field(default_factory=Usage)
+    # Mode-specific facts for `vas_best_of` and the eval (e.g. where each pruned sample stopped)
+    details: dict = field(default_factory=dict)
+    # The upstream answers (one per sample, or one for all when the upstream took `n`) and each
+    # call's seconds: the eval derives Best-of-m for m < n from the first m samples.
+    results: list = field(default_factory=list, repr=False)
+    seconds: list[float] = field(default_factory=list, repr=False)
 
     @property
     def score(self) -> float:
@@ -79,8 +85,12 @@ async def best_of_n(upstream: UpstreamClient, prompt: str, *, n: int, reward,
     first sample. `top_k` > 0 restricts sampling to the top-k tokens (the base distribution
     the guided sampler tilts, so best-of-1 and beta 0 sample alike; llama.cpp and vLLM only).
     Seeded requests are reproducible (and cacheable); unseeded ones are not cached.
-    At most `concurrency` samples are in flight: a one-slot server (llama.cpp) queues the rest,
-    and a queued request's timeout runs while it waits.
+
+    Where the profile says the upstream takes `n` (vLLM, SGLang, OpenAI), the n samples come
+    from ONE call, its prompt billed once, seeded by one seed derived from `seed`. Elsewhere
+    they are n calls, at most `concurrency` in flight (a one-slot server such as llama.cpp
+    queues the rest, and a queued request's timeout runs while it waits), sample i seeded by
+    `sample_seeds(seed, n)[i]`, so the first m samples of a Best-of-n are a Best-of-m's.
     """
     check_best_of(n)
     usage = Usage()
@@ -88,30 +98,47 @@ async def best_of_n(upstream: UpstreamClient, prompt: str, *, n: int, reward,
     extra = {"top_p": top_p} if top_p < 1.0 else {}
     if top_k:
         extra["top_k"] = top_k
+    seconds: dict[int, float] = {}
 
-    async def one(s: int):
+    async def call(i: int, s: int, k: int):
         async with gate:
             t0 = time.perf_counter()
             # No logprobs (top_k=0 below): only the text is scored, and they cost ~3x.
             res = await upstream.complete(prompt, max_tokens=max_tokens, top_k=0,
                                           temperature=temperature, seed=s, stop=stop or None,
                                           model=model, cache=seed is not None,
-                                          extra=extra or None)
-            usage.upstream_seconds += time.perf_counter() - t0
+                                          extra=extra or None, n=k)
+            seconds[i] = time.perf_counter() - t0
+            usage.upstream_seconds += seconds[i]
             return res
 
-    results = await asyncio.gather(*(one(s) for s in sample_seeds(seed, n)))
-    texts = [_cut(r.text, stop) for r in results]
+    one_call = n > 1 and upstream.profile.accepts_n
+    if one_call:
+        res = await call(0, sample_seeds(seed, 1)[0], n)
+        results = [res]
+        outs = list(res.choices)
+        if len(outs) != n:
+            raise UpstreamError(f"the upstream answered {len(outs)} choices where n={n} was "
+                                f"asked; use a provider profile without `n` support")
+    else:
+        results = list(await asyncio.gather(*(call(i, s, 1)
+                                              for i, s in enumerate(sample_seeds(seed, n)))))
+        outs = [(r.text, r.finish_reason) for r in results]
+    texts = [_cut(t, stop) for t, _ in outs]
     t0 = time.perf_counter()
     scores = await asyncio.to_thread(reward, [reward_prompt] * n, texts)
     usage.scoring_seconds = time.perf_counter() - t0
     best = int(np.argmax(scores))
     for r in results:
         usage.count(r)
-    usage.prompt_tokens = results[best].prompt_tokens
-    usage.completion_tokens = results[best].completion_tokens
-    finish = "stop" if results[best].finish_reason == "stop" else "length"
-    return BestOfN(texts[best], finish, best, texts, [float(s) for s in scores], usage)
+    usage.prompt_tokens = results[0].prompt_tokens
+    # One call bills all choices together: the winner's own count is their mean.
+    usage.completion_tokens = (round(results[0].completion_tokens / n) if one_call
+                               else results[best].completion_tokens)
+    finish = "stop" if outs[best][1] == "stop" else "length"
+    return BestOfN(texts[best], finish, best, texts, [float(s) for s in scores], usage,
+                   details={"mode": "plain", "calls": len(results)}, results=results,
+                   seconds=[seconds[i] for i in range(len(results))])
 
 
 def _cut(text: str, stop: list[str] | None) -> str:

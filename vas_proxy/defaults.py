@@ -7,9 +7,18 @@ A leaf module (imports nothing of the package), so anything may import it.
 # Guidance (the request's `vas` field; docs/design.md §1, §5)
 BETA = 1.0  # guidance strength, in units of the value model's reward sd
 TOP_K = 20  # candidates scored per step
-SPECULATE = 0  # drafted tokens per upstream call: 0 one per call, -1 adaptive
+# Drafted tokens per upstream call: 0 one per call, L > 0 that many, -1 adaptive (from the
+# request's running acceptance rate). None: the provider profile's default, adaptive where its
+# drafts are exact (its samples follow its logprobs: llamacpp, vllm), else one per call.
+SPECULATE = None
 MAX_SPECULATE = 64
 MAX_BEST_OF = 128
+# Best-of-N modes (`vas.best_of_mode`): plain samples, value-pruned samples (partial responses
+# ranked by the value models every PRUNE_BLOCK tokens, the top PRUNE_KEEP fraction continued),
+# or guided (VAS) samples.
+BEST_OF_MODES = ("plain", "pruned", "guided")
+PRUNE_BLOCK = 16
+PRUNE_KEEP = 0.5
 
 # Upstream
 PROVIDER = "llamacpp"
@@ -40,10 +49,12 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # TrainConfig, their one definition, saved with every checkpoint)
 SEED = 0  # eval, train and demo: runs are seeded unless told otherwise
 CONCURRENCY = 2  # upstream requests in flight (eval, train)
-EVAL_MAX_TOKENS = 32
+EVAL_MAX_TOKENS = 64
 EVAL_BETAS = (0.0, 0.5, 1.0, 2.0, 4.0)  # 0 is base sampling
 EVAL_BEST_OF = (1, 4, 16)
 EVAL_SAMPLES = 1  # responses per prompt and setting
+# Price tables the eval reports costs under (vas_proxy/prices.py; FILE.json for one's own)
+EVAL_PRICES = ("flat", "out4", "out4-prefix", "openai")
 DEMO_PROMPTS = 3  # built-in prompts shown
 DEMO_MAX_TOKENS = 32
 DEMO_BETA = 4.0  # the bundled models move their reward clearly only from about here up

@@ -9,10 +9,9 @@ request's own seeded generator. Value scoring runs in a worker thread so the eve
 from __future__ import annotations
 
 import asyncio
-import codecs
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -21,6 +20,7 @@ from .defaults import MAX_TOKENS, TEMPERATURE, TOP_P
 from .errors import ConfigError
 from .guidance import Guidance
 from .protocol import Candidate, Position
+from .response import ResponseText
 from .upstream.client import UpstreamClient
 from .usage import Usage
 from .values import ValueFunction
@@ -75,38 +75,6 @@ class Generation:
         return [t.trace for t in self.tokens if t.trace is not None]
 
 
-class _Response:
-    """UTF-8-safe accumulation of token bytes, with stop-string detection and hold-back."""
-
-    def __init__(self, stop: list[str]):
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self.text = ""
-        self.stop = [s for s in stop if s]
-        self._emitted = 0
-
-    def append(self, raw: bytes) -> bool:
-        """Add a token; True when a stop string now occurs (text is cut before it)."""
-        self.text += self._decoder.decode(raw)
-        hits = [i for i in (self.text.find(s) for s in self.stop) if i >= 0]
-        if hits:
-            self.text = self.text[:min(hits)]
-            return True
-        return False
-
-    def flush(self, final: bool) -> str:
-        """Text safe to emit now: hold back a tail that could still grow into a stop string."""
-        end = len(self.text)
-        if not final:
-            for s in self.stop:
-                for n in range(min(len(s) - 1, end), 0, -1):
-                    if self.text.endswith(s[:n]):
-                        end = min(end, len(self.text) - n)
-                        break
-        end = max(end, self._emitted)
-        out, self._emitted = self.text[self._emitted:end], end
-        return out
-
-
 class Engine:
     """Guided generation against one upstream with a fixed set of loaded value models."""
 
@@ -115,11 +83,18 @@ class Engine:
 
     def __init__(self, upstream: UpstreamClient, values: Mapping[str, ValueFunction] | None = None,
                  *, defaults: Guidance | None = None, eos_texts: list[str] | None = None,
-                 draft: str | None = None):
+                 draft: str | None = None, batch_drafts: bool | None = None):
         self.upstream = upstream
         self.values = dict(values or {})
-        self.defaults = defaults or Guidance()
+        self.defaults = replace(defaults) if defaults else Guidance()
+        if self.defaults.speculate is None:  # the profile's: adaptive where drafts are exact
+            self.defaults.speculate = upstream.profile.default_speculate
         self.defaults.validate()
+        # Score all of a chunk's drafted positions in one forward (docs/design.md §3): a win
+        # where a forward costs about the same for 1 or L positions (accelerators); on a CPU
+        # the cost grows with the tokens, and positions after a rejected draft are wasted.
+        # None: batch when every value model says batching pays (`batches_positions`).
+        self.batch_drafts = batch_drafts
         # Candidate texts that end the answer (the model's end-of-turn token as the upstream
         # spells it). They are never appended to the response.
         self.eos_texts = set(eos_texts or [])
@@ -196,11 +171,51 @@ class Engine:
                 return positions[:1], False
         return [], False
 
+    def _batching(self, weights: dict[str, float]) -> bool:
+        if self.batch_drafts is not None:
+            return self.batch_drafts
+        active = [self.values[n] for n, w in weights.items() if w != 0.0]
+        return bool(active) and all(getattr(v, "batches_positions", False) for v in active)
+
+    def _chunk_values(self, req: GenerationRequest, resp: ResponseText,
+                      positions: list[Position], weights: dict[str, float]
+                      ) -> list[np.ndarray]:
+        """Values of the candidates at each drafted position the chunk can reach (position i's
+        response is the current one plus drafts 0..i-1), from one scoring call per value model:
+        the same strings, so the same values, as scoring position by position."""
+        reach, raws = 1, []
+        for pos in positions[:-1]:
+            d = self._draft_index(pos, pos.candidates)
+            if d is None or d is False:
+                break
+            raw = pos.candidates[d].bytes
+            if not raw or pos.candidates[d].text in self.eos_texts:
+                break
+            raws.append(raw)
+            reach += 1
+        texts = [resp.text] + resp.preview(raws)
+        reach = min(reach, len(texts))
+        flat, sizes = [], []
+        for i in range(reach):
+            tail = texts[i][len(resp.text):]
+            cands = positions[i].candidates
+            flat += [tail + c.bytes.decode("utf-8", "ignore") for c in cands]
+            sizes.append(len(cands))
+        scores = {name: self.values[name].score(req.prompt, resp.text, flat)
+                  for name, w in weights.items() if w != 0.0}
+        out, start = [], 0
+        for size in sizes:  # centred per position, as one position's scoring is
+            out.append(sampling.combine_values(
+                {name: v[start:start + size] for name, v in scores.items()}, weights, size))
+            start += size
+        return out
+
     def _draft_len(self, g: Guidance, accepted: int, trials: int, left: int) -> int:
-        if g.speculate == 0:
+        speculate = self.defaults.speculate if g.speculate is None else g.speculate
+        if speculate == 0:
             return 0
-        if g.speculate > 0:
-            return min(g.speculate, left)
+        if speculate > 0:
+            return min(speculate, left)
         # adaptive: running acceptance rate of this request, with a prior of 0.6 (4 pseudo-trials)
         alpha = (accepted + 2.4) / (trials + 4.0)
         return min(sampling.choose_draft_len(alpha, self.MAX_ADAPTIVE_DRAFT), left)
@@ -233,7 +248,7 @@ class Engine:
         rng = np.random.default_rng(req.seed)
         # Upstream seeds come from their own stream so retries never shift our samples.
         seeds = np.random.default_rng(None if req.seed is None else [req.seed, 1])
-        resp = _Response(req.stop or [])
+        resp = ResponseText(req.stop or [])
         step, accepted_n, trials = 0, 0, 0
         while step < req.max_tokens:
             draft_len = self._draft_len(g, accepted_n, trials, req.max_tokens - step)
@@ -245,12 +260,20 @@ class Engine:
                     yield TokenEvent(tail, b"", 0.0)
                 return
             kept = 0  # drafts accepted in this chunk
+            batched: list[np.ndarray] = []
+            if guided and drafted and len(positions) > 1 and self._batching(weights):
+                t0 = time.perf_counter()
+                batched = await asyncio.to_thread(self._chunk_values, req, resp, positions,
+                                                  weights)
+                usage.scoring_seconds += time.perf_counter() - t0
             try:
-                for pos in positions:
+                for n_pos, pos in enumerate(positions):
                     cands = pos.candidates
                     lps = [c.logprob for c in cands]
                     values = np.zeros(len(cands))
-                    if guided:
+                    if guided and n_pos < len(batched):
+                        values = batched[n_pos]
+                    elif guided:
                         t0 = time.perf_counter()
                         values = await asyncio.to_thread(self._score, req.prompt, resp.text,
                                                          cands, weights)
@@ -285,7 +308,7 @@ class Engine:
                 if drafted:  # billed drafted tokens we did not keep
                     usage.rejected_draft_tokens += len(positions) - kept
 
-    def _emit(self, cands, lps, values, q, i, g: Guidance, resp: "_Response", last: bool
+    def _emit(self, cands, lps, values, q, i, g: Guidance, resp: ResponseText, last: bool
               ) -> tuple[TokenEvent, bool]:
         """The event for chosen candidate i, and whether it ends the answer."""
         chosen = cands[i]

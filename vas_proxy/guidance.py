@@ -29,9 +29,9 @@ def _integer(v) -> bool:
 GUIDANCE_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "beta": (_finite, "must be a finite number"),
     "top_k": (lambda v: _integer(v) and v >= 1, "must be an integer >= 1"),
-    "speculate": (lambda v: _integer(v) and -1 <= v <= MAX_SPECULATE,
+    "speculate": (lambda v: v is None or (_integer(v) and -1 <= v <= MAX_SPECULATE),
                   f"must be an integer: 0 (one token per call), 1..{MAX_SPECULATE} (drafted "
-                  "tokens per call) or -1 (adaptive)"),
+                  "tokens per call) or -1 (adaptive); null: the server's default"),
     "trace": (lambda v: isinstance(v, bool), "must be true or false"),
     "weights": (lambda v: v is None or (isinstance(v, Mapping)
                                         and all(_finite(x) for x in v.values())),
@@ -64,7 +64,7 @@ class Guidance:
     beta: float = BETA
     top_k: int = TOP_K
     weights: dict[str, float] | None = None
-    speculate: int = SPECULATE
+    speculate: int | None = SPECULATE  # None: the engine's default (its profile's)
     trace: bool = False
 
     def merged(self, override: Mapping | None) -> "Guidance":

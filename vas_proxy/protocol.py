@@ -5,7 +5,7 @@ Kept free of IO and of any library type so the sampling math and the engine stay
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,14 @@ class Position:
 
 @dataclass
 class UpstreamResult:
-    """One upstream completion call: positions with logprobs and billed token counts."""
+    """One upstream completion call: positions with logprobs and billed token counts.
+
+    `prompt` is the exact prompt text sent, so the usage can tell which calls re-sent an earlier
+    prefix (what a prefix cache could serve, `usage.Usage.count`). `cached_tokens` is the part of
+    the prompt the upstream *reported* as served from its prompt cache (None: not reported).
+    `choices` holds (text, finish_reason) of every choice, in index order (n > 1); `positions`,
+    `text` and `finish_reason` are choice 0's. `cached` means our response cache answered.
+    """
 
     positions: list[Position]
     text: str = ""
@@ -44,3 +51,6 @@ class UpstreamResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached: bool = False
+    prompt: str = ""
+    cached_tokens: int | None = None
+    choices: list[tuple[str, str | None]] = field(default_factory=list)

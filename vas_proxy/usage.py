@@ -2,13 +2,21 @@
 
 One place counts a billed call against a cache hit (`count`), and one place turns the counts
 into each wire shape, so the engine, Best-of-N, the service and the eval cannot disagree.
+
+Each billed call is also kept as a `Call` (prompt tokens, completion tokens, the cached prompt
+tokens the upstream reported or None, the shared-prefix tokens), so price models
+(`vas_proxy.prices`) can price output and a cached prefix apart after the fact.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
 from .protocol import UpstreamResult
+
+# One billed call: (prompt_tokens, completion_tokens, cached tokens the upstream reported or
+# None, prompt tokens an earlier call of the same Usage already sent as a prefix)
+Call = tuple[int, int, int | None, int]
 
 
 @dataclass
@@ -26,6 +34,9 @@ class Usage:
     drafts_accepted: int = 0
     upstream_seconds: float = 0.0
     scoring_seconds: float = 0.0
+    calls: list[Call] = field(default_factory=list)  # one per billed call, in order
+    # The prompt text of each of `calls` (same order): kept only to find shared prefixes.
+    _prompts: list[str] = field(default_factory=list, repr=False, compare=False)
 
     def count(self, res: UpstreamResult) -> None:
         """Account one upstream answer: billed when it came from the upstream, a cache hit
@@ -36,14 +47,34 @@ class Usage:
             self.upstream_calls += 1
             self.upstream_prompt_tokens += res.prompt_tokens
             self.upstream_completion_tokens += res.completion_tokens
+            shared = _shared_prefix(self.calls, self._prompts, res.prompt, res.prompt_tokens)
+            self.calls.append((res.prompt_tokens, res.completion_tokens, res.cached_tokens,
+                               shared))
+            self._prompts.append(res.prompt)
 
     @property
     def billed_tokens(self) -> int:
         return self.upstream_prompt_tokens + self.upstream_completion_tokens
 
+    @property
+    def upstream_cached_tokens(self) -> int | None:
+        """Cached prompt tokens the upstream reported, summed; None when no call reported."""
+        reported = [c[2] for c in self.calls if c[2] is not None]
+        return sum(reported) if reported else None
+
     def add(self, other: "Usage") -> None:
-        for k, v in asdict(other).items():
-            setattr(self, k, getattr(self, k) + v)
+        """Add `other`'s counts; its calls follow ours, as if this Usage had counted them, so
+        a prompt one of ours already sent counts as their shared prefix."""
+        for f in fields(self):
+            if f.name not in ("calls", "_prompts"):
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        theirs = list(other.calls)
+        prompts = other._prompts + [""] * (len(theirs) - len(other._prompts))
+        mine, my_prompts = list(self.calls), list(self._prompts)
+        for (p, c, cached, shared), text in zip(theirs, prompts):
+            shared = max(shared, _shared_prefix(mine, my_prompts, text, p))
+            self.calls.append((p, c, cached, shared))
+            self._prompts.append(text)
 
     @classmethod
     def total(cls, usages: list["Usage"]) -> "Usage":
@@ -61,7 +92,8 @@ class Usage:
                 "upstream_prompt_tokens": self.upstream_prompt_tokens,
                 "upstream_completion_tokens": self.upstream_completion_tokens,
                 "cache_hits": self.cache_hits,
-                "rejected_draft_tokens": self.rejected_draft_tokens}
+                "rejected_draft_tokens": self.rejected_draft_tokens,
+                "upstream_cached_tokens": self.upstream_cached_tokens}
 
     def openai_dict(self) -> dict:
         """The response's `usage` object: OpenAI's three counts plus `vas`."""
@@ -76,5 +108,22 @@ class Usage:
                 "upstream_completion_tokens": self.upstream_completion_tokens,
                 "billed_tokens": self.billed_tokens, "cache_hits": self.cache_hits,
                 "rejected_draft_tokens": self.rejected_draft_tokens,
+                "upstream_cached_tokens": self.upstream_cached_tokens,
+                "calls": [list(c) for c in self.calls],
                 "upstream_seconds": self.upstream_seconds,
                 "scoring_seconds": self.scoring_seconds}
+
+
+def _shared_prefix(calls: list[Call], prompts: list[str], prompt: str, prompt_tokens: int) -> int:
+    """The most prompt tokens of an earlier call whose prompt text starts `prompt`: what a
+    prefix cache could serve (the guided loop re-sends prompt + response so far, Best-of-N
+    samples one prompt), at most `prompt_tokens` (re-tokenisation may split text differently)."""
+    best = 0
+    if not prompt:  # no text (token-id prompts): nothing to compare
+        return best
+    for (tokens, *_), earlier in zip(reversed(calls), reversed(prompts)):
+        # newest first: in the guided loop the newest is the longest prefix, and every older
+        # call is then skipped without comparing text
+        if best < tokens and earlier and prompt.startswith(earlier):
+            best = tokens
+    return min(best, prompt_tokens)

@@ -25,7 +25,7 @@ from .values import ValueFunction
 
 def wrap(client, values: Mapping[str, str | ValueFunction] | None = None,
          beta: float = defaults.BETA, top_k: int = defaults.TOP_K,
-         speculate: int = defaults.SPECULATE, cache_dir: str | None = None, *,
+         speculate: int | None = defaults.SPECULATE, cache_dir: str | None = None, *,
          use_cache: bool = True,
          provider: str = defaults.PROVIDER, chat_template: str | ChatTemplate | None = None,
          device: str = defaults.DEVICE, dtype: str | None = None,
@@ -39,7 +39,8 @@ def wrap(client, values: Mapping[str, str | ValueFunction] | None = None,
     `chat_template` (a spec for `templates.load_template` or a ChatTemplate) because the
     upstream is continued through /v1/completions. `rewards` maps names to reward SPECs (or
     callables `f(prompts, responses) -> list[float]`) that `extra_body={"vas": {"best_of": N,
-    "reward": NAME}}` may name for the Best-of-N baseline; value models on one backbone share it.
+    "reward": NAME}}` may name for Best-of-N (`"best_of_mode"`: "plain", "pruned" by the value
+    models, or "guided"); value models on one backbone share it.
     Close the copy (`close()`, `with`, or `await close()` / `async with` for AsyncOpenAI) to
     release its engine thread and upstream sockets; `client` itself is left as it was.
     """

@@ -1,5 +1,6 @@
 """What an evaluation runs: its settings (base sampling, VAS at each beta and weight setting,
-Best-of-N at each N) and the options shared by all of them.
+Best-of-N at each N, value-pruned Best-of-N, Best-of-N over VAS samples) and the options shared
+by all of them.
 
 A setting's name says everything that defines it ("vas b=2 plain=0.25 positivity=0.75",
 "bon N=16 vader"), so results from several runs in one directory (`--resume`) never mix two
@@ -23,13 +24,17 @@ from ..options.groups import REWARD_HELP, parse_rewards, parse_values
 @dataclass(frozen=True)
 class Setting:
     """One configuration: `base` (the engine at beta 0), `vas` (the engine at `beta` with
-    `weights`) or `bon` (Best-of-`best_of` by `bon_reward`)."""
+    `weights`), `bon` (Best-of-`best_of` by `bon_reward`), `pbon` (value-pruned Best-of-N: the
+    value models at `weights` rank partial responses every `prune_block` tokens and keep the top
+    `prune_keep`) or `gbon` (Best-of-N over VAS samples at `beta`, `weights`)."""
 
     method: str
     beta: float = 0.0
     weights: tuple[tuple[str, float], ...] = ()
     best_of: int = 1
     bon_reward: str = ""
+    prune_block: int = 0
+    prune_keep: float = 0.0
 
     @property
     def name(self) -> str:
@@ -37,7 +42,17 @@ class Setting:
             return "base"
         if self.method == "bon":
             return f"bon N={self.best_of} {self.bon_reward}"
+        if self.method == "pbon":
+            return (f"pbon N={self.best_of} B={self.prune_block} keep={_num(self.prune_keep)} "
+                    f"{weights_label(self.weights)} {self.bon_reward}")
+        if self.method == "gbon":
+            return (f"gbon N={self.best_of} b={_num(self.beta)} {weights_label(self.weights)} "
+                    f"{self.bon_reward}")
         return f"vas b={_num(self.beta)} {weights_label(self.weights)}"
+
+    @property
+    def is_best_of(self) -> bool:
+        return self.method in ("bon", "pbon", "gbon")
 
     @property
     def weights_dict(self) -> dict[str, float]:
@@ -128,9 +143,28 @@ class EvalConfig:
         repeat=True, parse=_weight_sets)
     bon_reward: str | None = option(None, "reward that picks the Best-of-N winner (default: the "
                                           "first --reward)", metavar="NAME")
+    pruned_best_of: list[int] = option(factory=list, help="value-pruned Best-of-N sizes (the "
+                                       "value models rank partial responses and keep the best), "
+                                       "or none", metavar="N,N,...",
+                                       parse=lambda t: parse_ints(t, "--pruned-best-of"),
+                                       show=comma_list)
+    prune_block: int = option(defaults.PRUNE_BLOCK, "pruned Best-of-N: tokens between prunings")
+    prune_keep: float = option(defaults.PRUNE_KEEP, "pruned Best-of-N: fraction of partial "
+                                                    "responses kept at each pruning")
+    guided_best_of: list[int] = option(factory=list, help="Best-of-N over VAS samples (the "
+                                       "hybrid) sizes, or none", metavar="N,N,...",
+                                       parse=lambda t: parse_ints(t, "--guided-best-of"),
+                                       show=comma_list)
+    guided_beta: float | None = option(None, "the hybrid's beta (default: the largest --beta)",
+                                       metavar="B")
+    prices: list[str] = option(factory=lambda: list(defaults.EVAL_PRICES),
+                               help="price tables the report gives costs under: flat, out4, "
+                                    "out4-prefix, openai or FILE.json", metavar="NAME,...",
+                               parse=lambda t: [x.strip() for x in t.split(",") if x.strip()],
+                               show=",".join)
     max_tokens: int = option(defaults.EVAL_MAX_TOKENS, "tokens per response")
     top_k: int = option_like(GuidanceOptions, "top_k")
-    speculate: int = option_like(GuidanceOptions, "speculate",
+    speculate: int | None = option_like(GuidanceOptions, "speculate",
                                  help="VAS draft tokens per upstream call: 0 one token per call, "
                                       "-1 adaptive (exact either way; fewer calls)")
     seed: int = option(defaults.SEED, "prompt i uses seed + i in every setting")
@@ -154,16 +188,30 @@ class EvalConfig:
                  (self.limit is None or self.limit >= 1, "--limit must be >= 1"),
                  (self.concurrency >= 1, "--concurrency must be >= 1"),
                  (all(n >= 1 for n in self.best_of), "--best-of values must be >= 1"),
-                 (bool(self.betas or self.best_of), "nothing to evaluate: give --beta or "
-                                                    "--best-of")]
+                 (all(n >= 1 for n in self.pruned_best_of + self.guided_best_of),
+                  "--pruned-best-of and --guided-best-of values must be >= 1"),
+                 (self.prune_block >= 1, "--prune-block must be >= 1"),
+                 (0 < self.prune_keep <= 1, "--prune-keep must be in (0, 1]"),
+                 (bool(self.betas or self.best_of or self.pruned_best_of
+                       or self.guided_best_of),
+                  "nothing to evaluate: give --beta, --best-of, --pruned-best-of or "
+                  "--guided-best-of")]
         for ok, message in rules:
             if not ok:
                 raise ConfigError(message)
         if self.bon_reward is not None and self.bon_reward not in self.rewards:
             raise ConfigError(f"--bon-reward {self.bon_reward!r} is not one of the rewards: "
                               f"{', '.join(self.rewards)}")
-        if any(b != 0 for b in self.betas) and not self.values:
-            raise ConfigError("VAS settings (beta != 0) need a value model: pass --value")
+        if (any(b != 0 for b in self.betas) or self.pruned_best_of or self.guided_best_of) \
+                and not self.values:
+            raise ConfigError("VAS and pruned or guided Best-of-N settings need a value model: "
+                              "pass --value")
+        if self.guided_best_of and self.hybrid_beta() == 0:
+            raise ConfigError("--guided-best-of needs a beta != 0: pass --guided-beta or a "
+                              "--beta above 0")
+        from ..prices import parse_prices
+
+        parse_prices(",".join(self.prices))  # a bad table fails now, not at the report
         for w in self.weights or []:
             unknown = set(w) - set(self.values)
             if unknown:
@@ -181,7 +229,18 @@ class EvalConfig:
                 out.append(Setting("vas", beta=beta, weights=canonical_weights(w)))
         reward = self.bon_reward or next(iter(self.rewards))
         out += [Setting("bon", best_of=n, bon_reward=reward) for n in sorted(set(self.best_of))]
+        first = canonical_weights(weight_sets[0])
+        out += [Setting("pbon", weights=first, best_of=n, bon_reward=reward,
+                        prune_block=self.prune_block, prune_keep=self.prune_keep)
+                for n in sorted(set(self.pruned_best_of))]
+        out += [Setting("gbon", beta=self.hybrid_beta(), weights=first, best_of=n,
+                        bon_reward=reward) for n in sorted(set(self.guided_best_of))]
         return list(dict.fromkeys(out))  # same setting twice (e.g. zero weights): run it once
+
+    def hybrid_beta(self) -> float:
+        if self.guided_beta is not None:
+            return self.guided_beta
+        return max(self.betas, default=0.0)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,10 +1,13 @@
-"""Summaries and plots of an evaluation directory, from its `results.jsonl` alone.
+"""Summaries of an evaluation directory, from its `results.jsonl` (and `eval.json`) alone.
 
 - `summary.csv`: one row per setting: mean ± standard error of each reward, KL to the base,
-  upstream cost (calls and billed tokens per response), latency and wall time;
-- `summary.md`: the same as a markdown table, with the plots;
-- `reward_vs_kl.png`, `reward_vs_cost.png`: VAS curves over beta (one per weight setting),
-  the Best-of-N curve over N; `composition.png` when several weight settings share a beta.
+  upstream cost (calls, billed tokens, and the cost under each price model of the run's
+  `prices`, `vas_proxy.prices`) per response, latency and wall time;
+- `summary.md`: the same as a markdown table, with the plots (`plots.py`).
+
+Costs are per response, in units of one uncached input token; `cost_<price>_estimated` says
+that some call's cached prompt tokens were estimated from the prefix earlier calls sent,
+because the upstream reported none.
 """
 
 from __future__ import annotations
@@ -16,15 +19,21 @@ from pathlib import Path
 
 import numpy as np
 
+from ..prices import PriceModel, cost, parse_prices, record_calls
 from .config import weights_label
 from .files import CONFIG_FILE, RESULTS_FILE, TIMINGS_FILE, read_json, read_records
+from .plots import (PLOT_COMPOSITION, PLOT_COST, PLOT_KL, PLOT_LATENCY, composition_rows,
+                    cost_plot_name, plot)
+
+__all__ = ["SUMMARY_CSV", "SUMMARY_MD", "PLOT_KL", "PLOT_COST", "PLOT_LATENCY",
+           "PLOT_COMPOSITION", "composition_rows", "cost_plot_name", "gain_text",
+           "markdown_table", "mean_se", "paired", "pm", "summarise", "write_report"]
 
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
-PLOT_KL = "reward_vs_kl.png"
-PLOT_COST = "reward_vs_cost.png"
-PLOT_COMPOSITION = "composition.png"
-_METHOD_ORDER = {"base": 0, "vas": 1, "bon": 2}
+# base, VAS, Best-of-N: plain, value-pruned, of VAS samples
+_METHOD_ORDER = {"base": 0, "vas": 1, "bon": 2, "pbon": 3, "gbon": 4}
+_BEST_OF = ("bon", "pbon", "gbon")
 
 
 def mean_se(xs) -> tuple[float, float]:
@@ -37,8 +46,11 @@ def mean_se(xs) -> tuple[float, float]:
 
 
 def summarise(records: list[dict], reward_names: list[str],
-              timings: dict[str, float] | None = None) -> list[dict]:
-    """One row per setting, ordered base, VAS (by weights, then beta), Best-of-N (by N)."""
+              timings: dict[str, float] | None = None,
+              prices: list[PriceModel] | None = None) -> list[dict]:
+    """One row per setting, ordered base, VAS (by weights, then beta), then each Best-of-N
+    family (by N). `prices` (default: `defaults.EVAL_PRICES`) add each cost's columns."""
+    prices = parse_prices(None) if prices is None else prices
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         groups[r["setting"]].append(r)
@@ -46,11 +58,15 @@ def summarise(records: list[dict], reward_names: list[str],
     rows = []
     for name, rs in groups.items():
         first = rs[0]
-        vas = first["method"] == "vas"
-        row = {"setting": name, "method": first["method"],
-               "beta": math.nan if first["method"] == "bon" else first["beta"],
-               "weights": weights_label(sorted(first["weights"].items())) if vas else "",
-               "best_of": first.get("best_of") or "", "n": len(rs)}
+        method = first["method"]
+        guided = method in ("vas", "pbon", "gbon")  # value models take part
+        beta = first.get("beta")
+        row = {"setting": name, "method": method,
+               "beta": math.nan if method in ("bon", "pbon") or beta is None else beta,
+               "weights": weights_label(sorted((first.get("weights") or {}).items()))
+               if guided else "",
+               "best_of": first.get("best_of") or "", "bon_reward": first.get("bon_reward") or "",
+               "n": len(rs)}
         for reward in reward_names:
             row[f"{reward}_mean"], row[f"{reward}_se"] = mean_se(
                 r["rewards"].get(reward) for r in rs)
@@ -58,21 +74,35 @@ def summarise(records: list[dict], reward_names: list[str],
             # which is smaller than the two settings' errors combined when they correlate.
             row[f"{reward}_gain"], row[f"{reward}_gain_se"] = mean_se(
                 [g for _, g in paired(rs, base, reward)] if name != "base" else [])
-        row["kl_mean"], row["kl_se"] = mean_se(r["kl"] for r in rs)
-        if first["kl_kind"] == "bound":
+        # None KL (a method without an estimate or a bound, kl_kind "none") shows as "–"
+        row["kl_mean"], row["kl_se"] = mean_se(r.get("kl") for r in rs)
+        if first.get("kl_kind") == "bound":
             row["kl_se"] = math.nan
-        row["kl_kind"] = first["kl_kind"]
-        tokens = sum(r["tokens"] for r in rs)
+        row["kl_kind"] = first.get("kl_kind") or "none"
+        tokens = sum(r.get("tokens") or 0 for r in rs)
         for key in ("tokens", "upstream_calls", "billed_tokens", "upstream_prompt_tokens",
-                    "upstream_completion_tokens", "rejected_draft_tokens", "seconds"):
-            row[key] = float(np.mean([r[key] for r in rs]))
+                    "upstream_completion_tokens", "rejected_draft_tokens",
+                    "upstream_cached_tokens", "seconds"):
+            row[key] = mean_se(r.get(key) for r in rs)[0]
         row["calls_per_token"] = sum(r["upstream_calls"] for r in rs) / tokens if tokens else \
             math.nan
+        for price in prices:
+            costs = [cost(record_calls(r), price) for r in rs]
+            key = f"cost_{price.name}"
+            row[f"{key}_mean"], row[f"{key}_se"] = mean_se(c for c, _ in costs)
+            row[f"{key}_estimated"] = any(est for _, est in costs)
         row["wall_s"] = (timings or {}).get(name, math.nan)
         rows.append(row)
-    rows.sort(key=lambda r: (_METHOD_ORDER[r["method"]], r["weights"],
-                             0.0 if math.isnan(r["beta"]) else r["beta"], r["best_of"] or 0))
+    rows.sort(key=lambda r: (_METHOD_ORDER.get(r["method"], len(_METHOD_ORDER)), r["method"],
+                             r["weights"], 0.0 if math.isnan(r["beta"]) else r["beta"],
+                             r["bon_reward"], r["best_of"] or 0))
     return rows
+
+
+def price_names(rows: list[dict]) -> list[str]:
+    """The price models the rows carry costs for, in their order."""
+    return [k[len("cost_"):-len("_mean")] for k in (rows[0] if rows else {})
+            if k.startswith("cost_") and k.endswith("_mean")]
 
 
 def paired(rs: list[dict], base: dict, reward: str):
@@ -93,15 +123,27 @@ def write_report(out: str | Path, quiet: bool = True) -> dict[str, Path]:
     timings = read_json(out / TIMINGS_FILE)
     names = list(dict.fromkeys([*config.get("rewards", {}),
                                 *(k for r in records for k in r["rewards"])]))
-    rows = summarise(records, names, timings)
+    prices = parse_prices(_price_paths(config.get("prices"), out))
+    rows = summarise(records, names, timings, prices)
     written = {"csv": write_csv(rows, out / SUMMARY_CSV)}
-    written.update(plot(rows, names, out, list(config.get("values", {}))))
+    written.update(plot(rows, names, out, list(config.get("values", {})),
+                        [p.name for p in prices]))
     written["md"] = write_markdown(rows, names, out / SUMMARY_MD,
-                                   [p.name for k, p in written.items() if k != "csv"])
+                                   [p.name for k, p in written.items() if k != "csv"], prices)
     if not quiet:
         print(markdown_table(rows, names))
         print(f"wrote {', '.join(str(p) for p in written.values())}")
     return written
+
+
+def _price_paths(spec, out: Path):
+    """The run's `prices` (None: the defaults), a FILE.json that is not where it was given
+    looked up in the eval directory too (a report rebuilt from elsewhere)."""
+    if spec is None:
+        return None
+    items = [str(x).strip() for x in (spec.split(",") if isinstance(spec, str) else spec)]
+    return [str(out / x) if x.lower().endswith(".json") and not Path(x).expanduser().exists()
+            and (out / x).exists() else x for x in items]
 
 
 def write_csv(rows: list[dict], path: Path) -> Path:
@@ -142,22 +184,37 @@ def gain_text(mean: float, se: float) -> str:
 
 
 def markdown_table(rows: list[dict], names: list[str], labels: list[str] | None = None) -> str:
-    """One line per setting (`labels` replace the setting names); costs are per response."""
-    head = ["setting", "n", *names, "KL to base (nats)", "upstream calls", "billed tokens",
-            "tokens", "s / response", "wall (min)"]
+    """One line per setting (`labels` replace the setting names); costs are per response, one
+    column per price model ("est.": partly estimated, see `prices.py`)."""
+    prices = price_names(rows)
+    head = ["setting", "n", *names, "KL to base (nats)", "upstream calls",
+            *(f"cost {p}" for p in prices), "tokens", "s / response", "wall (min)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, r in enumerate(rows):
-        kl = pm(r["kl_mean"], r["kl_se"], 2) + (" (bound)" if r["kl_kind"] == "bound" else "")
+        kl = pm(r["kl_mean"], r["kl_se"], 2)
+        if r["kl_kind"] == "bound" and not math.isnan(r["kl_mean"]):
+            kl += " (bound)"
         cells = [labels[i] if labels else r["setting"], str(r["n"]),
                  *(pm(r[f"{n}_mean"], r[f"{n}_se"]) + _gain(r, n) for n in names), kl,
-                 f"{r['upstream_calls']:.1f}", f"{r['billed_tokens']:.0f}",
-                 f"{r['tokens']:.1f}", f"{r['seconds']:.1f}",
+                 _num(r["upstream_calls"], 1), *(_cost(r, p) for p in prices),
+                 _num(r["tokens"], 1), _num(r["seconds"], 1),
                  "–" if math.isnan(r["wall_s"]) else f"{r['wall_s'] / 60:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def write_markdown(rows: list[dict], names: list[str], path: Path, plots: list[str]) -> Path:
+def _num(x: float, digits: int) -> str:
+    return "–" if math.isnan(x) else f"{x:.{digits}f}"
+
+
+def _cost(row: dict, price: str) -> str:
+    text = pm(row[f"cost_{price}_mean"], row[f"cost_{price}_se"], 0)
+    return text + (" est." if row[f"cost_{price}_estimated"] else "")
+
+
+def write_markdown(rows: list[dict], names: list[str], path: Path, plots: list[str],
+                   prices: list[PriceModel] = ()) -> Path:
+    notes = [f"{p.name}: {p.note or _rule(p)}" for p in prices]
     text = [markdown_table(rows, names), "",
             "Rewards: mean ± standard error over responses; Δ: the mean paired difference "
             "from base (same prompt and seed) ± its standard error, and how many standard "
@@ -165,144 +222,19 @@ def write_markdown(rows: list[dict], names: list[str], path: Path, plots: list[s
             "the chosen tokens (p = the upstream's top-k renormalised), averaged; Best-of-N: "
             "the analytic bound log N − (N−1)/N. Upstream calls and billed tokens (prompt + "
             "completion, as the upstream counts them) are per response.", ""]
+    if notes:
+        text += ["Cost per response (mean ± s.e.), in units of one uncached input token, under "
+                 "each price model: " + "; ".join(notes) + ". Cached prompt tokens are those "
+                 "the upstream reported; where it reported none they are estimated from the "
+                 "prompt prefix an earlier call of the response sent (marked est.). s / "
+                 "response: seconds per response.", ""]
     text += [f"![{p}]({p})" for p in plots]
     path.write_text("\n".join(text) + "\n")
     return path
 
 
-# ------------------------------------------------------------------------------ plots
-
-def _curves(rows: list[dict]):
-    """VAS curves (weights label → rows over beta, starting at base) and the BoN curve."""
-    base = [r for r in rows if r["method"] == "base"]
-    vas: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
-        if r["method"] == "vas":
-            vas[r["weights"]].append(r)
-    if any(len(v) > 1 for v in vas.values()):  # single-beta settings belong to composition
-        vas = {k: v for k, v in vas.items() if len(v) > 1}
-    curves = {f"VAS {k}": base + sorted(v, key=lambda r: r["beta"]) for k, v in vas.items()}
-    bon = sorted((r for r in rows if r["method"] == "bon"), key=lambda r: r["best_of"])
-    if bon:
-        curves[f"Best-of-N ({bon[0]['setting'].split()[-1]})"] = bon
-    return curves
-
-
-def _label(r: dict) -> str:
-    if r["method"] == "bon":
-        return f"N={r['best_of']}"
-    return f"β={r['beta']:g}"
-
-
-def plot(rows: list[dict], names: list[str], out: Path, value_names: list[str]
-         ) -> dict[str, Path]:
-    """The PNG plots (matplotlib, Agg backend); {} when matplotlib is missing."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return {}
-    written = {}
-    curves = _curves(rows)
-    if curves and names:
-        fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.2), squeeze=False)
-        for ax, name in zip(axes[0], names):
-            _draw(ax, curves, name, "kl_mean", "KL to base (nats; BoN: bound)")
-        fig.tight_layout()
-        fig.savefig(out / PLOT_KL, dpi=110)
-        plt.close(fig)
-        written["kl"] = out / PLOT_KL
-        fig, axes = plt.subplots(len(names), 2, figsize=(11, 4 * len(names)), squeeze=False)
-        for row_axes, name in zip(axes, names):
-            _draw(row_axes[0], curves, name, "upstream_calls", "upstream calls per response",
-                  log=True)
-            _draw(row_axes[1], curves, name, "billed_tokens", "billed tokens per response",
-                  log=True)
-        fig.tight_layout()
-        fig.savefig(out / PLOT_COST, dpi=110)
-        plt.close(fig)
-        written["cost"] = out / PLOT_COST
-    comp = composition_rows(rows, value_names)
-    if comp and names:
-        beta, pts, xlabel = comp
-        base = [r for r in rows if r["method"] == "base"]
-        fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.2), squeeze=False)
-        for ax, name in zip(axes[0], names):
-            xs = [x for x, _ in pts]
-            ax.errorbar(xs, [r[f"{name}_mean"] for _, r in pts],
-                        yerr=[_nz(r[f"{name}_se"]) for _, r in pts], marker="o", capsize=3,
-                        label=f"VAS β={beta:g}")
-            if base:
-                ax.axhline(base[0][f"{name}_mean"], color="grey", ls="--", label="base (β=0)")
-            if isinstance(xs[0], str):
-                ax.tick_params(axis="x", labelrotation=30)
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel(f"{name} (mean ± s.e.)")
-            ax.legend(fontsize=8)
-            ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / PLOT_COMPOSITION, dpi=110)
-        plt.close(fig)
-        written["composition"] = out / PLOT_COMPOSITION
-    return written
-
-
-def _nz(x: float) -> float:
-    return 0.0 if math.isnan(x) else x
-
-
-def _draw(ax, curves, name: str, xkey: str, xlabel: str, log: bool = False) -> None:
-    for label, rs in curves.items():
-        xs = [r[xkey] for r in rs]
-        ys = [r[f"{name}_mean"] for r in rs]
-        ax.errorbar(xs, ys, yerr=[_nz(r[f"{name}_se"]) for r in rs], marker="o", capsize=3,
-                    ls="--" if label.startswith("Best") else "-", label=label)
-        for r, x, y in zip(rs, xs, ys):
-            ax.annotate(_label(r), (x, y), textcoords="offset points", xytext=(4, 4),
-                        fontsize=7)
-    if log:
-        ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(f"{name} (mean ± s.e.)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-
-
-def composition_rows(rows: list[dict], value_names: list[str]):
-    """(beta, [(x, row)], x label) for the beta with the most weight settings (≥ 3), or None.
-
-    With two value models a and b, x is b's share w_b / (w_a + w_b) (the sweep
-    (1−w)·a + w·b); otherwise the settings are shown by their labels.
-    """
-    by_beta: dict[float, list[dict]] = defaultdict(list)
-    for r in rows:
-        if r["method"] == "vas":
-            by_beta[r["beta"]].append(r)
-    if not by_beta:
-        return None
-    beta, rs = max(by_beta.items(), key=lambda kv: (len(kv[1]), kv[0]))
-    if len(rs) < 3:
-        return None
-    used = sorted({n for r in rs for n in _weights(r)}, key=lambda n: (
-        value_names.index(n) if n in value_names else len(value_names), n))
-    if len(used) == 2:
-        a, b = used
-        pts = []
-        for r in rs:
-            w = _weights(r)
-            total = w.get(a, 0.0) + w.get(b, 0.0)
-            if total > 0 and w.get(a, 0.0) >= 0 and w.get(b, 0.0) >= 0:
-                pts.append((w.get(b, 0.0) / total, r))
-        if len(pts) >= 3:
-            return beta, sorted(pts, key=lambda p: p[0]), f"w: weights (1−w)·{a} + w·{b}"
-    return beta, [(r["weights"], r) for r in rs], "weights"
-
-
-def _weights(row: dict) -> dict[str, float]:
-    out = {}
-    for item in row["weights"].split():
-        name, _, w = item.partition("=")
-        if _:
-            out[name] = float(w)
-    return out
+def _rule(p: PriceModel) -> str:
+    """A price model's rule in words (tables from a FILE.json without a note)."""
+    return (f"input {p.input:g}, output {p.output:g}, cached input {p.cached_input:g}"
+            + (f" for prompts of ≥ {p.min_prompt} tokens" if p.min_prompt else "")
+            + (f" in {p.step}-token steps" if p.step > 1 else ""))

@@ -57,8 +57,9 @@ class GuidanceOptions:
     beta: float = option(defaults.BETA, "guidance strength, in units of the value model's "
                                         "reward sd")
     top_k: int = option(defaults.TOP_K, "candidates scored per step")
-    speculate: int = option(defaults.SPECULATE, "draft tokens per upstream call: 0 one token "
-                                                "per call, -1 adaptive (exact either way)")
+    speculate: int | None = option(defaults.SPECULATE, "draft tokens per upstream call: 0 one "
+                                   "token per call, -1 adaptive (exact either way; default: "
+                                   "adaptive where the provider's drafts are exact, else 0)")
 
     def engine_defaults(self):
         """The engine's `Guidance` (validated: a bad flag fails before anything starts)."""
@@ -121,3 +122,26 @@ class GenerateOptions:
     seed: int | None = option(None, "same seed, same text")
     raw: bool = option(False, "send PROMPT as is, no chat template")
     quiet: bool = option(False, "no progress on stderr", short="-q")
+    # Best-of-N instead of one guided answer. None: not given (the rules of `vas`, shared:
+    # --reward and --best-of-mode only with --best-of, --prune-* only with mode pruned).
+    best_of: int | None = option(None, "answer with the best of N samples (needs --reward)",
+                                 metavar="N", section="best-of-N")
+    best_of_mode: str | None = option(None, "plain samples, samples pruned by the value models "
+                                      "every --prune-block tokens, or guided (VAS) samples "
+                                      f"(default: {defaults.BEST_OF_MODES[0]})",
+                                      choices=defaults.BEST_OF_MODES, section="best-of-N")
+    prune_block: int | None = option(None, "pruned: tokens between value rankings (default: "
+                                     f"{defaults.PRUNE_BLOCK})", metavar="B",
+                                     section="best-of-N")
+    prune_keep: float | None = option(None, "pruned: fraction of the partial answers kept at "
+                                      f"each ranking, in (0, 1] (default: {defaults.PRUNE_KEEP})",
+                                      metavar="F", section="best-of-N")
+    reward: str | None = option(None, f"the reward that picks the winner: {REWARD_HELP}",
+                                metavar="[NAME=]SPEC", section="best-of-N")
+
+    def best_of_fields(self) -> dict:
+        """The Best-of-N flags given, as the `vas` fields they set (for the shared rules)."""
+        fields = {"best_of": self.best_of, "reward": self.reward,
+                  "best_of_mode": self.best_of_mode, "prune_block": self.prune_block,
+                  "prune_keep": self.prune_keep}
+        return {k: v for k, v in fields.items() if v is not None}

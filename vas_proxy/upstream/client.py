@@ -3,7 +3,9 @@
 Parses both logprob shapes (docs/design.md §2): legacy completions (`top_logprobs` is a dict
 token→logprob per position; two tokens with the same text collide) and chat (lists of
 {token, logprob, bytes}). `-9999` marks "outside the top-k" on some servers and is dropped.
-Calls are retried (`retry.py`) and reproducible answers are cached (`cache.py`).
+Calls are retried (`retry.py`) and reproducible answers are cached (`cache.py`). `parse` is the
+one reader of an answer's `usage`, including the prompt-cache counts some upstreams report
+(`reported_cached_tokens`), which price models need (`vas_proxy.prices`).
 """
 
 from __future__ import annotations
@@ -173,14 +175,17 @@ class UpstreamClient:
     async def complete(self, prompt: str | list[int], *, max_tokens: int, top_k: int,
                        temperature: float = 1.0, seed: int | None = None,
                        stop: list[str] | None = None, extra: dict | None = None,
-                       model: str | None = None, cache: bool = True) -> UpstreamResult:
+                       model: str | None = None, cache: bool = True, n: int = 1
+                       ) -> UpstreamResult:
         """One `/v1/completions` call asking for `top_k` logprobs at each generated position
         (`top_k=0`: text only, no positions; llama-cpp-python sorts the whole vocabulary in
         Python for each reported position, which makes logprobs cost ~3x the sampling itself).
 
         A reproducible request (a seed, or temperature 0) is answered from the cache when it can
         be (`cached=True`, with the billed token counts of the original answer); `cache=False`
-        skips the cache for this call (e.g. random seeds that will never repeat).
+        skips the cache for this call (e.g. random seeds that will never repeat). `n` > 1 asks
+        for n choices in one call (sent only then, so n = 1 bodies and cache keys are as
+        before); positions are choice 0's, every choice's text is in `choices`.
         """
         k = self.profile.clamp_top_k(top_k) if top_k else 0
         body = {"model": model or self.model, "prompt": prompt, "max_tokens": max_tokens,
@@ -192,6 +197,9 @@ class UpstreamClient:
             body["seed"] = seed
         if stop:
             body["stop"] = stop
+        if n > 1:
+            body["n"] = n
+        sent = prompt if isinstance(prompt, str) else ""  # token ids: no text to compare
         key = None
         if cache and self.cache is not None and cacheable(body):
             key = cache_key(self.base_url, "/completions", body)
@@ -202,26 +210,60 @@ class UpstreamClient:
                 except (UpstreamError, LookupError, TypeError, ValueError, AttributeError):
                     await self.cache.adelete(key)  # stored by an older parser or damaged: refetch
                 else:
-                    res.cached = True
+                    res.cached, res.prompt = True, sent
                     return res
         data = await self._post("/completions", body)
         res = self.parse(data, k, max_tokens)
+        res.prompt = sent
         if key is not None:
             await self.cache.aset(key, data)
         return res
 
     def parse(self, data: dict, k: int, max_tokens: int | None = None) -> UpstreamResult:
-        """The answer's text, finish reason, billed tokens and (k > 0) its usable positions."""
+        """The answer's text, finish reason, billed tokens and (k > 0) its usable positions;
+        the only place that reads the answer's `usage`."""
         choices = data.get("choices") or []
         if not choices:
             raise UpstreamError("the upstream answered with no choices")
+        # vLLM and OpenAI number the choices of an n > 1 answer; keep their order, not the list's
+        choices = sorted(choices, key=lambda c: c["index"] if isinstance(c.get("index"), int)
+                         else 0)
         choice = choices[0]
         usage = data.get("usage") or {}
         return UpstreamResult(positions=_usable_positions(choice, k, max_tokens) if k else [],
                               text=choice.get("text", ""),
                               finish_reason=choice.get("finish_reason"),
                               prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                              completion_tokens=int(usage.get("completion_tokens") or 0))
+                              completion_tokens=int(usage.get("completion_tokens") or 0),
+                              cached_tokens=reported_cached_tokens(data),
+                              choices=[(c.get("text", ""), c.get("finish_reason"))
+                                       for c in choices])
+
+
+def _count(x) -> int | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0:
+        return None
+    return int(x)
+
+
+def reported_cached_tokens(data: dict) -> int | None:
+    """Prompt tokens the upstream says its prompt cache served, or None when it says nothing.
+
+    Shapes: `usage.prompt_tokens_details.cached_tokens` (OpenAI, vLLM with prompt-token details
+    on, llama.cpp's C++ server since early 2026), `usage.prompt_cache_hit_tokens` (DeepSeek),
+    top-level `timings.cache_n` (llama.cpp's C++ server since late 2025). llama-cpp-python
+    reports none of them. A malformed value counts as not reported.
+    """
+    def field(obj, name):
+        return obj.get(name) if isinstance(obj, dict) else None
+
+    usage = data.get("usage")
+    for found in (field(field(usage, "prompt_tokens_details"), "cached_tokens"),
+                  field(usage, "prompt_cache_hit_tokens"),
+                  field(data.get("timings"), "cache_n")):
+        if (n := _count(found)) is not None:
+            return n
+    return None
 
 
 def _usable_positions(choice: dict, k: int, max_tokens: int | None) -> list[Position]:

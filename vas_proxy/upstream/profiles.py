@@ -35,7 +35,16 @@ class Profile:
     #   response can be sent as the exact tokens chosen instead of re-tokenised text.
     continuation: str | None = "completions"
     token_id_prompts: bool = False
+    # /v1/completions takes `n` (several samples of one prompt in one call, the prompt billed
+    # once): vLLM, SGLang, OpenAI's legacy completions. llama-cpp-python's server does not.
+    accepts_n: bool = False
     unsupported: str | None = None  # why VAS cannot work with it; `check()` raises with it
+
+    @property
+    def default_speculate(self) -> int:
+        """Adaptive speculation where drafts are the upstream's own exact samples, else one
+        token per call (greedy drafts are exact too, but rarely accepted at beta > 0)."""
+        return -1 if self.samples_follow_logprobs else 0
 
     def check(self) -> None:
         if self.unsupported:
@@ -63,11 +72,11 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
     # continue with continue_final_message.
     Profile("vllm", max_top_k=20,
             sampler_params={"top_k": -1, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0},
-            samples_follow_logprobs=True, token_id_prompts=True),
+            samples_follow_logprobs=True, token_id_prompts=True, accepts_n=True),
     Profile("sglang", max_top_k=20, sampler_params={"top_k": -1, "top_p": 1.0, "min_p": 0.0},
-            token_id_prompts=True),
+            token_id_prompts=True, accepts_n=True),
     # The legacy OpenAI /v1/completions returns at most 5 top logprobs per position.
-    Profile("openai-completions", max_top_k=5),
+    Profile("openai-completions", max_top_k=5, accepts_n=True),
     Profile("deepseek", max_top_k=20, continuation="prefix"),
     Profile("mistral", max_top_k=20, continuation="prefix"),
     Profile("groq", max_top_k=0, continuation=None,
