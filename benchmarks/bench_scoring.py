@@ -5,7 +5,12 @@ grows by one token per step and k candidates are scored at every step. With reus
 for the new token plus the k candidate tokens; without, it recomputes k full sequences.
 Goal (issue): reuse >= 10x faster at 1024 tokens.
 
+`--chain L ...` times a speculative chunk instead: L drafted positions scored in ONE call (the
+L x k strings `D_i + c`, D_i the drafts before position i, packed as a token trie) against the
+L one-position calls the engine would otherwise make, interleaved per repeat.
+
     python benchmarks/bench_scoring.py --repeats 5 --json .bench/scoring.json
+    python benchmarks/bench_scoring.py --chain 2 4 8 --prefixes 64 --repeats 9
 """
 
 from __future__ import annotations
@@ -54,16 +59,95 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true",
                    help="also print torch.profiler's top operators for reuse steps at the "
                         "longest prefix (where a step's time goes)")
+    p.add_argument("--chain", type=int, nargs="+", default=None, metavar="L",
+                   help="time chunks of L drafted positions (one call) against L one-position "
+                        "calls, instead of reuse against no reuse")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     return p.parse_args(argv)
 
 
+def text_ids(tokenizer, n: int) -> list[int]:
+    ids: list[int] = []
+    while len(ids) < n:
+        ids += tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    return ids
+
+
 def decode_states(tokenizer, length: int, steps: int) -> list[str]:
     """Response texts of `length`, `length`+1, ... tokens: one decode step apart."""
-    ids: list[int] = []
-    while len(ids) < length + steps:
-        ids += tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+    ids = text_ids(tokenizer, length + steps)
     return [tokenizer.decode(ids[:length + j]) for j in range(steps)]
+
+
+def time_chain(model, tokenizer, length: int, drafts: int, candidates: list[str], repeats: int,
+               device: str) -> dict[str, list[float]]:
+    """Seconds per chunk of `drafts` positions at a `length`-token state, for both ways, each
+    with its own prefix cache warmed by the step before (the state one token shorter). The
+    drafts are the text's next tokens, so the chunk's strings are what a decode would score."""
+    ids = text_ids(tokenizer, length + repeats + 1 + drafts)
+    chunk, steps = (CheckpointValue(model, tokenizer, name) for name in ("chunk", "steps"))
+    times: dict[str, list[float]] = {"chunk": [], "steps": [], "tokenise": []}
+    for j in range(repeats + 1):
+        state = tokenizer.decode(ids[:length + j])
+        drafted = [tokenizer.decode(ids[length + j:length + j + i]) for i in range(drafts)]
+        texts = [d + c for d in drafted for c in candidates]
+        for value in (chunk, steps):  # the step before: the cache holds the previous state
+            value.score("", tokenizer.decode(ids[:length + j - 1]), candidates)
+        sync(device)
+        start = time.perf_counter()
+        chunk.score("", state, texts)
+        sync(device)
+        mid = time.perf_counter()
+        for d in drafted:
+            steps.score("", state + d, candidates)
+        sync(device)
+        end = time.perf_counter()
+        encode_batch(tokenizer, [state + t for t in texts])
+        if j:  # the first round is a warm-up
+            times["chunk"].append(mid - start)
+            times["steps"].append(end - mid)
+            times["tokenise"].append(time.perf_counter() - end)
+    return times
+
+
+def reuse_rows(args, tokenizer, reuse: CheckpointValue, full: CheckpointValue,
+               candidates: list[str]) -> list[dict]:
+    header = f"{'prefix':>6} {'k':>3} | {'reuse median (min-max)':>26} | " \
+             f"{'no-reuse median (min-max)':>28} | {'speed-up':>8} | {'tokenise':>8}"
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for length in args.prefixes:
+        states = decode_states(tokenizer, length, args.repeats + 1)
+        r = summary(time_steps(reuse, states, candidates, args.device))
+        f = summary(time_steps(full, states, candidates, args.device))
+        tok = summary(time_tokenise(tokenizer, states, candidates))
+        ratio = f["median_s"] / r["median_s"]
+        rows.append({"prefix_tokens": length, "k": len(candidates), "reuse": r, "no_reuse": f,
+                     "tokenise": tok, "speedup_median": ratio})
+        print(f"{length:>6} {len(candidates):>3} | {fmt(r):>26} | {fmt(f):>28} | {ratio:>7.1f}x"
+              f" | {tok['median_s'] * 1e3:>5.1f} ms", flush=True)
+    return rows
+
+
+def chain_rows(args, model, tokenizer, candidates: list[str]) -> list[dict]:
+    header = f"{'prefix':>6} {'L':>2} {'k':>3} | {'one call median (min-max)':>26} | " \
+             f"{'L calls median (min-max)':>26} | {'speed-up':>8} | {'tokenise':>8}"
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for length in args.prefixes:
+        for drafts in args.chain:
+            t = time_chain(model, tokenizer, length, drafts, candidates, args.repeats,
+                           args.device)
+            c, s, tok = summary(t["chunk"]), summary(t["steps"]), summary(t["tokenise"])
+            ratio = s["median_s"] / c["median_s"]
+            rows.append({"prefix_tokens": length, "drafts": drafts, "k": len(candidates),
+                         "one_call": c, "per_position_calls": s, "tokenise": tok,
+                         "speedup_median": ratio})
+            print(f"{length:>6} {drafts:>2} {len(candidates):>3} | {fmt(c):>26} | {fmt(s):>26}"
+                  f" | {ratio:>7.2f}x | {tok['median_s'] * 1e3:>5.1f} ms", flush=True)
+    return rows
 
 
 def sync(device: str) -> None:
@@ -133,23 +217,10 @@ def main(argv: list[str] | None = None) -> int:
           f"({dtype_name(model.backbone_dtype)}, {args.device}, {torch.get_num_threads()} threads)")
 
     warm_up(tokenizer, reuse, full, candidates, args.device)
-    rows = []
-    header = f"{'prefix':>6} {'k':>3} | {'reuse median (min-max)':>26} | " \
-             f"{'no-reuse median (min-max)':>28} | {'speed-up':>8} | {'tokenise':>8}"
-    print(header)
-    print("-" * len(header))
-    for length in args.prefixes:
-        states = decode_states(tokenizer, length, args.repeats + 1)
-        r = summary(time_steps(reuse, states, candidates, args.device))
-        f = summary(time_steps(full, states, candidates, args.device))
-        tok = summary(time_tokenise(tokenizer, states, candidates))
-        ratio = f["median_s"] / r["median_s"]
-        rows.append({"prefix_tokens": length, "k": len(candidates), "reuse": r, "no_reuse": f,
-                     "tokenise": tok, "speedup_median": ratio})
-        print(f"{length:>6} {len(candidates):>3} | {fmt(r):>26} | {fmt(f):>28} | {ratio:>7.1f}x"
-              f" | {tok['median_s'] * 1e3:>5.1f} ms", flush=True)
+    rows = chain_rows(args, model, tokenizer, candidates) if args.chain else \
+        reuse_rows(args, tokenizer, reuse, full, candidates)
 
-    if args.profile:
+    if args.profile and not args.chain:
         from torch.profiler import ProfilerActivity, profile
 
         states = decode_states(tokenizer, args.prefixes[-1], 4)
@@ -165,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "device": args.device, "dtype": args.dtype, "repeats": args.repeats,
-            "random_weights": args.random_weights,
+            "random_weights": args.random_weights, "chain": args.chain,
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "machine": platform.processor() or platform.machine(),
             "loadavg_1min_before_after": [load_before, os.getloadavg()[0]],

@@ -125,6 +125,10 @@ BEFORE = {
         "--max-tokens": ("store", int, 64), "--temperature": ("store", float, 1.0),
         "--top-p": ("store", float, 1.0), "--stop": ("append", str, None),
         "--seed": ("store", int, None), "--raw": "switch", "--quiet/-q": "switch",
+        # Best-of-N (bestof_modes): None = not given, as the `vas` fields' rules need
+        "--best-of": ("store", int, None), "--best-of-mode": ("store", str, None),
+        "--prune-block": ("store", int, None), "--prune-keep": ("store", float, None),
+        "--reward": ("store", str, None),
     },
     "serve": {
         "--upstream": ("store", str, None), "--model": ("store", str, None),
@@ -182,10 +186,21 @@ BEFORE = {
 }
 for _cmd in ("generate", "serve"):
     BEFORE[_cmd]["--timeout"] = ("store", float, 120.0)
+# Deliberate changes of the price-model issue: --speculate defaults to None (the profile's:
+# adaptive where drafts are exact); eval answers 64 tokens and gains the Best-of-N modes and
+# the price tables.
+for _cmd in ("generate", "serve", "eval"):
+    BEFORE[_cmd]["--speculate"] = ("store", int, None)
+BEFORE["eval"].update({
+    "--max-tokens": ("store", int, 64), "--pruned-best-of": ("store", str, ""),
+    "--prune-block": ("store", int, 16), "--prune-keep": ("store", float, 0.5),
+    "--guided-best-of": ("store", str, ""), "--guided-beta": ("store", float, None),
+    "--prices": ("store", str, "flat,out4,out4-prefix,openai")})
 REQUIRED = {"generate": {"prompt"}, "train": {"--prompts", "--reward", "--out"},
             "eval": {"--prompts", "--reward", "--out"}}
 CHOICES = {"--dtype": ["float32", "bfloat16", "float16"],
-           "--log-level": ["debug", "info", "warning", "error"]}
+           "--log-level": ["debug", "info", "warning", "error"],
+           "--best-of-mode": ["plain", "pruned", "guided"]}
 
 
 def _subparsers():

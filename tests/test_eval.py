@@ -287,3 +287,34 @@ def test_eval_errors_are_one_line(upstream, prompts_file, tmp_path, capsys, args
     assert main(_eval_args(upstream, prompts_file, tmp_path / "e", *args)) == 1
     err = capsys.readouterr().err.strip()
     assert message in err and err.startswith("error:") and "\n" not in err
+
+
+def test_eval_runs_the_best_of_modes_and_prices_them(upstream, prompts_file, tmp_path):
+    """Value-pruned Best-of-N and Best-of-N over VAS samples are eval settings of their own,
+    and the report prices every setting under each table, with the latency plot."""
+    out = tmp_path / "modes"
+    rc = main(_eval_args(upstream, prompts_file, out, "--beta", "0,1", "--best-of", "2",
+                         "--weights", "h=1", "--pruned-best-of", "2", "--prune-block", "2",
+                         "--prune-keep", "0.5", "--guided-best-of", "2",
+                         "--prices", "flat,out4-prefix"))
+    assert rc == 0
+    records = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    by = {}
+    for r in records:
+        by.setdefault(r["setting"], []).append(r)
+    pbon, gbon = by["pbon N=2 B=2 keep=0.5 h=1 vader"], by["gbon N=2 b=1 h=1 vader"]
+    assert len(pbon) == len(gbon) == 2
+    for r in pbon:
+        assert r["method"] == "pbon" and r["kl"] is None and r["bon_details"]["mode"] == "pruned"
+        assert r["bon_details"]["pruned"].count(True) <= 1 and len(r["calls"]) >= 2
+    for r in gbon:
+        assert r["method"] == "gbon" and r["beta"] == 1 and r["upstream_calls"] >= 2
+    rows = {r["setting"]: r for r in csv.DictReader((out / "summary.csv").open())}
+    for row in rows.values():
+        flat, prefix = float(row["cost_flat_mean"]), float(row["cost_out4-prefix_mean"])
+        assert flat > 0 and prefix > 0
+    flat = {r["setting"]: float(r["cost_flat_mean"]) for r in rows.values()}
+    assert flat["bon N=2 vader"] == pytest.approx(
+        np.mean([r["billed_tokens"] for r in by["bon N=2 vader"]]))
+    for name in ("reward_vs_latency.png", "reward_vs_cost_out4-prefix.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -71,6 +71,63 @@ def test_tree_scorer_matches_full_recompute(value, monkeypatch):
     assert 0 < reused[ROLLBACK] < reused[ROLLBACK - 1]
 
 
+# A speculative chunk as the engine scores it: for position i, D_i + c for each of its k
+# candidates, D_i the drafts before it. Candidates span several tokens, repeat a draft (so
+# position i's strings contain position i+1's prefix), start alike, or are empty.
+DRAFTS = [" Cats", " are", " wonder", "ful"]
+CHAIN_CANDIDATES = [" Cats", " are", " wonder", "ful", " wonderful", " 🐱🐱", " unbelievably",
+                    "'s", "s", "", "\n\n", " the", " the cat", "ing", "\xa0", " Dogs", " cat",
+                    ", and", "...", " are not"]
+# Chunks over a response: the first reads the prompt, the next follows a fully accepted
+# chunk, the last a roll-back (the stored prefix is cropped).
+CHUNKS = ["", " Cats are wonderful", " Cats"]
+
+
+def chunk(drafts: list[str], candidates: list[str]) -> list[str]:
+    return ["".join(drafts[:i]) + c for i in range(len(drafts)) for c in candidates]
+
+
+def test_trie_scores_a_speculative_chunk_like_full_recompute(value, monkeypatch):
+    """L = 4 positions x k = 20 candidates in one call equal full recomputation, and the packed
+    row holds each distinct token path once: the drafts are not recomputed per candidate."""
+    packed, reused = [], []
+    monkeypatch.setattr(scorer, "tree_mask",
+                        lambda parent, *a: packed.append(len(parent)) or kv.tree_mask(parent, *a))
+    monkeypatch.setattr(scorer, "make_cache", lambda layers: reused.append(
+        layers[0][0].shape[-2] if layers else 0) or kv.make_cache(layers))
+    value.reset()
+    full = CheckpointValue(value.model, value.tokenizer, "full", use_cache=False)
+    full.scale = value.scale
+    texts = chunk(DRAFTS, CHAIN_CANDIDATES)
+    assert len(texts) == 80
+    for response in CHUNKS:
+        got = value.score(PROMPT, response, texts)
+        want = full.score(PROMPT, response, texts)
+        assert got == pytest.approx(want, abs=ATOL), (value.name, response)
+        ids = [value.tokenizer(PROMPT + response + t)["input_ids"] for t in texts]
+        shared = reused[-1]
+        paths = {tuple(s[shared:j]) for s in ids for j in range(shared + 1, len(s) + 1)}
+        assert packed[-1] == len(paths)  # one packed token per trie node
+        assert packed[-1] < 0.6 * sum(len(s) - shared for s in ids)
+    assert max(want) - min(want) > 10 * ATOL
+    assert all(r > 0 for r in reused[1:])
+
+
+def test_trie_duplicates_and_nested_candidates(value):
+    """Duplicates share a node (equal values), a candidate whose tokens begin another's is read
+    at an inner node, and identical candidates still keep one own token each (the cap)."""
+    value.reset()
+    full = CheckpointValue(value.model, value.tokenizer, "full", use_cache=False)
+    full.scale = value.scale
+    for candidates in ([" the", " the", " the cat", "", "", " the cat sat", "s", " the"],
+                       [" Cats", " Cats"], ["", ""]):
+        for response in ("", " Cats are"):
+            got = value.score(PROMPT, response, candidates)
+            assert got == pytest.approx(full.score(PROMPT, response, candidates), abs=ATOL)
+            for i, c in enumerate(candidates):
+                assert got[i] == got[candidates.index(c)]
+
+
 def test_hand_built_cache_continues_like_transformers_own():
     """A cache made from stored tensors must continue a sequence exactly as the cache
     transformers built while reading the prefix, and must not write into those tensors."""
@@ -162,19 +219,37 @@ def test_unsupported_cache_layer_is_a_clear_error(monkeypatch, layer, fragment):
 
 
 def test_tree_mask_visibility():
-    """Shared tokens see the cache and earlier shared tokens; a candidate's token also sees
-    its own earlier tokens, never another candidate's."""
-    owner = torch.tensor([-1, -1, 0, 0, 1])
-    positions = torch.tensor([2, 3, 4, 5, 4])
-    mask = kv.tree_mask(owner, positions, past=2, dtype=torch.float32)[0, 0]
-    seen = (mask == 0).int().tolist()
-    assert mask.shape == (5, 7)
-    assert seen == [[1, 1, 1, 0, 0, 0, 0],
-                    [1, 1, 1, 1, 0, 0, 0],
-                    [1, 1, 1, 1, 1, 0, 0],
-                    [1, 1, 1, 1, 1, 1, 0],
-                    [1, 1, 1, 1, 0, 0, 1]]
+    """A packed token sees the cache, its trie ancestors and itself, never a sibling branch;
+    its position is the cache length plus its depth."""
+    parent = [-1, 0, 1, 1, 0, -1]  # two roots; node 1 has children 2 and 3
+    mask, positions = kv.tree_mask(parent, past=2, dtype=torch.float32)
+    seen = (mask[0, 0] == 0).int().tolist()
+    assert mask.shape == (1, 1, 6, 8) and positions.tolist() == [[2, 3, 4, 4, 3, 2]]
+    assert seen == [[1, 1, 1, 0, 0, 0, 0, 0],
+                    [1, 1, 1, 1, 0, 0, 0, 0],
+                    [1, 1, 1, 1, 1, 0, 0, 0],
+                    [1, 1, 1, 1, 0, 1, 0, 0],
+                    [1, 1, 1, 0, 0, 0, 1, 0],
+                    [1, 1, 0, 0, 0, 0, 0, 1]]
     assert mask.min() == torch.finfo(torch.float32).min
+
+
+def test_tree_mask_matches_walking_each_path():
+    """The vectorised ancestor sets equal a plain walk up each node's path, on a random trie
+    of a speculative chunk's size (a deep chain with bushes hanging off it)."""
+    gen = torch.Generator().manual_seed(0)
+    parent = [-1] + [int(torch.randint(0, i, (), generator=gen)) if i % 3 else i - 1
+                     for i in range(1, 300)]
+    mask, positions = kv.tree_mask(parent, past=5, dtype=torch.float32)
+    want = torch.zeros(300, 305, dtype=torch.bool)
+    want[:, :5] = True
+    for i in range(300):
+        node = i
+        while node >= 0:
+            want[i, 5 + node] = True
+            node = parent[node]
+    assert torch.equal(mask[0, 0] == 0, want)
+    assert torch.equal(positions[0], want.sum(dim=1) - 1)
 
 
 def test_supported_range_is_pyproject_bound_and_holds_the_installed_version():

@@ -195,7 +195,9 @@ def test_best_of_through_the_app(client):
             "vas": {"best_of": 2, "reward": "a"}}
     r = client.post("/v1/completions", json=body).json()
     choice = r["choices"][0]
-    assert choice["vas_best_of"] == {"n": 2, "reward": "a", "scores": [5.0, 5.0], "chosen": 0}
+    info = choice["vas_best_of"]
+    assert info.pop("details")["mode"] == "plain"  # the mode's own facts (bestof_modes)
+    assert info == {"n": 2, "reward": "a", "mode": "plain", "scores": [5.0, 5.0], "chosen": 0}
     assert r["usage"]["vas"]["upstream_calls"] == 2
     lines = client.post("/v1/completions", json={**body, "stream": True}).text.split("\n\n")
     events = [json.loads(x[6:]) for x in lines if x.startswith("data: {")]

@@ -33,7 +33,7 @@ class BestOfN:
     finish_reason: str
     index: int
     texts: list[str]
-    scores: list[float]
+    scores: list[float | None]  # None: a pruned sample the reward never saw
     usage: Usage = field(default_factory=Usage)
     # Mode-specific facts for `vas_best_of` and the eval (e.g. where each pruned sample stopped)
     details: dict = field(default_factory=dict)
@@ -124,7 +124,7 @@ async def best_of_n(upstream: UpstreamClient, prompt: str, *, n: int, reward,
         results = list(await asyncio.gather(*(call(i, s, 1)
                                               for i, s in enumerate(sample_seeds(seed, n)))))
         outs = [(r.text, r.finish_reason) for r in results]
-    texts = [_cut(t, stop) for t, _ in outs]
+    texts = [cut_at_stop(t, stop) for t, _ in outs]
     t0 = time.perf_counter()
     scores = await asyncio.to_thread(reward, [reward_prompt] * n, texts)
     usage.scoring_seconds = time.perf_counter() - t0
@@ -141,7 +141,7 @@ async def best_of_n(upstream: UpstreamClient, prompt: str, *, n: int, reward,
                    seconds=[seconds[i] for i in range(len(results))])
 
 
-def _cut(text: str, stop: list[str] | None) -> str:
+def cut_at_stop(text: str, stop: list[str] | None) -> str:
     """The text before the first stop string (servers normally cut it already)."""
     for s in stop or []:
         if s and s in text:

@@ -12,7 +12,7 @@ import asyncio
 import inspect
 import sys
 
-from . import env
+from . import defaults, env
 from ._version import __version__
 from .errors import ConfigError, VasError
 from .options import (CacheOptions, GenerateOptions, GuidanceOptions, ServeOptions,
@@ -46,15 +46,45 @@ async def _generate(a: argparse.Namespace) -> int:
     from .runtime import open_runtime
 
     gen = from_args(GenerateOptions, a)
-    async with open_runtime(runtime_options(a, verbose=not gen.quiet)) as rt:
+    rewards = _best_of_rewards(gen)  # bad Best-of-N flags fail before anything starts
+    async with open_runtime(runtime_options(a, rewards=rewards, verbose=not gen.quiet)) as rt:
         req = GenerationRequest(prompt=rt.render_prompt(gen.prompt, raw=gen.raw),
                                 max_tokens=gen.max_tokens, temperature=gen.temperature,
                                 top_p=gen.top_p, stop=gen.stop or [], seed=gen.seed,
                                 guidance=rt.engine.defaults)
-        async for ev in rt.engine.stream(req):
-            print(ev.text, end="", flush=True)
-        print()
+        if gen.best_of is None:
+            async for ev in rt.engine.stream(req):
+                print(ev.text, end="", flush=True)
+            print()
+            return 0
+        from .bestof_modes import run_best_of
+
+        mode = gen.best_of_mode or defaults.BEST_OF_MODES[0]
+        ((name, reward),) = rt.rewards.items()
+        res = await run_best_of(rt.engine, req, mode=mode, n=gen.best_of, reward=reward,
+                                reward_prompt=gen.prompt, block=gen.prune_block,
+                                keep=gen.prune_keep)
+        print(res.text, flush=True)
+        if not gen.quiet:
+            u = res.usage
+            print(f"best of {gen.best_of} ({mode}): sample {res.index} won, {name} "
+                  f"{res.score:.4g}; {u.upstream_calls} upstream calls, {u.billed_tokens} "
+                  "billed tokens", file=sys.stderr)
     return 0
+
+
+def _best_of_rewards(gen: GenerateOptions) -> dict[str, str]:
+    """The one reward `--best-of` needs ({name: SPEC}), after the rules `vas` follows."""
+    from .bestof_modes import check_best_of_fields
+    from .options import parse_reward_specs
+
+    check_best_of_fields(gen.best_of_fields())
+    if gen.best_of is None:
+        return {}
+    if not gen.reward:
+        raise ConfigError("--best-of needs --reward [NAME=]SPEC: the reward that picks the "
+                          "winner", param="vas.reward")
+    return parse_reward_specs([gen.reward])
 
 
 async def _serve(a: argparse.Namespace) -> int:

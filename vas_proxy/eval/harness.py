@@ -19,12 +19,16 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
+from ..bestof_modes import guided_best_of_n, pruned_best_of_n
 from ..bestofn import base_top_k, best_of_n, kl_bound
 from ..engine import GenerationRequest
 from ..errors import ConfigError
 from ..options import CacheOptions, GuidanceOptions, UpstreamOptions, ValueLoadOptions
 from ..runtime import Options, Runtime, load_rewards, open_runtime
 from ..train.prompts import PromptItem, read_prompts, render_prompts
+from ..usage import Usage
 from .config import EvalConfig, Setting
 from .files import CONFIG_FILE, RESULTS_FILE, TIMINGS_FILE, read_json, read_records
 
@@ -105,7 +109,7 @@ async def run(cfg: EvalConfig, api_key: str | None = None) -> Path:
     _rescore(out, records, rewards)
     done = {(r["setting"], r["prompt_index"], r["sample"]) for r in records}
     settings = cfg.settings()
-    needs_values = any(s.method == "vas" for s in settings)
+    needs_values = any(s.method in ("vas", "pbon", "gbon") for s in settings)
     opts = Options(upstream=UpstreamOptions(url=cfg.upstream, model=cfg.model,
                                             provider=cfg.provider, api_key=api_key,
                                             timeout=cfg.timeout, chat_template=cfg.chat_template),
@@ -116,41 +120,103 @@ async def run(cfg: EvalConfig, api_key: str | None = None) -> Path:
                    verbose=not cfg.quiet)
     async with open_runtime(opts) as rt:
         for s in settings:  # unknown weights etc. fail now, not after an hour
-            if s.method == "vas":
+            if s.method in ("vas", "pbon", "gbon"):
                 rt.engine.resolve({"beta": s.beta, "weights": s.weights_dict})
         prompts = render_prompts(items, rt.template)
         stop = rt.template.stop_strings if rt.template else []
-        jobs = [(s, p, j) for s in settings for p in prompts for j in range(cfg.samples)
-                if (s.name, p.index, j) not in done]
+        units = work_units(settings, prompts, cfg.samples, done,
+                           pool=not rt.engine.upstream.profile.accepts_n)
         timings = read_json(out / TIMINGS_FILE)
-        bar = _progress(len(jobs), cfg.quiet)
+        bar = _progress(sum(len(u[1]) for u in units), cfg.quiet)
         try:
             with (out / RESULTS_FILE).open("a", encoding="utf-8") as f:
-                for s in settings:
-                    mine = [(p, j) for s_, p, j in jobs if s_ is s]
-                    if not mine:
-                        continue
-                    bar.set_description(s.name)
+                for label in dict.fromkeys(u[0] for u in units):
+                    mine = [u for u in units if u[0] == label]
+                    bar.set_description(label)
                     t0 = time.perf_counter()
                     gate = asyncio.Semaphore(cfg.concurrency)
 
-                    async def one(p: PromptItem, j: int, s=s):
+                    async def one(group: list[Setting], p: PromptItem, j: int, label=label):
+                        seed = seed_for(cfg, p.index, j, len(prompts))
+                        kw = dict(max_tokens=cfg.max_tokens, top_k=cfg.top_k)
                         async with gate:
-                            rec = await generate(rt, s, p,
-                                                 seed_for(cfg, p.index, j, len(prompts)),
-                                                 rewards, stop, max_tokens=cfg.max_tokens,
-                                                 top_k=cfg.top_k)
-                        rec["sample"] = j
-                        f.write(json.dumps(rec) + "\n")
+                            if label == POOL:
+                                recs = await generate_pool(rt, group, p, seed, rewards, stop,
+                                                           **kw)
+                            else:
+                                recs = [await generate(rt, group[0], p, seed, rewards, stop,
+                                                       **kw)]
+                        for rec in recs:
+                            rec["sample"] = j
+                            f.write(json.dumps(rec) + "\n")
                         f.flush()
-                        bar.update(1)
+                        bar.update(len(recs))
 
-                    await asyncio.gather(*(one(p, j) for p, j in mine))
-                    timings[s.name] = timings.get(s.name, 0.0) + time.perf_counter() - t0
+                    await asyncio.gather(*(one(group, p, j) for _, group, p, j in mine))
+                    timings[label] = timings.get(label, 0.0) + time.perf_counter() - t0
                     (out / TIMINGS_FILE).write_text(json.dumps(timings, indent=2) + "\n")
         finally:
             bar.close()
     write_report(out, quiet=cfg.quiet)
+    return out
+
+
+POOL = "bon pool"
+
+
+def work_units(settings: list[Setting], prompts: list[PromptItem], samples: int, done: set,
+               *, pool: bool) -> list[tuple[str, list[Setting], PromptItem, int]]:
+    """(label, settings, prompt, sample) still to run, in the settings' order. With `pool`
+    (an upstream without `n`), every plain Best-of-N setting of a prompt and sample comes from
+    ONE Best-of-max(N) run: sample i has the same upstream seed in every N (`sample_seeds`), so
+    Best-of-m is exactly the first m samples of Best-of-n (a pool, labelled "bon pool")."""
+    units = []
+    pooled = [s for s in settings if pool and s.method == "bon"]
+    for s in settings:
+        if s in pooled:
+            if s is pooled[0]:
+                for p in prompts:
+                    for j in range(samples):
+                        missing = [b for b in pooled if (b.name, p.index, j) not in done]
+                        if missing:
+                            units.append((POOL, missing, p, j))
+            continue
+        units += [(s.name, [s], p, j) for p in prompts for j in range(samples)
+                  if (s.name, p.index, j) not in done]
+    return units
+
+
+async def generate_pool(rt: Runtime, group: list[Setting], p: PromptItem, seed: int,
+                        rewards: dict, stop: list[str], *, max_tokens: int, top_k: int
+                        ) -> list[dict]:
+    """The records of every Best-of-N setting in `group` from one Best-of-max(N) run: each
+    Best-of-m is billed its first m calls (a fresh Usage counts them, so shared prefixes are
+    priced as if it ran alone) and waits the sum of their seconds (one call at a time: what a
+    one-slot server such as llama.cpp does with concurrent calls anyway)."""
+    n = max(s.best_of for s in group)
+    res = await best_of_n(rt.engine.upstream, p.upstream, n=n,
+                          reward=rewards[group[0].bon_reward], reward_prompt=p.text,
+                          max_tokens=max_tokens, stop=stop, seed=seed,
+                          top_k=base_top_k(rt.engine.upstream, top_k), concurrency=1)
+    scored: dict[str, dict] = {}
+    out = []
+    for s in group:
+        m = s.best_of
+        best = int(np.argmax(res.scores[:m]))
+        usage = Usage()
+        for r in res.results[:m]:
+            usage.count(r)
+        usage.prompt_tokens = res.results[best].prompt_tokens
+        usage.completion_tokens = res.results[best].completion_tokens
+        usage.upstream_seconds = sum(res.seconds[:m])
+        usage.scoring_seconds = res.usage.scoring_seconds * m / n
+        text = res.texts[best]
+        if text not in scored:
+            scored[text] = await _scores(rewards, p, text)
+        finish = "stop" if res.results[best].finish_reason == "stop" else "length"
+        out.append(_record(s, p, seed, text, finish, scored[text], kl_bound(m), "bound", usage,
+                           usage.upstream_seconds + usage.scoring_seconds,
+                           {"bon_scores": res.scores[:m], "bon_chosen": best, "bon_pool": n}))
     return out
 
 
@@ -160,15 +226,29 @@ async def generate(rt: Runtime, s: Setting, p: PromptItem, seed: int, rewards: d
     `results.jsonl` holds (also what `vas-proxy demo` prints)."""
     t0 = time.perf_counter()
     extra: dict = {}
-    if s.method == "bon":
-        res = await best_of_n(rt.engine.upstream, p.upstream, n=s.best_of,
-                              reward=rewards[s.bon_reward], reward_prompt=p.text,
-                              max_tokens=max_tokens, stop=stop, seed=seed,
-                              top_k=base_top_k(rt.engine.upstream, top_k),
-                              concurrency=2)
+    kl, kl_kind = None, "none"
+    if s.is_best_of:
+        kw = dict(n=s.best_of, reward=rewards[s.bon_reward], reward_prompt=p.text)
+        if s.method == "bon":
+            res = await best_of_n(rt.engine.upstream, p.upstream, max_tokens=max_tokens,
+                                  stop=stop, seed=seed,
+                                  top_k=base_top_k(rt.engine.upstream, top_k), concurrency=2,
+                                  **kw)
+            kl, kl_kind = kl_bound(s.best_of), "bound"
+        elif s.method == "pbon":
+            res = await pruned_best_of_n(rt.engine.upstream, p.upstream, values=rt.engine.values,
+                                         weights=s.weights_dict or None, max_tokens=max_tokens,
+                                         block=s.prune_block, keep=s.prune_keep, stop=stop,
+                                         top_k=base_top_k(rt.engine.upstream, top_k),
+                                         seed=seed, concurrency=2, **kw)
+        else:
+            req = GenerationRequest(prompt=p.upstream, max_tokens=max_tokens, seed=seed,
+                                    guidance=rt.engine.resolve(
+                                        {"beta": s.beta, "weights": s.weights_dict or None}))
+            res = await guided_best_of_n(rt.engine, req, concurrency=1, **kw)
         text, finish, usage = res.text, res.finish_reason, res.usage
-        kl, kl_kind = kl_bound(s.best_of), "bound"
-        extra = {"bon_scores": res.scores, "bon_chosen": res.index}
+        extra = {"bon_scores": res.scores, "bon_chosen": res.index,
+                 **({"bon_details": res.details} if s.method == "pbon" else {})}
     else:
         guidance = rt.engine.resolve({"beta": s.beta, "weights": s.weights_dict or None}
                                      if s.method == "vas" else {"beta": 0.0})
@@ -177,14 +257,25 @@ async def generate(rt: Runtime, s: Setting, p: PromptItem, seed: int, rewards: d
         text, finish, usage = g.text, g.finish_reason, g.usage
         kl, kl_kind = g.kl, "estimate"
     seconds = time.perf_counter() - t0
-    scores = {name: (await asyncio.to_thread(r, [p.text], [text]))[0]
-              for name, r in rewards.items()}
+    return _record(s, p, seed, text, finish, await _scores(rewards, p, text), kl, kl_kind,
+                   usage, seconds, extra)
+
+
+async def _scores(rewards: dict, p: PromptItem, text: str) -> dict[str, float]:
+    return {name: (await asyncio.to_thread(r, [p.text], [text]))[0]
+            for name, r in rewards.items()}
+
+
+def _record(s: Setting, p: PromptItem, seed: int, text: str, finish: str, scores: dict,
+            kl, kl_kind: str, usage: Usage, seconds: float, extra: dict) -> dict:
     return {"setting": s.name, "method": s.method, "beta": s.beta,
-            "weights": s.weights_dict, "best_of": s.best_of if s.method == "bon" else None,
+            "weights": s.weights_dict, "best_of": s.best_of if s.is_best_of else None,
             "bon_reward": s.bon_reward or None, "prompt_index": p.index, "seed": seed,
             "prompt": p.text, "response": text, "finish_reason": finish,
             "rewards": scores, "kl": kl, "kl_kind": kl_kind, **usage.record_dict(),
-            "seconds": seconds, **extra}
+            "seconds": seconds,
+            **({"prune_block": s.prune_block, "prune_keep": s.prune_keep}
+               if s.method == "pbon" else {}), **extra}
 
 
 def _progress(total: int, quiet: bool):

@@ -3,8 +3,9 @@ translation into engine requests (`generation_requests`).
 
 Unknown top-level fields are accepted (OpenAI clients send many) and logged at debug level by
 the serving. The `vas` object is strict: its fields are checked by the engine's own rules
-(`guidance.check_guidance`, `bestofn.check_best_of`), so the wire, the CLI flags, `wrap` and the
-eval cannot disagree, and a failure keeps the rule's message, param and code.
+(`guidance.check_guidance`, `bestof_modes.BEST_OF_RULES` and `check_together`), so the wire, the
+CLI flags, `wrap` and the eval cannot disagree, and a failure keeps the rule's message, param and
+code.
 """
 
 from __future__ import annotations
@@ -16,14 +17,12 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationInfo, field_valida
                       model_validator)
 from pydantic_core import PydanticCustomError
 
-from ..bestofn import check_best_of
+from ..bestof_modes import BEST_OF_FIELDS, BEST_OF_RULES, check_together
 from ..defaults import CHAT_MAX_TOKENS, COMPLETION_MAX_TOKENS, MAX_N
 from ..engine import GenerationRequest
 from ..guidance import GUIDANCE_RULES, Guidance, check_guidance, check_known
 from ..errors import ConfigError
 from .errors import vas_option_error
-
-BEST_OF_FIELDS = ("best_of", "reward")
 
 
 @contextmanager
@@ -36,9 +35,9 @@ def _rule():
 
 
 class VasOptions(BaseModel):
-    """The body's `vas` object (docs/design.md §5): guidance overrides, or the Best-of-N
-    baseline. Fields are checked in the order declared (the engine's rule order) and only when
-    given: what a request leaves out comes from the server's defaults."""
+    """The body's `vas` object (docs/design.md §5): guidance overrides, or Best-of-N (plain,
+    pruned or guided). Fields are checked in the order declared (the engine's rule order) and
+    only when given: what a request leaves out comes from the server's defaults."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -51,6 +50,10 @@ class VasOptions(BaseModel):
     # The name of a reward the operator loaded. Any other JSON value is answered by the serving
     # as an unknown reward, with the loaded names: it alone knows them.
     reward: Any = None
+    # Checked by the rules alone (pydantic would coerce "4" or 4.0 to 4)
+    best_of_mode: Any = None
+    prune_block: Any = None
+    prune_keep: Any = None
 
     @model_validator(mode="before")
     @classmethod
@@ -70,17 +73,17 @@ class VasOptions(BaseModel):
             check_guidance(info.field_name, v)
         return v
 
-    @field_validator("best_of", mode="before")
+    @field_validator(*BEST_OF_RULES, mode="before")
     @classmethod
-    def _best_of(cls, v):
+    def _best_of(cls, v, info: ValidationInfo):
         with _rule():
-            return check_best_of(v)
+            return BEST_OF_RULES[info.field_name](v)
 
     @model_validator(mode="after")
-    def _reward_needs_best_of(self):
-        if "reward" in self.model_fields_set and "best_of" not in self.model_fields_set:
-            raise vas_option_error(ConfigError("vas.reward is only used with vas.best_of",
-                                               param="vas.reward"))
+    def _together(self):
+        with _rule():
+            check_together({k: getattr(self, k) for k in BEST_OF_FIELDS
+                            if k in self.model_fields_set})
         return self
 
     def guidance(self) -> dict:

@@ -2,9 +2,10 @@
 
 It holds the runtime and the operator's rewards, checks the API key and the model, turns a
 validated request into one engine request per choice and answers them with a strategy: guided
-sampling (`Guided`), or the Best-of-N baseline (`BestOf`) when the body asks `vas: {"best_of":
-N, "reward": NAME}`. NAME is one of the rewards the operator loaded at start, never a spec from
-the request: a `py:` spec would run the client's code (docs/design.md §5).
+sampling (`Guided`), or Best-of-N (`BestOf`: plain, value-pruned or over VAS samples,
+`bestof_modes`) when the body asks `vas: {"best_of": N, "reward": NAME, "best_of_mode": M}`.
+NAME is one of the rewards the operator loaded at start, never a spec from the request: a `py:`
+spec would run the client's code (docs/design.md §5).
 
 Streams pump every choice's tokens through one queue. A failure mid-stream is sent as a
 `data: {"error": ...}` event then `[DONE]` (which the openai SDK raises), never as a silent
@@ -25,7 +26,9 @@ from typing import Protocol
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from ..bestofn import BestOfN, best_of_n
+from ..bestof_modes import prune_weights, run_best_of
+from ..bestofn import BestOfN
+from ..defaults import BEST_OF_MODES
 from ..engine import Engine, Generation, GenerationRequest, Outcome, TokenEvent
 from ..guidance import Guidance
 from ..errors import ConfigError
@@ -75,27 +78,30 @@ class BestOfGeneration(Generation):
 
 
 class BestOf:
-    """The Best-of-N baseline (`bestofn`): each choice samples `n` plain answers to the
-    request's prompt with its limits and seed, and returns the one `reward` scores highest
-    against `reward_prompt`. Non-streamed choices report it as `vas_best_of`."""
+    """Best-of-N (`bestof_modes.run_best_of`): each choice samples `n` answers to the request's
+    prompt with its limits and seed in `mode` (plain, pruned by the value models every `block`
+    tokens keeping the top `keep`, or guided by the request's guidance), and returns the one
+    `reward` scores highest against `reward_prompt`. Non-streamed choices report it as
+    `vas_best_of`."""
 
-    def __init__(self, engine: Engine, n: int, reward_name: str, reward, reward_prompt: str):
+    def __init__(self, engine: Engine, n: int, reward_name: str, reward, reward_prompt: str,
+                 mode: str = BEST_OF_MODES[0], block: int | None = None,
+                 keep: float | None = None):
         self.engine, self.n, self.reward_name = engine, n, reward_name
         self.reward, self.reward_prompt = reward, reward_prompt
+        self.mode, self.block, self.keep = mode, block, keep
 
     async def run(self, req: GenerationRequest) -> BestOfN:
-        # The model's end-of-turn texts stop the plain samples too (they are not in the answer).
-        stop = list(dict.fromkeys([*(req.stop or []), *sorted(self.engine.eos_texts)]))
-        return await best_of_n(self.engine.upstream, req.prompt, n=self.n, reward=self.reward,
-                               reward_prompt=self.reward_prompt, max_tokens=req.max_tokens,
-                               stop=stop, temperature=req.temperature, top_p=req.top_p,
-                               seed=req.seed, model=req.model)
+        return await run_best_of(self.engine, req, mode=self.mode, n=self.n, reward=self.reward,
+                                 reward_prompt=self.reward_prompt, block=self.block,
+                                 keep=self.keep)
 
     async def generate(self, req: GenerationRequest) -> BestOfGeneration:
         res = await self.run(req)
         return BestOfGeneration(res.text, res.finish_reason, [_whole(res.text)], res.usage,
                                 best_of={"n": self.n, "reward": self.reward_name,
-                                         "scores": res.scores, "chosen": res.index})
+                                         "mode": self.mode, "scores": res.scores,
+                                         "chosen": res.index, "details": res.details})
 
     async def stream(self, req: GenerationRequest, outcome: Outcome
                      ) -> AsyncIterator[TokenEvent]:
@@ -145,7 +151,8 @@ class Serving:
 
     def strategy(self, body: CompletionRequest | ChatCompletionRequest,
                  guidance: Guidance) -> Strategy:
-        """Guided sampling, or Best-of-N when the body's `vas` asks for it."""
+        """Guided sampling, or Best-of-N when the body's `vas` asks for it. A pruned Best-of-N
+        with nothing to rank by is refused here, before any upstream call."""
         vas = body.vas
         if vas is None or "best_of" not in vas.model_fields_set:
             return self.guided
@@ -153,7 +160,11 @@ class Serving:
         if guidance.trace or body.logprobs:
             raise ConfigError("vas.trace and logprobs describe guided sampling; they are not "
                               "available with vas.best_of", param="vas.best_of")
-        return BestOf(self.engine, vas.best_of, name, self.rewards[name], body.reward_prompt())
+        mode = vas.best_of_mode or BEST_OF_MODES[0]
+        if mode == "pruned":
+            prune_weights(self.engine.values, guidance.weights)
+        return BestOf(self.engine, vas.best_of, name, self.rewards[name], body.reward_prompt(),
+                      mode=mode, block=vas.prune_block, keep=vas.prune_keep)
 
     def reward_name(self, name) -> str:
         """The loaded reward `vas.reward` names (None: the only one loaded)."""

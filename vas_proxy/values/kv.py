@@ -131,20 +131,34 @@ def check_cache_api() -> None:
         raise _unsupported("DynamicLayer.update writes into the tensors it was given")
 
 
-def tree_mask(owner: torch.Tensor, positions: torch.Tensor, past: int,
-              dtype: torch.dtype) -> torch.Tensor:
-    """Additive (1, 1, q, past + q) mask for a packed row after `past` cached tokens.
+def tree_mask(parent: list[int], past: int, dtype: torch.dtype,
+              device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Additive (1, 1, q, past + q) mask and (1, q) position ids for a packed token trie.
 
-    owner -1 marks shared-prefix tokens, c >= 0 candidate c's suffix tokens. Token i sees the
-    cache, and packed token j when position_j <= position_i and j is shared or i's own. Additive
-    floats (0 / dtype min) rather than booleans: transformers' eager and SDPA attention both add
-    a 4D mask as it is (`create_causal_mask` returns 4D masks untouched).
+    `parent[i]` is the packed index of token i's parent (always < i), or -1 for a token that
+    follows the `past` cached tokens directly. Token i sees the cache, its trie ancestors and
+    itself, so each root-to-node path reads exactly like its own sequence; its position is
+    past + its depth. The ancestor sets come from pointer jumping: one vectorised step per trie
+    level, O(q * depth), on the CPU where `parent` lives (q x q booleans), and only the additive
+    float mask is built on `device`. Floats (0 / dtype min) rather than booleans: transformers'
+    eager and SDPA attention both add a 4D mask as it is (`create_causal_mask` returns 4D masks
+    untouched).
     """
-    mine = (owner[None, :] == -1) | (owner[None, :] == owner[:, None])
-    seen = torch.cat([mine.new_ones((len(owner), past)),
-                      mine & (positions[None, :] <= positions[:, None])], dim=1)
-    mask = torch.zeros(seen.shape, dtype=dtype, device=owner.device)
-    return mask.masked_fill_(~seen, torch.finfo(dtype).min)[None, None]
+    q = len(parent)
+    up = torch.tensor(list(parent) + [q], dtype=torch.long)  # column q: "above the roots"
+    up[up < 0] = q
+    rows = torch.arange(q)
+    seen = torch.zeros((q, q + 1), dtype=torch.bool)
+    seen[rows, rows] = True
+    cur = up[:q]
+    while bool((cur < q).any()):
+        seen[rows, cur] = True
+        cur = up[cur]
+    seen = seen[:, :q]
+    positions = past + seen.sum(dim=1) - 1
+    mask = torch.zeros((q, past + q), dtype=dtype, device=device)
+    mask[:, past:].masked_fill_(~seen.to(device), torch.finfo(dtype).min)
+    return mask[None, None], positions.to(device)[None]
 
 
 def attention_backends(device: torch.device):

@@ -31,16 +31,18 @@ class CheckpointValue:
     """`ValueFunction` over a `ValueModel`, reusing the KV cache of the shared token prefix.
 
     Decoding grows the state one token per step, so consecutive calls share almost all their
-    tokens. Each call: tokenise prompt + response + candidate for the k candidates; the longest
+    tokens. Each call: tokenise prompt + response + candidate for every candidate; the longest
     common prefix P (capped so that each candidate keeps ≥ 1 own token) is served from a stored
     batch-1 cache, cropped where the previous prefix diverges (a shrinking response or a
-    re-tokenised boundary); the prefix tokens it lacks and the k suffixes then run in ONE
-    forward, packed into a single row with a tree attention mask (each suffix token sees the
-    prefix and its own candidate's earlier tokens), and the grown prefix is kept for the next
-    call: a decode step costs one forward over about 1 + k tokens. Packing, rather than a batch
-    of k rows over an expanded cache, avoids `DynamicLayer.update` concatenating k copies of the
-    prefix in every layer (that copy dominated the step at 1024 tokens) and needs no padding. A
-    few prefixes are kept (LRU) so interleaved requests do not evict each other.
+    re-tokenised boundary); the prefix tokens it lacks and the candidates' remaining tokens then
+    run in ONE forward, packed into a single row as a token trie (each token sees the cache and
+    its trie ancestors, `kv.tree_mask`), and the grown prefix is kept for the next call: a
+    decode step costs one forward over about 1 + k tokens. The trie is what makes a speculative
+    chunk cheap: its L x k strings `D_i + c` (D_i the drafts before position i) repeat the
+    drafts, which are then computed once, not once per candidate. Packing, rather than a batch
+    of rows over an expanded cache, avoids `DynamicLayer.update` concatenating a copy of the
+    prefix per row in every layer (that copy dominated the step at 1024 tokens) and needs no
+    padding. A few prefixes are kept (LRU) so interleaved requests do not evict each other.
 
     `use_cache=False` recomputes the k full sequences in one padded batch (the reference path
     for tests and benchmarks); it is forced for backbones with sliding-window or other
@@ -110,28 +112,22 @@ class CheckpointValue:
     # -- prefix-cache path -----------------------------------------------------------------
 
     def _score_cached(self, ids: list[list[int]]) -> torch.Tensor:
-        """One forward: the prefix tokens missing from the best stored cache, then the k
-        candidate suffixes, all packed in one row (see `kv.tree_mask`)."""
+        """One forward over a token trie: the prefix tokens missing from the best stored cache,
+        then every candidate's remaining tokens, shared ones once (see `_pack_trie`)."""
         n = min(_common_prefix_len(ids), min(len(s) for s in ids) - 1)
-        prefix, suffixes = ids[0][:n], [s[n:] for s in ids]
+        prefix = ids[0][:n]
         slot, shared = self._best_slot(prefix)
         past = [(key[..., :shared, :], val[..., :shared, :]) for key, val in slot.layers]
-        new = prefix[shared:]
+        tokens, parent, ends = _pack_trie(prefix[shared:], [s[n:] for s in ids])
         device = self.model.device
-        tokens = torch.tensor(new + [t for s in suffixes for t in s], device=device)
-        owner = torch.tensor([-1] * len(new) + [c for c, s in enumerate(suffixes) for _ in s],
-                             device=device)
-        positions = torch.cat([torch.arange(shared, n, device=device)]
-                              + [torch.arange(n, n + len(s), device=device) for s in suffixes])
+        mask, positions = tree_mask(parent, shared, self.model.backbone_dtype, device)
         values, cache = self.model(
-            tokens.unsqueeze(0), past_key_values=make_cache(past), use_cache=True,
-            attention_mask=tree_mask(owner, positions, shared, self.model.backbone_dtype),
-            position_ids=positions.unsqueeze(0))
+            torch.tensor([tokens], device=device), past_key_values=make_cache(past),
+            use_cache=True, attention_mask=mask, position_ids=positions)
         if n:
             self._store(slot, shared, _PrefixSlot(prefix, [
                 (keys[..., :n, :], vals[..., :n, :]) for keys, vals in cache_tensors(cache)]))
-        lengths = torch.tensor([len(s) for s in suffixes], device=device)
-        return values[0, len(new) + torch.cumsum(lengths, 0) - 1]
+        return values[0, torch.tensor(ends, device=device)]
 
     def _best_slot(self, prefix: list[int]) -> tuple[_PrefixSlot, int]:
         best, best_len = _PrefixSlot(), 0
@@ -151,10 +147,39 @@ class CheckpointValue:
         del self._slots[:-self.max_prefixes]
 
 
+def _pack_trie(chain: list[int], suffixes: list[list[int]]
+               ) -> tuple[list[int], list[int], list[int]]:
+    """Merge the token sequences `chain + suffix` into a trie, packed in creation order (a
+    parent before its children; `chain` first, so its nodes are the first len(chain)).
+
+    Returns the packed tokens, each one's parent (-1: follows the cache) and each sequence's
+    last node. Sequences that start alike (a speculative chunk's drafts, which all of a later
+    position's candidates repeat, or two tokenisations sharing a head) compute those tokens
+    once; duplicates share their last node.
+    """
+    tokens, parent = list(chain), list(range(-1, len(chain) - 1))
+    top = len(chain) - 1
+    child: dict[tuple[int, int], int] = {}
+    ends = []
+    for suffix in suffixes:
+        node = top
+        for token in suffix:
+            nxt = child.get((node, token))
+            if nxt is None:
+                nxt = child[node, token] = len(tokens)
+                tokens.append(token)
+                parent.append(node)
+            node = nxt
+        ends.append(node)
+    return tokens, parent, ends
+
+
 def _common_prefix_len(seqs: list[list[int]]) -> int:
+    """The lexicographic extremes share exactly the prefix all share (compared in C)."""
+    lo, hi = min(seqs), max(seqs)
     n = 0
-    for column in zip(*seqs):
-        if any(t != column[0] for t in column):
+    for a, b in zip(lo, hi):
+        if a != b:
             break
         n += 1
     return n
