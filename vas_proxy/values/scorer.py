@@ -78,6 +78,13 @@ class CheckpointValue:
     def __repr__(self) -> str:
         return f"CheckpointValue({self.name!r})"
 
+    @property
+    def batches_positions(self) -> bool:
+        """Whether the engine should score a chunk's drafted positions in one call: on an
+        accelerator a forward costs about the same for 1 or L positions; on a CPU it grows
+        with the tokens, and positions after a rejected draft are wasted (docs/design.md §3.5)."""
+        return self.model.device.type != "cpu"
+
     def reset(self) -> None:
         """Drop the stored prefix caches."""
         with self._lock:
