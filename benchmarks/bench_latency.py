@@ -3,10 +3,13 @@
 On the embedded upstream (llama-cpp-python's server on SmolLM2, CPU), 64-token responses to
 held-out prompts, each prompt running every variant in turn (so load drifts hit them alike):
 
-- `guided`: the engine at --beta with the bundled positivity value model, the default
-  speculation (adaptive: the llamacpp profile's drafts are exact);
-- `guided, one token per call`: the same at speculate 0 (the old default);
-- `guided, batched drafts`: drafted positions scored in one forward (`Engine(batch_drafts=True)`);
+- `guided`: the engine at --beta with the bundled positivity value model and its defaults:
+  adaptive speculation (the llamacpp profile's drafts are exact), drafted calls read as
+  streams so scoring overlaps generation (`Engine(overlap=None)`: on for llamacpp);
+- `guided, whole calls`: the same without the overlap (`overlap=False`);
+- `guided, whole calls, batched`: and each chunk's drafted positions scored in one forward
+  (`batch_drafts=True`);
+- `guided, one token per call`: speculate 0 (the old default);
 - `beta 0`: the same loop without scoring (ratio a: the scoring overhead);
 - `plain call`: ONE completion call of 64 tokens without logprobs (ratio b: what a user
   would otherwise wait for);
@@ -16,7 +19,7 @@ held-out prompts, each prompt running every variant in turn (so load drifts hit 
 Latencies are per generated token (responses may end early at the end of turn). Ratios are
 per prompt and repeat, then summarised as median (p10-p90).
 
-    python benchmarks/bench_latency.py --prompts 8 --repeats 2 --json docs/bench/latency_cpu.json
+    python benchmarks/bench_latency.py --prompts 4 --repeats 2 --json docs/bench/latency_cpu.json
 """
 
 from __future__ import annotations
@@ -53,8 +56,10 @@ async def run(args) -> dict:
     async with open_runtime(opts) as rt:
         prompts = render_prompts(read_prompts(str(PROMPTS))[:args.prompts], rt.template)
         base = rt.engine
+        whole = Engine(base.upstream, base.values, defaults=base.defaults,
+                       eos_texts=sorted(base.eos_texts), overlap=False)
         batched = Engine(base.upstream, base.values, defaults=base.defaults,
-                         eos_texts=sorted(base.eos_texts), batch_drafts=True)
+                         eos_texts=sorted(base.eos_texts), overlap=False, batch_drafts=True)
         up = base.upstream
         stop = rt.template.stop_strings
 
@@ -75,8 +80,9 @@ async def run(args) -> dict:
 
         variants = {
             "guided": lambda p, s: guided(base, p, s, args.beta),
+            "guided, whole calls": lambda p, s: guided(whole, p, s, args.beta),
+            "guided, whole calls, batched": lambda p, s: guided(batched, p, s, args.beta),
             "guided, one token per call": lambda p, s: guided(base, p, s, args.beta, 0),
-            "guided, batched drafts": lambda p, s: guided(batched, p, s, args.beta),
             "beta 0": lambda p, s: guided(base, p, s, 0.0),
             "plain call": lambda p, s: plain(p, s, 0),
             "plain call + logprobs": lambda p, s: plain(p, s, 20),

@@ -159,3 +159,29 @@ def test_guided_first_token_is_exact(upstream, chat_prompt):
     flipped /= flipped.sum()
     assert _pvalue(samples, cands, base) < ALPHA
     assert _pvalue(samples, cands, flipped) < ALPHA
+
+
+def test_streamed_drafts_equal_whole_calls_on_the_real_upstream(upstream, chat_prompt):
+    """llama-cpp-python streams the very positions its whole answers report (same seed, same
+    logprobs), so reading drafted calls as streams changes neither the text nor the
+    acceptance decisions; its streams carry no usage, so their prompts are estimated, and
+    the estimate matches the counts of the whole calls."""
+    p = chat_prompt("Tell me about your weekend.")
+    value = load_value("py:valuefns:char_hash", name="h")
+
+    def one(overlap: bool, seed: int):
+        client = UpstreamClient(upstream.base_url, upstream.model, use_cache=False)
+        eng = Engine(client, {"h": value}, defaults=Guidance(beta=1.0, speculate=4),
+                     eos_texts=["<|im_end|>"], overlap=overlap)
+        return gen(eng, p, max_tokens=16, seed=seed)
+
+    for seed in (3, 4):
+        whole, live = one(False, seed), one(True, seed)
+        assert live.text == whole.text and live.text
+        assert (live.usage.draft_trials, live.usage.drafts_accepted) == \
+            (whole.usage.draft_trials, whole.usage.drafts_accepted)
+        assert live.usage.upstream_calls == whole.usage.upstream_calls
+        if live.usage.upstream_calls > 1:
+            assert live.usage.estimated_prompt_tokens > 0
+        assert abs(live.usage.upstream_prompt_tokens - whole.usage.upstream_prompt_tokens) \
+            <= live.usage.upstream_calls  # a re-tokenised boundary may differ by a token

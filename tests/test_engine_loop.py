@@ -48,6 +48,7 @@ class ScriptedUpstream:
         self.drafts = list(drafts or [])
         self.empty, self.empty_after, self.sample_eos = empty, empty_after, sample_eos
         self.calls: list[dict] = []
+        self.streamed = 0
 
     def client(self) -> UpstreamClient:
         return UpstreamClient("http://fake/v1", "fake", use_cache=False,
@@ -99,9 +100,25 @@ class ScriptedUpstream:
                         "top_logprobs": [{t.decode(): lp for t, lp in top[:k]}
                                          for _, top in positions]}
         text = b"".join(tok for tok, _ in positions).decode("utf-8", "replace")
+        finish = "length" if len(positions) == n else "stop"
+        if body.get("stream"):  # one chunk per position, no usage (as llama-cpp-python)
+            chunks = []
+            for i, (tok, top) in enumerate(positions):
+                lp = ({"content": [logprobs["content"][i]]} if self.shape == "chat" else
+                      {key: [logprobs[key][i]] for key in
+                       ("tokens", "token_logprobs", "top_logprobs")})
+                chunks.append({"choices": [{"text": tok.decode("utf-8", "replace"),
+                                            "index": 0, "logprobs": lp,
+                                            "finish_reason": None}]})
+            chunks.append({"choices": [{"text": "", "index": 0, "logprobs": None,
+                                        "finish_reason": finish}]})
+            self.streamed += 1
+            sse = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+            return httpx.Response(200, content=sse.encode(),
+                                  headers={"content-type": "text/event-stream"})
         return httpx.Response(200, json={
             "choices": [{"text": text, "index": 0, "logprobs": logprobs,
-                         "finish_reason": "length" if len(positions) == n else "stop"}],
+                         "finish_reason": finish}],
             "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": len(positions)}})
 
 
@@ -407,3 +424,39 @@ def test_speculation_default_is_the_profiles():
     assert eng("llamacpp") == -1 and eng("vllm") == -1
     assert eng("openai-completions") == 0 and eng("sglang") == 0
     assert eng("llamacpp", speculate=0) == 0 and eng("openai-completions", speculate=4) == 4
+
+
+@pytest.mark.parametrize("shape", ["legacy", "chat"])
+def test_streamed_drafts_give_the_very_same_output(shape):
+    """Reading drafted calls as streams (scoring each position as it arrives, cancelling at a
+    rejection) gives the tokens and acceptance decisions of whole calls: the same seeds, the
+    same reported positions. The output being a function of the seed and the positions, this
+    makes the streamed loop exactly the whole-call loop, whose distribution the chi-square
+    tests above check. Its bill counts the positions read; the prompt, which the stream
+    does not report, is estimated as the first call's plus the tokens since."""
+    runs = {}
+    for overlap in (False, True):
+        value, _ = _counting_value()
+        outs = []
+        streamed = 0
+        for seed in range(12):
+            fake = ScriptedUpstream(spread, shape=shape)
+            eng = Engine(fake.client(), {"v": value},
+                         defaults=Guidance(beta=1.5, top_k=4, speculate=3), overlap=overlap)
+            evs, out = events(eng, max_tokens=9, seed=seed)
+            u = out.usage
+            outs.append(([e.token for e in evs], (u.draft_trials, u.drafts_accepted),
+                         u.upstream_calls, u))
+            streamed += fake.streamed
+        runs[overlap] = outs, streamed
+    (whole, n_whole), (live, n_live) = runs[False], runs[True]
+    assert n_whole == 0 and n_live > 0
+    for (tok_a, book_a, calls_a, ua), (tok_b, book_b, calls_b, ub) in zip(whole, live):
+        assert tok_a == tok_b and book_a == book_b and calls_a == calls_b
+        # the fake counts prompt characters: one per token here, so the estimate is exact
+        assert ub.upstream_prompt_tokens == ua.upstream_prompt_tokens
+        assert ub.estimated_prompt_tokens > 0 and ua.estimated_prompt_tokens == 0
+        # never more billed than the whole calls (a rejection cancels the stream)
+        assert ub.upstream_completion_tokens <= ua.upstream_completion_tokens
+        assert ub.rejected_draft_tokens <= ua.rejected_draft_tokens
+

@@ -20,6 +20,7 @@ from .defaults import MAX_TOKENS, TEMPERATURE, TOP_P
 from .errors import ConfigError
 from .guidance import Guidance
 from .protocol import Candidate, Position
+from .chunks import ChunkSource
 from .response import ResponseText
 from .upstream.client import UpstreamClient
 from .usage import Usage
@@ -75,15 +76,14 @@ class Generation:
         return [t.trace for t in self.tokens if t.trace is not None]
 
 
-class Engine:
+class Engine(ChunkSource):
     """Guided generation against one upstream with a fixed set of loaded value models."""
-
-    EOS_RETRIES = 4
     MAX_ADAPTIVE_DRAFT = 12
 
     def __init__(self, upstream: UpstreamClient, values: Mapping[str, ValueFunction] | None = None,
                  *, defaults: Guidance | None = None, eos_texts: list[str] | None = None,
-                 draft: str | None = None, batch_drafts: bool | None = None):
+                 draft: str | None = None, batch_drafts: bool | None = None,
+                 overlap: bool | None = None):
         self.upstream = upstream
         self.values = dict(values or {})
         self.defaults = replace(defaults) if defaults else Guidance()
@@ -95,6 +95,9 @@ class Engine:
         # the cost grows with the tokens, and positions after a rejected draft are wasted.
         # None: batch when every value model says batching pays (`batches_positions`).
         self.batch_drafts = batch_drafts
+        # Read drafted calls as streams and score each position while the upstream makes the
+        # next (`_chunk`); None: where the profile streams logprobs and drafts are samples.
+        self.overlap = overlap
         # Candidate texts that end the answer (the model's end-of-turn token as the upstream
         # spells it). They are never appended to the response.
         self.eos_texts = set(eos_texts or [])
@@ -129,86 +132,6 @@ class Engine:
         scores = {name: self.values[name].score(prompt, response, texts)
                   for name, w in weights.items() if w != 0.0}
         return sampling.combine_values(scores, weights, len(cands))
-
-    async def _call(self, req: GenerationRequest, text: str, usage: Usage,
-                    seeds: np.random.Generator, n: int, temperature: float) -> list[Position]:
-        t0 = time.perf_counter()
-        # Unseeded requests draw random upstream seeds: caching them would only fill the cache.
-        res = await self.upstream.complete(req.prompt + text, max_tokens=n,
-                                           top_k=req.guidance.top_k, model=req.model,
-                                           temperature=temperature,
-                                           seed=int(seeds.integers(2**31)),
-                                           cache=req.seed is not None)
-        usage.upstream_seconds += time.perf_counter() - t0
-        if not usage.prompt_tokens:
-            usage.prompt_tokens = res.prompt_tokens
-        usage.count(res)
-        return res.positions
-
-    async def _positions(self, req: GenerationRequest, text: str, usage: Usage,
-                         seeds: np.random.Generator, draft_len: int
-                         ) -> tuple[list[Position], bool]:
-        """Top-k candidates of the next position(s) and whether they carry usable drafts;
-        ([], False) when the turn has surely ended.
-
-        draft_len > 0 asks for that many drafted tokens in one call (greedy drafts at
-        temperature 0, or the upstream's own temperature-1 samples when its profile says they
-        follow its reported logprobs). The upstream samples a token of its own on every call
-        and, when that token is its end-of-turn token, llama-cpp-python answers with no position
-        at all (its loop breaks before recording logprobs). Its reported logprobs do not depend
-        on its sample, so asking again with another upstream seed is exact; after `EOS_RETRIES`
-        such answers in a row the turn is taken as ended (the end token then had probability
-        ≳ 0.5 at this position).
-        """
-        if draft_len > 0:
-            temp = 1.0 if self.draft == "sample" else 0.0
-            positions = await self._call(req, text, usage, seeds, draft_len, temp)
-            if positions:
-                return positions, True
-        for _ in range(1 + self.EOS_RETRIES):
-            positions = await self._call(req, text, usage, seeds, 1, 1.0)
-            if positions:
-                return positions[:1], False
-        return [], False
-
-    def _batching(self, weights: dict[str, float]) -> bool:
-        if self.batch_drafts is not None:
-            return self.batch_drafts
-        active = [self.values[n] for n, w in weights.items() if w != 0.0]
-        return bool(active) and all(getattr(v, "batches_positions", False) for v in active)
-
-    def _chunk_values(self, req: GenerationRequest, resp: ResponseText,
-                      positions: list[Position], weights: dict[str, float]
-                      ) -> list[np.ndarray]:
-        """Values of the candidates at each drafted position the chunk can reach (position i's
-        response is the current one plus drafts 0..i-1), from one scoring call per value model:
-        the same strings, so the same values, as scoring position by position."""
-        reach, raws = 1, []
-        for pos in positions[:-1]:
-            d = self._draft_index(pos, pos.candidates)
-            if d is None or d is False:
-                break
-            raw = pos.candidates[d].bytes
-            if not raw or pos.candidates[d].text in self.eos_texts:
-                break
-            raws.append(raw)
-            reach += 1
-        texts = [resp.text] + resp.preview(raws)
-        reach = min(reach, len(texts))
-        flat, sizes = [], []
-        for i in range(reach):
-            tail = texts[i][len(resp.text):]
-            cands = positions[i].candidates
-            flat += [tail + c.bytes.decode("utf-8", "ignore") for c in cands]
-            sizes.append(len(cands))
-        scores = {name: self.values[name].score(req.prompt, resp.text, flat)
-                  for name, w in weights.items() if w != 0.0}
-        out, start = [], 0
-        for size in sizes:  # centred per position, as one position's scoring is
-            out.append(sampling.combine_values(
-                {name: v[start:start + size] for name, v in scores.items()}, weights, size))
-            start += size
-        return out
 
     def _draft_len(self, g: Guidance, accepted: int, trials: int, left: int) -> int:
         speculate = self.defaults.speculate if g.speculate is None else g.speculate
@@ -252,27 +175,17 @@ class Engine:
         step, accepted_n, trials = 0, 0, 0
         while step < req.max_tokens:
             draft_len = self._draft_len(g, accepted_n, trials, req.max_tokens - step)
-            positions, drafted = await self._positions(req, resp.text, usage, seeds, draft_len)
-            if not positions:
-                outcome.finish_reason = "stop"
-                tail = resp.flush(final=True)
-                if tail:
-                    yield TokenEvent(tail, b"", 0.0)
-                return
-            kept = 0  # drafts accepted in this chunk
-            batched: list[np.ndarray] = []
-            if guided and drafted and len(positions) > 1 and self._batching(weights):
-                t0 = time.perf_counter()
-                batched = await asyncio.to_thread(self._chunk_values, req, resp, positions,
-                                                  weights)
-                usage.scoring_seconds += time.perf_counter() - t0
+            tally = {"drafted": 0}  # billed drafted positions of this chunk
+            chunk = self._chunk(req, resp, usage, seeds, draft_len, step, weights, guided, tally)
+            kept = got = 0  # drafts accepted in this chunk, positions read
             try:
-                for n_pos, pos in enumerate(positions):
+                async for pos, drafted, scored in chunk:
+                    got += 1
                     cands = pos.candidates
                     lps = [c.logprob for c in cands]
                     values = np.zeros(len(cands))
-                    if guided and n_pos < len(batched):
-                        values = batched[n_pos]
+                    if guided and scored is not None:
+                        values = scored
                     elif guided:
                         t0 = time.perf_counter()
                         values = await asyncio.to_thread(self._score, req.prompt, resp.text,
@@ -305,8 +218,14 @@ class Engine:
                     if not accepted or step >= req.max_tokens:
                         break
             finally:
-                if drafted:  # billed drafted tokens we did not keep
-                    usage.rejected_draft_tokens += len(positions) - kept
+                await chunk.aclose()  # a stream still open is cancelled
+                usage.rejected_draft_tokens += tally["drafted"] - kept  # billed, not kept
+            if not got:  # the turn has surely ended
+                outcome.finish_reason = "stop"
+                tail = resp.flush(final=True)
+                if tail:
+                    yield TokenEvent(tail, b"", 0.0)
+                return
 
     def _emit(self, cands, lps, values, q, i, g: Guidance, resp: ResponseText, last: bool
               ) -> tuple[TokenEvent, bool]:

@@ -34,6 +34,8 @@ class Usage:
     drafts_accepted: int = 0
     upstream_seconds: float = 0.0
     scoring_seconds: float = 0.0
+    # Prompt tokens of streamed calls whose stream reported no usage (the engine's estimate)
+    estimated_prompt_tokens: int = 0
     calls: list[Call] = field(default_factory=list)  # one per billed call, in order
     # The prompt text of each of `calls` (same order): kept only to find shared prefixes.
     _prompts: list[str] = field(default_factory=list, repr=False, compare=False)
@@ -110,6 +112,7 @@ class Usage:
                 "rejected_draft_tokens": self.rejected_draft_tokens,
                 "upstream_cached_tokens": self.upstream_cached_tokens,
                 "calls": [list(c) for c in self.calls],
+                "estimated_prompt_tokens": self.estimated_prompt_tokens,
                 "upstream_seconds": self.upstream_seconds,
                 "scoring_seconds": self.scoring_seconds}
 

@@ -1,111 +1,30 @@
 """The one place that talks HTTP to upstreams: async `/v1/completions` with logprobs.
 
-Parses both logprob shapes (docs/design.md §2): legacy completions (`top_logprobs` is a dict
-token→logprob per position; two tokens with the same text collide) and chat (lists of
-{token, logprob, bytes}). `-9999` marks "outside the top-k" on some servers and is dropped.
-Calls are retried (`retry.py`) and reproducible answers are cached (`cache.py`). `parse` is the
+The wire shapes it parses are in `wire.py`; streamed calls, read position by position, in
+`streaming.py`. Calls are retried (`retry.py`) and reproducible answers are cached (`cache.py`). `parse` is the
 one reader of an answer's `usage`, including the prompt-cache counts some upstreams report
 (`reported_cached_tokens`), which price models need (`vas_proxy.prices`).
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
 import os
-import time
-from collections.abc import Sequence
-from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING
 
 import httpx2 as httpx
 
 from ..defaults import PROVIDER, TIMEOUT
-from ..errors import (ContextLengthError, NoLogprobsError, TooFewCandidatesError,
-                      UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable)
-from ..protocol import Candidate, Position, UpstreamResult
+from ..errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from ..protocol import UpstreamResult
 from .cache import DEFAULT_SIZE_LIMIT, ResponseCache, cache_key, cacheable
 from .profiles import Profile, get_profile
 from .retry import RetryPolicy, call_with_retry
+from .wire import (_usable_positions, check_status, parse_positions,  # noqa: F401 (re-export)
+                   reported_cached_tokens)
 
-_OUTSIDE_TOPK = -9999.0
-_CONTEXT_HINTS = ("context window", "context length", "exceed", "too long", "n_ctx",
-                  "maximum context")
-
-
-def _candidate(token: str, logprob: float, raw: Sequence[int] | None = None) -> Candidate:
-    return Candidate(text=token, logprob=float(logprob), raw=bytes(raw) if raw else b"")
-
-
-def _usable(lp) -> bool:
-    return lp is not None and math.isfinite(lp) and lp > _OUTSIDE_TOPK
-
-
-def parse_positions(choice: dict, top_k: int) -> list[Position]:
-    """Positions of one choice, each with its candidates best-first, cut to `top_k`.
-
-    llama.cpp adds the sampled token when it is not among the top-k: extras are dropped so the
-    target is always over exactly the k highest-logprob candidates (docs/design.md §1).
-    """
-    lp = choice.get("logprobs")
-    if not lp:
-        raise NoLogprobsError("the upstream answered without logprobs; it must support "
-                              "`logprobs` on /v1/completions (see the provider profiles)")
-    out: list[Position] = []
-    if isinstance(lp.get("content"), list):  # chat shape
-        for entry in lp["content"]:
-            cands = [_candidate(t["token"], t["logprob"], t.get("bytes"))
-                     for t in entry.get("top_logprobs") or [] if _usable(t.get("logprob"))]
-            sampled = _candidate(entry["token"], entry.get("logprob", _OUTSIDE_TOPK), entry.get("bytes"))
-            out.append(Position(sorted(cands, key=lambda c: -c.logprob)[:top_k], sampled))
-    else:  # legacy completions shape
-        tokens = lp.get("tokens") or []
-        token_lps = lp.get("token_logprobs") or []
-        tops = lp.get("top_logprobs") or []
-        if tokens and not tops:
-            raise NoLogprobsError("the upstream returned tokens but no top_logprobs")
-        for i, top in enumerate(tops):
-            cands = [_candidate(t, v) for t, v in (top or {}).items() if _usable(v)]
-            sampled = None
-            if i < len(tokens):
-                sampled = _candidate(tokens[i], token_lps[i] if i < len(token_lps) and
-                                     token_lps[i] is not None else _OUTSIDE_TOPK)
-            out.append(Position(sorted(cands, key=lambda c: -c.logprob)[:top_k], sampled))
-    return out
-
-
-def _error_message(resp: httpx.Response) -> tuple[str, str | None]:
-    try:
-        body = resp.json()
-    except ValueError:
-        return (resp.text or resp.reason_phrase)[:500], None
-    err = body.get("error", body) if isinstance(body, dict) else body
-    if isinstance(err, dict):
-        code = err.get("code")
-        if not code and err.get("type") == "insufficient_quota":  # OpenAI puts it in both
-            code = "insufficient_quota"
-        return str(err.get("message") or err.get("detail") or err)[:500], code
-    return str(err)[:500], None
-
-
-def _retry_after(resp: httpx.Response) -> float | None:
-    ms = resp.headers.get("retry-after-ms")
-    if ms:
-        try:
-            return float(ms) / 1000.0
-        except ValueError:
-            pass
-    s = resp.headers.get("retry-after")
-    if s:
-        try:
-            return max(0.0, float(s))
-        except ValueError:
-            pass
-        try:  # the HTTP-date form
-            when = parsedate_to_datetime(s)
-            return max(0.0, when.timestamp() - time.time())
-        except (TypeError, ValueError, OverflowError):
-            return None
-    return None
-
+if TYPE_CHECKING:
+    from .streaming import PositionStream
 
 class UpstreamClient:
     """Async client of one upstream (base URL ending in /v1, model name, provider profile).
@@ -145,18 +64,9 @@ class UpstreamClient:
 
     async def _send(self, method: str, path: str, body: dict | None = None) -> dict:
         """One attempt, failures as typed errors."""
-        try:
+        with self.transport_errors():
             resp = await self._http.request(method, path, json=body)
-        except httpx.TimeoutException as e:
-            raise UpstreamTimeout(f"upstream {self.base_url} timed out ({type(e).__name__})") from None
-        except httpx.TransportError as e:
-            raise UpstreamUnreachable(f"cannot reach upstream {self.base_url}: {e}") from None
-        if resp.status_code >= 400:
-            msg, code = _error_message(resp)
-            cls = UpstreamHTTPError
-            if resp.status_code in (400, 413, 422) and any(h in msg.lower() for h in _CONTEXT_HINTS):
-                cls = ContextLengthError
-            raise cls(resp.status_code, msg, retry_after=_retry_after(resp), error_code=code)
+        check_status(resp)
         try:
             data = resp.json()
         except ValueError:
@@ -164,6 +74,32 @@ class UpstreamClient:
         if not isinstance(data, dict):
             raise UpstreamError(f"upstream {self.base_url} answered with invalid JSON")
         return data
+
+    @contextlib.contextmanager
+    def transport_errors(self):
+        """httpx's timeouts and connection failures as our typed, retryable errors."""
+        try:
+            yield
+        except httpx.TimeoutException as e:
+            raise UpstreamTimeout(f"upstream {self.base_url} timed out ({type(e).__name__})") from None
+        except httpx.TransportError as e:
+            raise UpstreamUnreachable(f"cannot reach upstream {self.base_url}: {e}") from None
+
+    def stream_positions(self, prompt: str, *, max_tokens: int, top_k: int,
+                         temperature: float = 1.0, seed: int | None = None,
+                         model: str | None = None) -> "PositionStream":
+        """A streamed `/v1/completions` call whose positions can be read as the upstream makes
+        them (and the call cancelled by closing it): see `upstream/streaming.py`. Never cached:
+        a cancelled stream is not the whole answer."""
+        from .streaming import PositionStream  # noqa: F811
+
+        k = self.profile.clamp_top_k(top_k)
+        body = {"model": model or self.model, "prompt": prompt, "max_tokens": max_tokens,
+                "temperature": temperature, "stream": True, "logprobs": k,
+                "stream_options": {"include_usage": True}, **self.profile.sampler_params}
+        if seed is not None:
+            body["seed"] = seed
+        return PositionStream(self, body, k, max_tokens)
 
     async def _post(self, path: str, body: dict) -> dict:
         return await call_with_retry(self.retry, lambda: self._send("POST", path, body))
@@ -238,50 +174,3 @@ class UpstreamClient:
                               cached_tokens=reported_cached_tokens(data),
                               choices=[(c.get("text", ""), c.get("finish_reason"))
                                        for c in choices])
-
-
-def _count(x) -> int | None:
-    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0:
-        return None
-    return int(x)
-
-
-def reported_cached_tokens(data: dict) -> int | None:
-    """Prompt tokens the upstream says its prompt cache served, or None when it says nothing.
-
-    Shapes: `usage.prompt_tokens_details.cached_tokens` (OpenAI, vLLM with prompt-token details
-    on, llama.cpp's C++ server since early 2026), `usage.prompt_cache_hit_tokens` (DeepSeek),
-    top-level `timings.cache_n` (llama.cpp's C++ server since late 2025). llama-cpp-python
-    reports none of them. A malformed value counts as not reported.
-    """
-    def field(obj, name):
-        return obj.get(name) if isinstance(obj, dict) else None
-
-    usage = data.get("usage")
-    for found in (field(field(usage, "prompt_tokens_details"), "cached_tokens"),
-                  field(usage, "prompt_cache_hit_tokens"),
-                  field(data.get("timings"), "cache_n")):
-        if (n := _count(found)) is not None:
-            return n
-    return None
-
-
-def _usable_positions(choice: dict, k: int, max_tokens: int | None) -> list[Position]:
-    """The choice's positions with k candidates asked, cut where the report stops being usable."""
-    # llama-cpp-python may run past max_tokens to finish a partial UTF-8 character and then
-    # reports a stub position for the extra token: keep only what was asked for.
-    positions = parse_positions(choice, k)[:max_tokens]
-    # The legacy dict shape collides tokens with the same text (llama-cpp-python prints every
-    # special token and every partial UTF-8 token as ""), so a few missing there is normal.
-    chat_shape = isinstance((choice.get("logprobs") or {}).get("content"), list)
-    need = k if chat_shape else (k + 1) // 2
-    for i, p in enumerate(positions):
-        if len(p.candidates) < need:
-            if i == 0:
-                raise TooFewCandidatesError(
-                    f"the upstream returned {len(p.candidates)} logprob candidates where {k} "
-                    f"were asked; lower --top-k or check the provider's logprobs limit")
-            # llama-cpp-python finishing a partial UTF-8 character mid-answer reports stub
-            # positions: the usable report ends before them.
-            return positions[:i]
-    return positions

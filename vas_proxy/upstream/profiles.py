@@ -38,6 +38,9 @@ class Profile:
     # /v1/completions takes `n` (several samples of one prompt in one call, the prompt billed
     # once): vLLM, SGLang, OpenAI's legacy completions. llama-cpp-python's server does not.
     accepts_n: bool = False
+    # A streamed /v1/completions carries the top-k logprobs of each position as it is made
+    # (llama-cpp-python: tested; vLLM: documented), so scoring can overlap generation.
+    streams_logprobs: bool = False
     unsupported: str | None = None  # why VAS cannot work with it; `check()` raises with it
 
     @property
@@ -67,12 +70,13 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
     Profile("llamacpp", max_top_k=20,
             sampler_params={"top_k": 0, "top_p": 1.0, "min_p": 0.0, "repeat_penalty": 1.0,
                             "presence_penalty": 0.0, "frequency_penalty": 0.0},
-            samples_follow_logprobs=True),
+            samples_follow_logprobs=True, streams_logprobs=True),
     # vLLM caps logprobs at --max-logprobs (20 by default). vLLM and SGLang chat can also
     # continue with continue_final_message.
     Profile("vllm", max_top_k=20,
             sampler_params={"top_k": -1, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0},
-            samples_follow_logprobs=True, token_id_prompts=True, accepts_n=True),
+            samples_follow_logprobs=True, token_id_prompts=True, accepts_n=True,
+            streams_logprobs=True),
     Profile("sglang", max_top_k=20, sampler_params={"top_k": -1, "top_p": 1.0, "min_p": 0.0},
             token_id_prompts=True, accepts_n=True),
     # The legacy OpenAI /v1/completions returns at most 5 top logprobs per position.

@@ -1,0 +1,172 @@
+"""Where the guided loop's next positions come from (docs/design.md §3): one call for one
+token, a drafted call, or a drafted call read as a stream so the value model scores position i
+while the upstream makes position i + 1; plus the one-batch scoring of a whole chunk's drafted
+positions. A mixin of `Engine`, kept apart so each file stays one thing: the engine decides
+and samples, this asks the upstream.
+"""
+
+from __future__ import annotations
+
+# `req` is the engine's GenerationRequest (not imported: the engine imports this module)
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import numpy as np
+
+from . import sampling
+from .protocol import Position, UpstreamResult
+from .response import ResponseText
+from .usage import Usage
+
+
+class ChunkSource:
+    """The upstream side of `Engine` (it sets `upstream`, `values`, `draft`, `eos_texts`,
+    `batch_drafts`, `overlap` and provides `_draft_index`)."""
+
+    EOS_RETRIES = 4
+
+    async def _call(self, req, text: str, usage: Usage,
+                    seeds: np.random.Generator, n: int, temperature: float) -> list[Position]:
+        t0 = time.perf_counter()
+        # Unseeded requests draw random upstream seeds: caching them would only fill the cache.
+        res = await self.upstream.complete(req.prompt + text, max_tokens=n,
+                                           top_k=req.guidance.top_k, model=req.model,
+                                           temperature=temperature,
+                                           seed=int(seeds.integers(2**31)),
+                                           cache=req.seed is not None)
+        usage.upstream_seconds += time.perf_counter() - t0
+        if not usage.prompt_tokens:
+            usage.prompt_tokens = res.prompt_tokens
+        usage.count(res)
+        return res.positions
+
+    async def _positions(self, req, text: str, usage: Usage,
+                         seeds: np.random.Generator, draft_len: int
+                         ) -> tuple[list[Position], bool]:
+        """Top-k candidates of the next position(s) and whether they carry usable drafts;
+        ([], False) when the turn has surely ended.
+
+        draft_len > 0 asks for that many drafted tokens in one call (greedy drafts at
+        temperature 0, or the upstream's own temperature-1 samples when its profile says they
+        follow its reported logprobs). The upstream samples a token of its own on every call
+        and, when that token is its end-of-turn token, llama-cpp-python answers with no position
+        at all (its loop breaks before recording logprobs). Its reported logprobs do not depend
+        on its sample, so asking again with another upstream seed is exact; after `EOS_RETRIES`
+        such answers in a row the turn is taken as ended (the end token then had probability
+        ≳ 0.5 at this position).
+        """
+        if draft_len > 0:
+            temp = 1.0 if self.draft == "sample" else 0.0
+            positions = await self._call(req, text, usage, seeds, draft_len, temp)
+            if positions:
+                return positions, True
+        for _ in range(1 + self.EOS_RETRIES):
+            positions = await self._call(req, text, usage, seeds, 1, 1.0)
+            if positions:
+                return positions[:1], False
+        return [], False
+
+    def _batching(self, weights: dict[str, float]) -> bool:
+        if self.batch_drafts is not None:
+            return self.batch_drafts
+        active = [self.values[n] for n, w in weights.items() if w != 0.0]
+        return bool(active) and all(getattr(v, "batches_positions", False) for v in active)
+
+    def _chunk_values(self, req, resp: ResponseText,
+                      positions: list[Position], weights: dict[str, float]
+                      ) -> list[np.ndarray]:
+        """Values of the candidates at each drafted position the chunk can reach (position i's
+        response is the current one plus drafts 0..i-1), from one scoring call per value model:
+        the same strings, so the same values, as scoring position by position."""
+        reach, raws = 1, []
+        for pos in positions[:-1]:
+            d = self._draft_index(pos, pos.candidates)
+            if d is None or d is False:
+                break
+            raw = pos.candidates[d].bytes
+            if not raw or pos.candidates[d].text in self.eos_texts:
+                break
+            raws.append(raw)
+            reach += 1
+        texts = [resp.text] + resp.preview(raws)
+        reach = min(reach, len(texts))
+        flat, sizes = [], []
+        for i in range(reach):
+            tail = texts[i][len(resp.text):]
+            cands = positions[i].candidates
+            flat += [tail + c.bytes.decode("utf-8", "ignore") for c in cands]
+            sizes.append(len(cands))
+        scores = {name: self.values[name].score(req.prompt, resp.text, flat)
+                  for name, w in weights.items() if w != 0.0}
+        out, start = [], 0
+        for size in sizes:  # centred per position, as one position's scoring is
+            out.append(sampling.combine_values(
+                {name: v[start:start + size] for name, v in scores.items()}, weights, size))
+            start += size
+        return out
+
+    async def _chunk(self, req, resp: ResponseText, usage: Usage,
+                     seeds: np.random.Generator, draft_len: int, step: int,
+                     weights: dict[str, float], guided: bool, tally: dict
+                     ) -> AsyncIterator[tuple[Position, bool, np.ndarray | None]]:
+        """The next positions as (position, carries a usable draft, its values when already
+        scored). Streamed (`overlap`: the value model scores position i while the upstream
+        makes i + 1; closing this generator cancels the call) when the upstream streams its
+        logprobs, drafts are its samples and the prompt's token count is known from an earlier
+        call (a stream may not report usage); else one whole call, whose drafted positions are
+        scored in one batch where that pays (`batch_drafts`)."""
+        if (guided and draft_len > 1 and self._overlapping() and usage.upstream_calls
+                and not usage.cache_hits):
+            read = 0
+            async for pos in self._draft_stream(req, resp.text, usage, seeds, draft_len, step):
+                read += 1
+                tally["drafted"] += 1
+                yield pos, True, None
+            if read:
+                return
+            draft_len = 0  # it sampled its end of turn first: ask as `_positions` does
+        positions, drafted = await self._positions(req, resp.text, usage, seeds, draft_len)
+        if drafted:
+            tally["drafted"] = len(positions)
+        batched: list[np.ndarray] = []
+        if guided and drafted and len(positions) > 1 and self._batching(weights):
+            t0 = time.perf_counter()
+            batched = await asyncio.to_thread(self._chunk_values, req, resp, positions, weights)
+            usage.scoring_seconds += time.perf_counter() - t0
+        for i, pos in enumerate(positions):
+            yield pos, drafted, batched[i] if i < len(batched) else None
+
+    async def _draft_stream(self, req, text: str, usage: Usage,
+                            seeds: np.random.Generator, draft_len: int, step: int
+                            ) -> AsyncIterator[Position]:
+        """One drafted call (the upstream's temperature-1 samples), streamed. It draws its
+        upstream seed as `_call` does, so it reports what the whole call would. Billed as the
+        upstream says; where its stream carries no usage (llama-cpp-python), the prompt is
+        counted as the first call counted it plus the `step` tokens since, and the completion
+        as the positions read (`usage.estimated_prompt_tokens` says how many were estimated)."""
+        t0 = time.perf_counter()
+        stream = self.upstream.stream_positions(
+            req.prompt + text, max_tokens=draft_len, top_k=req.guidance.top_k, model=req.model,
+            temperature=1.0, seed=int(seeds.integers(2**31)))
+        try:
+            async with stream:
+                async for pos in stream:
+                    yield pos
+        finally:
+            u = stream.usage or {}
+            prompt_tokens = int(u.get("prompt_tokens") or 0)
+            if not prompt_tokens:
+                prompt_tokens = usage.prompt_tokens + step
+                usage.estimated_prompt_tokens += prompt_tokens
+            usage.count(UpstreamResult(
+                positions=[], prompt=req.prompt + text, prompt_tokens=prompt_tokens,
+                completion_tokens=int(u.get("completion_tokens") or stream.read),
+                cached_tokens=stream.cached_tokens))
+            usage.upstream_seconds += time.perf_counter() - t0
+
+    def _overlapping(self) -> bool:
+        if self.overlap is not None:
+            return self.overlap
+        return self.draft == "sample" and self.upstream.profile.streams_logprobs
