@@ -175,7 +175,7 @@ def render() -> Path:
     main_rows = [r for r in rows if r["setting"] not in compose_names]
     rel = EVAL_DIR.relative_to(ROOT)  # paths as seen from the repository root (README)
     lines = [
-        "## Results",
+        "## Results at 32 tokens (the previous round)",
         "",
         f"Held-out prompts: the first 64 of `{PROMPTS}` (chats the value models never saw), "
         "32 tokens per response, one response per prompt and setting, prompt i with seed i in "

@@ -50,10 +50,12 @@ def check_guidance(name: str, value) -> None:
 def check_known(fields, also: Iterable[str] = ()) -> None:
     """Raise when `fields` names something that is neither a guidance field nor in `also` (the
     service passes its Best-of-N fields, which the engine knows nothing of)."""
+    also = tuple(also)
     unknown = set(fields) - set(GUIDANCE_RULES) - set(also)
     if unknown:
         raise ConfigError(f"unknown `vas` field(s): {', '.join(sorted(unknown))}; "
-                          f"known: {', '.join(sorted(GUIDANCE_RULES))}", param="vas")
+                          f"known: {', '.join(sorted({*GUIDANCE_RULES, *also}))}",
+                          param="vas")
 
 
 @dataclass

@@ -119,6 +119,9 @@ async def run(cfg: EvalConfig, api_key: str | None = None) -> Path:
                    cache=CacheOptions(use_cache=False),  # cost is what we measure: no cache
                    verbose=not cfg.quiet)
     async with open_runtime(opts) as rt:
+        # Whole calls: a cancelled stream's bill is not the upstream's to see (docs/design.md
+        # §3.5), and cost is what an evaluation measures.
+        rt.engine.overlap = False
         for s in settings:  # unknown weights etc. fail now, not after an hour
             if s.method in ("vas", "pbon", "gbon"):
                 rt.engine.resolve({"beta": s.beta, "weights": s.weights_dict})
