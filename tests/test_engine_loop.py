@@ -460,3 +460,27 @@ def test_streamed_drafts_give_the_very_same_output(shape):
         assert ub.upstream_completion_tokens <= ua.upstream_completion_tokens
         assert ub.rejected_draft_tokens <= ua.rejected_draft_tokens
 
+
+
+def test_a_greedy_draft_outside_the_candidates_leaves_q_whole(target):
+    """Greedy drafts: d = δ at the drafted token. When that token is not among the reported
+    candidates (q = 0 there) it is rejected and the replacement must be drawn from q itself,
+    not from max(0, q − p) (what d = p would give: the old rule, caught here)."""
+    first: dict[bytes, float] = {}
+    for pair, prob in target.items():
+        first[pair[:1]] = first.get(pair[:1], 0.0) + prob
+    fake = ScriptedUpstream(spread, drafts=[["far", "far"]] * N)
+    eng = Engine(fake.client(), {"v": CallableValue(tilt, "v")}, draft="greedy",
+                 defaults=Guidance(beta=BETA, top_k=TOP_K, speculate=2))
+
+    async def go():
+        try:
+            g = eng.resolve(None)
+            return [(await eng.generate(GenerationRequest(prompt=PROMPT, max_tokens=2, seed=s,
+                                                          guidance=g))).tokens[0].token
+                    for s in range(N)]
+        finally:
+            await eng.upstream.aclose()
+    samples = asyncio.run(go())
+    assert fake.calls[0]["max_tokens"] == 2 and fake.calls[0]["temperature"] == 0.0
+    assert _pvalue(samples, first) > ALPHA

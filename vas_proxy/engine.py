@@ -198,9 +198,11 @@ class Engine(ChunkSource):
                     if draft is False:
                         i = sampling.sample_index(q, rng)
                     else:
-                        d = (np.eye(len(cands))[draft]
-                             if self.draft == "greedy" and draft is not None
-                             else np.exp(np.asarray(lps, dtype=np.float64)))
+                        if self.draft == "greedy":  # d = δ at the draft, maybe outside them
+                            d = (np.eye(len(cands))[draft] if draft is not None
+                                 else np.zeros(len(cands)))
+                        else:
+                            d = np.exp(np.asarray(lps, dtype=np.float64))
                         accepted, i = sampling.speculative_accept(q, d, draft, rng)
                         trials += 1
                         accepted_n += accepted
