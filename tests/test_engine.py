@@ -181,6 +181,7 @@ def test_streamed_drafts_equal_whole_calls_on_the_real_upstream(upstream, chat_p
         assert (live.usage.draft_trials, live.usage.drafts_accepted) == \
             (whole.usage.draft_trials, whole.usage.drafts_accepted)
         assert live.usage.upstream_calls == whole.usage.upstream_calls
+        assert live.usage.upstream_completion_tokens >= live.usage.completion_tokens
         if live.usage.upstream_calls > 1:
             assert live.usage.estimated_prompt_tokens > 0
         assert abs(live.usage.upstream_prompt_tokens - whole.usage.upstream_prompt_tokens) \

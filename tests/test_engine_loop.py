@@ -456,6 +456,8 @@ def test_streamed_drafts_give_the_very_same_output(shape):
         # the fake counts prompt characters: one per token here, so the estimate is exact
         assert ub.upstream_prompt_tokens == ua.upstream_prompt_tokens
         assert ub.estimated_prompt_tokens > 0 and ua.estimated_prompt_tokens == 0
+        # every token read is billed, before generate returns
+        assert ub.upstream_completion_tokens >= ub.completion_tokens
         # never more billed than the whole calls (a rejection cancels the stream)
         assert ub.upstream_completion_tokens <= ua.upstream_completion_tokens
         assert ub.rejected_draft_tokens <= ua.rejected_draft_tokens

@@ -90,7 +90,7 @@ def test_vas_schema_uses_the_engine_rules(field, value):
     ({"weights": [1]}, "vas.weights must map value-model names to finite numbers",
      "vas.weights"),
     ({"reward_fn": "py:os:system", "beta": "x"},
-     "unknown `vas` field(s): reward_fn; known: beta, best_of, best_of_mode, prune_block, "
+     "unknown `vas` field(s): reward_fn; known: best_of, best_of_mode, beta, prune_block, "
      "prune_keep, reward, speculate, top_k, trace, weights", "vas"),
     ({"best_of": 0}, "vas.best_of must be an integer from 1 to 128", "vas.best_of"),
     ({"best_of": None}, "vas.best_of must be an integer from 1 to 128", "vas.best_of"),

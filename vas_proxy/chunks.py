@@ -10,6 +10,7 @@ from __future__ import annotations
 # `req` is the engine's GenerationRequest (not imported: the engine imports this module)
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -120,10 +121,13 @@ class ChunkSource:
         if (guided and draft_len > 1 and self._overlapping() and usage.upstream_calls
                 and not usage.cache_hits):
             read = 0
-            async for pos in self._draft_stream(req, resp.text, usage, seeds, draft_len, step):
-                read += 1
-                tally["drafted"] += 1
-                yield pos, True, None
+            # closed here, not when the garbage collector finds it: its bill is counted on close
+            async with contextlib.aclosing(self._draft_stream(req, resp.text, usage, seeds,
+                                                              draft_len, step)) as live:
+                async for pos in live:
+                    read += 1
+                    tally["drafted"] += 1
+                    yield pos, True, None
             if read:
                 return
             draft_len = 0  # it sampled its end of turn first: ask as `_positions` does
@@ -151,8 +155,8 @@ class ChunkSource:
             req.prompt + text, max_tokens=draft_len, top_k=req.guidance.top_k, model=req.model,
             temperature=1.0, seed=int(seeds.integers(2**31)))
         try:
-            async with stream:
-                async for pos in stream:
+            async with stream, contextlib.aclosing(stream.__aiter__()) as positions:
+                async for pos in positions:
                     yield pos
         finally:
             u = stream.usage or {}
