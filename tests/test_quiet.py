@@ -88,3 +88,16 @@ def test_quiet_third_party_hushes_and_restores(capfd):
         logging.getLogger("transformers").removeHandler(records)
     with progress.quiet_third_party(enabled=False):  # disabled: touches nothing
         assert _state() == before
+
+
+def test_quiet_as_the_first_import_of_transformers_leaves_its_bars_on():
+    """transformers reads the hub's bar switch when first imported; a quiet block that is the
+    process's first contact with it must not leave its bars off (found by test order)."""
+    code = ("from vas_proxy import progress\n"
+            "with progress.quiet_third_party():\n    pass\n"
+            "from transformers.utils import logging as t\n"
+            "from huggingface_hub.utils import are_progress_bars_disabled as off\n"
+            "assert t.is_progress_bar_enabled() and not off()\n")
+    import subprocess
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]

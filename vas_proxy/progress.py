@@ -48,6 +48,10 @@ def quiet_third_party(enabled: bool = True) -> Iterator[None]:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", module=_NOISY)
+        # transformers reads the hub's bar switch when first imported: import it before the
+        # hub's bars are switched off, or its own would start (and stay) off.
+        with contextlib.suppress(ImportError):
+            import transformers.utils.logging  # noqa: F401
         _hush_hub(undo)
         _hush_transformers(undo)
         yield
