@@ -9,7 +9,6 @@ held-out prompts, each prompt running every variant in turn (so load drifts hit 
 - `guided, whole calls`: the same without the overlap (`overlap=False`);
 - `guided, whole calls, batched`: and each chunk's drafted positions scored in one forward
   (`batch_drafts=True`);
-- `guided, one token per call`: speculate 0 (the old default);
 - `beta 0`: the same loop without scoring (ratio a: the scoring overhead);
 - `plain call`: ONE completion call of 64 tokens without logprobs (ratio b: what a user
   would otherwise wait for);
@@ -82,7 +81,6 @@ async def run(args) -> dict:
             "guided": lambda p, s: guided(base, p, s, args.beta),
             "guided, whole calls": lambda p, s: guided(whole, p, s, args.beta),
             "guided, whole calls, batched": lambda p, s: guided(batched, p, s, args.beta),
-            "guided, one token per call": lambda p, s: guided(base, p, s, args.beta, 0),
             "beta 0": lambda p, s: guided(base, p, s, 0.0),
             "plain call": lambda p, s: plain(p, s, 0),
             "plain call + logprobs": lambda p, s: plain(p, s, 20),
