@@ -126,13 +126,6 @@ class Engine(ChunkSource):
             return {k: float(v) for k, v in g.weights.items()}
         return {name: 1.0 for name in self.values}
 
-    def _score(self, prompt: str, response: str, cands: list[Candidate],
-               weights: dict[str, float]) -> np.ndarray:
-        texts = [c.bytes.decode("utf-8", "ignore") for c in cands]
-        scores = {name: self.values[name].score(prompt, response, texts)
-                  for name, w in weights.items() if w != 0.0}
-        return sampling.combine_values(scores, weights, len(cands))
-
     def _draft_len(self, g: Guidance, accepted: int, trials: int, left: int) -> int:
         speculate = self.defaults.speculate if g.speculate is None else g.speculate
         if speculate == 0:
@@ -188,8 +181,9 @@ class Engine(ChunkSource):
                         values = scored
                     elif guided:
                         t0 = time.perf_counter()
-                        values = await asyncio.to_thread(self._score, req.prompt, resp.text,
-                                                         cands, weights)
+                        # one position: the chunk scorer's case of a chunk of one
+                        values = (await asyncio.to_thread(self._chunk_values, req, resp,
+                                                          [pos], weights))[0]
                         usage.scoring_seconds += time.perf_counter() - t0
                     q = sampling.apply_top_p(
                         sampling.target_probs(lps, values, g.beta, req.temperature), req.top_p)
