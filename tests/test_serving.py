@@ -82,7 +82,7 @@ def test_vas_schema_uses_the_engine_rules(field, value):
 
 
 @pytest.mark.parametrize("vas,message,param", [
-    ({"beta": "x"}, "vas.beta must be a finite number", "vas.beta"),
+    ({"beta": "x"}, "vas.beta must be a finite number with |beta| <= 10000", "vas.beta"),
     ({"top_k": 0}, "vas.top_k must be an integer >= 1", "vas.top_k"),
     ({"speculate": 99}, "vas.speculate must be an integer: 0 (one token per call), 1..64 "
                         "(drafted tokens per call) or -1 (adaptive)", "vas.speculate"),
@@ -157,7 +157,8 @@ def client():
 
 
 @pytest.mark.parametrize("body,status,message,param,code", [
-    ({"vas": {"beta": "x"}}, 400, "vas.beta must be a finite number", "vas.beta",
+    ({"vas": {"beta": "x"}}, 400, "vas.beta must be a finite number with |beta| <= 10000",
+     "vas.beta",
      "invalid_request"),
     ({"vas": 5}, 400, "invalid value for vas: Input should be a valid dictionary", "vas",
      "invalid_value"),

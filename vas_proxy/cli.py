@@ -15,8 +15,8 @@ import sys
 from . import defaults, env
 from ._version import __version__
 from .errors import ConfigError, VasError
-from .options import (CacheOptions, GenerateOptions, GuidanceOptions, ServeOptions,
-                      UpstreamOptions, ValueLoadOptions, add_options, from_args)
+from .options import (CacheOptions, GenerateOptions, GuidanceOptions, LimitOptions,
+                      ServeOptions, UpstreamOptions, ValueLoadOptions, add_options, from_args)
 
 # What `open_runtime` needs: the groups of runtime.Options.
 RUNTIME_GROUPS = (UpstreamOptions, GuidanceOptions, CacheOptions, ValueLoadOptions)
@@ -97,6 +97,7 @@ async def _serve(a: argparse.Namespace) -> int:
     from .service.app import create_app
 
     srv = from_args(ServeOptions, a)
+    limits = from_args(LimitOptions, a)
     try:
         loopback = srv.host == "localhost" or ipaddress.ip_address(srv.host).is_loopback
     except ValueError:
@@ -106,9 +107,11 @@ async def _serve(a: argparse.Namespace) -> int:
                           f"key: pass --api-key or set {env.PROXY_API_KEY}")
     logging.basicConfig(level=srv.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     async with open_runtime(runtime_options(a, rewards=srv.rewards)) as rt:
-        app = create_app(rt, api_key=srv.api_key)
+        app = create_app(rt, api_key=srv.api_key, limits=limits)
+        # SIGTERM: stop accepting, let requests in flight finish for `grace` seconds, then
+        # cancel them (their upstream calls stop with them)
         config = uvicorn.Config(app, host=srv.host, port=srv.port, log_level=srv.log_level,
-                                access_log=False)
+                                access_log=False, timeout_graceful_shutdown=limits.grace)
         server = uvicorn.Server(config)
         print(f"vas-proxy serving {rt.model} (upstream {rt.base_url}) on "
               f"http://{srv.host}:{srv.port}/v1", file=sys.stderr, flush=True)
@@ -131,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     srv = sub.add_parser("serve", help="OpenAI-compatible guided service")
     add_options(srv, ServeOptions)
+    add_options(srv, LimitOptions)
     add_runtime_options(srv, upstream_key_flag="--upstream-api-key")
     srv.set_defaults(func=_serve)
 

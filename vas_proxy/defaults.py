@@ -6,6 +6,7 @@ A leaf module (imports nothing of the package), so anything may import it.
 
 # Guidance (the request's `vas` field; docs/design.md §1, §5)
 BETA = 1.0  # guidance strength, in units of the value model's reward sd
+MAX_BETA = 1e4  # |beta| beyond this only overflows exp(beta·V): the target is already argmax
 TOP_K = 20  # candidates scored per step
 # Drafted tokens per upstream call: 0 one per call, L > 0 that many, -1 adaptive (from the
 # request's running acceptance rate). None: the provider profile's default, adaptive where its
@@ -34,6 +35,16 @@ TOP_P = 1.0  # `vas-proxy generate`
 COMPLETION_MAX_TOKENS = 16  # `/v1/completions` without max_tokens (OpenAI's default)
 CHAT_MAX_TOKENS = 256  # `/v1/chat/completions` without max_tokens
 MAX_N = 16  # choices per request (`n`)
+
+# Service limits (`vas-proxy serve --limit-*`; `wrap` runs in the caller's process, unlimited):
+# what one request may ask of the upstream and the host. Over a limit: 400 (or 413 for the
+# body); over the concurrency limit: 429 with Retry-After.
+LIMIT_MAX_TOKENS = 4096  # max_tokens per choice
+LIMIT_BODY_BYTES = 4 * 2**20  # request body (a prompt is re-sent with every upstream call)
+LIMIT_PROMPT_CHARS = 200_000  # prompt, or all messages' text together
+LIMIT_GENERATIONS = 64  # generations in flight over all requests (a choice of Best-of-N counts N)
+LIMIT_DEADLINE = 600.0  # seconds a request may run before it is cancelled (504)
+SHUTDOWN_GRACE = 15.0  # seconds SIGTERM waits for requests in flight before cancelling them
 
 # Value models
 DEVICE = "cpu"

@@ -6,6 +6,8 @@ The CLI prints `error: <message>` and exits non-zero without a traceback for the
 
 from __future__ import annotations
 
+from .redact import redact
+
 
 class VasError(Exception):
     """Base class: a failure the user can act on. `http_status`/`code` shape the HTTP error."""
@@ -62,6 +64,8 @@ class UpstreamHTTPError(UpstreamError):
 
     def __init__(self, status: int, message: str, *, retry_after: float | None = None,
                  error_code: str | None = None):
+        # The upstream's text may echo our request's Authorization header: never pass it on
+        message = redact(message)
         super().__init__(f"upstream answered HTTP {status}: {message}")
         self.status = status
         self.upstream_message = message
@@ -70,6 +74,8 @@ class UpstreamHTTPError(UpstreamError):
         # Client errors of ours that the upstream caught stay client errors.
         if status in (400, 404, 413, 422):
             self.http_status = 400 if status != 404 else 404
+        elif status == 429:  # the client should slow down too (with the upstream's Retry-After)
+            self.http_status, self.type = 429, "rate_limit_error"
 
 
 class ContextLengthError(UpstreamHTTPError):
@@ -77,6 +83,12 @@ class ContextLengthError(UpstreamHTTPError):
 
     code = "context_length_exceeded"
     type = "invalid_request_error"
+
+
+class MalformedAnswerError(UpstreamError):
+    """The upstream answered 2xx with a body that is not the completions shape."""
+
+    code = "upstream_malformed_answer"
 
 
 class NoLogprobsError(UpstreamError):

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .defaults import BETA, MAX_SPECULATE, SPECULATE, TOP_K
+from .defaults import BETA, MAX_BETA, MAX_SPECULATE, SPECULATE, TOP_K
 from .errors import ConfigError
 
 
@@ -27,7 +27,8 @@ def _integer(v) -> bool:
 # reported). The one set of rules for every caller: `Guidance.validate` (CLI flags, `wrap`, the
 # eval) and the service's `vas` schema, which calls `check_guidance` field by field.
 GUIDANCE_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
-    "beta": (_finite, "must be a finite number"),
+    "beta": (lambda v: _finite(v) and abs(v) <= MAX_BETA,
+             f"must be a finite number with |beta| <= {MAX_BETA:g}"),
     "top_k": (lambda v: _integer(v) and v >= 1, "must be an integer >= 1"),
     "speculate": (lambda v: v is None or (_integer(v) and -1 <= v <= MAX_SPECULATE),
                   f"must be an integer: 0 (one token per call), 1..{MAX_SPECULATE} (drafted "

@@ -13,6 +13,7 @@ from .assets import smollm2_gguf
 from .engine import Engine
 from .errors import ConfigError
 from .options import CacheOptions, GuidanceOptions, UpstreamOptions, ValueLoadOptions
+from .redact import redact_url
 from .templates import ChatTemplate, from_gguf, load_template
 from .upstream.client import UpstreamClient
 from .upstream.local import LocalUpstream
@@ -50,6 +51,10 @@ class Runtime:
     model: str
     base_url: str
     rewards: dict = field(default_factory=dict)  # {name: Reward} that vas.best_of may name
+
+    def __post_init__(self):
+        # Shown in /health and logs, so never with the URL's credentials
+        self.base_url = redact_url(self.base_url)
 
     def render_prompt(self, prompt: str, raw: bool = False) -> str:
         if raw or self.template is None:
@@ -120,7 +125,8 @@ async def open_runtime(opts: Options) -> AsyncIterator[Runtime]:
             if model is None:  # ask the upstream which model it serves
                 models = await client.models()
                 if not models:
-                    raise ConfigError(f"upstream {base_url} lists no model; pass --model")
+                    raise ConfigError(f"upstream {redact_url(base_url)} lists no model; "
+                                      "pass --model")
                 client.model = model = models[0]
             eos = template.stop_strings if template else []
             engine = Engine(client, values, defaults=opts.guidance.engine_defaults(),

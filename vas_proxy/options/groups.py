@@ -111,6 +111,44 @@ class ServeOptions:
 
 
 @dataclass
+class LimitOptions:
+    """What one request may ask of `vas-proxy serve` (docs/design.md §5). Over a limit: an
+    OpenAI-shaped 400 (413 for the body); no room for its generations now: 429 with
+    Retry-After. `wrap` runs in the caller's own process and is not limited."""
+
+    TITLE = "limits"
+
+    max_tokens: int = option(defaults.LIMIT_MAX_TOKENS, "most max_tokens per choice",
+                             flag="--limit-max-tokens", metavar="N")
+    n: int = option(defaults.MAX_N, "most choices (n) per request", flag="--limit-n", metavar="N")
+    body_bytes: int = option(defaults.LIMIT_BODY_BYTES, "largest request body, in bytes",
+                             flag="--limit-body-bytes", metavar="BYTES")
+    prompt_chars: int = option(defaults.LIMIT_PROMPT_CHARS, "longest prompt (or all messages "
+                               "together), in characters", flag="--limit-prompt-chars",
+                               metavar="CHARS")
+    generations: int = option(defaults.LIMIT_GENERATIONS, "generations in flight over all "
+                              "requests (a Best-of-N choice counts N); beyond: 429",
+                              flag="--limit-generations", metavar="N")
+    deadline: float = option(defaults.LIMIT_DEADLINE, "seconds a request may run before it is "
+                             "cancelled and answered 504", flag="--limit-deadline",
+                             metavar="SECONDS")
+    grace: float = option(defaults.SHUTDOWN_GRACE, "seconds SIGTERM waits for requests in "
+                          "flight before cancelling them", flag="--shutdown-grace",
+                          metavar="SECONDS")
+
+    def __post_init__(self):
+        from ..errors import ConfigError
+
+        for name in ("max_tokens", "n", "body_bytes", "prompt_chars", "generations"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"--limit-{name.replace('_', '-')} must be an integer >= 1")
+        if self.n > defaults.MAX_N:
+            raise ConfigError(f"--limit-n can be at most {defaults.MAX_N}")
+        if not self.deadline > 0 or not self.grace >= 0:
+            raise ConfigError("--limit-deadline must be > 0 and --shutdown-grace >= 0")
+
+
+@dataclass
 class GenerateOptions:
     """`vas-proxy generate`'s own: the prompt and how to sample its answer."""
 

@@ -6,6 +6,7 @@ shape (docs/design.md §5), so the openai SDK raises its own typed errors for th
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,6 +15,7 @@ from pydantic_core import PydanticCustomError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import VasError
+from ..redact import redact
 
 log = logging.getLogger("vas_proxy.service")
 
@@ -22,16 +24,33 @@ log = logging.getLogger("vas_proxy.service")
 VAS_OPTION = "vas_option"
 
 
-class Unauthorized(Exception):
-    """No valid `Authorization: Bearer <key>` on a request that needs one."""
-
-
 class UnknownModel(Exception):
     """A request for a model this server does not serve."""
 
     def __init__(self, model: str, served: list[str]):
         super().__init__(model)
         self.model, self.served = model, served
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """A request body over the operator's limit (raised while the body is read)."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, f"the request body is larger than this server's limit of {limit} "
+                              "bytes (--limit-body-bytes)")
+
+
+class Overloaded(VasError):
+    """No room for the request's generations now (--limit-generations): try again soon."""
+
+    http_status, code, type = 429, "server_overloaded", "rate_limit_error"
+    retry_after = 1.0
+
+
+class DeadlineExceeded(VasError):
+    """The request ran past the operator's deadline (--limit-deadline) and was cancelled."""
+
+    http_status, code, type = 504, "deadline_exceeded", "server_error"
 
 
 def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
@@ -45,11 +64,17 @@ def error_response(status: int, message: str, type_: str = "invalid_request_erro
 
 
 def vas_error_body(e: VasError) -> dict:
-    return error_body(e.message, e.type, e.param, e.code)
+    return error_body(redact(e.message), e.type, e.param, e.code)
 
 
 def vas_error_response(e: VasError) -> JSONResponse:
-    return JSONResponse(vas_error_body(e), status_code=e.http_status)
+    """The envelope of `e`, with Retry-After when it says how long to wait (429s: ours, or
+    the upstream's passed on)."""
+    headers = None
+    if e.http_status == 429:
+        after = getattr(e, "retry_after", None) or 1.0
+        headers = {"retry-after": str(max(1, math.ceil(after)))}
+    return JSONResponse(vas_error_body(e), status_code=e.http_status, headers=headers)
 
 
 def stream_error_body(e: Exception) -> dict:
@@ -65,6 +90,11 @@ def vas_option_error(e: VasError) -> PydanticCustomError:
     return PydanticCustomError(VAS_OPTION, "{message}", {"error": e, "message": e.message})
 
 
+def _validator_step(x) -> bool:
+    return isinstance(x, str) and ("[" in x or "-" in x or x in {"str", "int", "float", "bool",
+                                                                    "list", "dict", "none"})
+
+
 async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
     errs = exc.errors()
     # A body's own fields are reported before its `vas` options: the engine used to check
@@ -74,9 +104,10 @@ async def invalid_request(request: Request, exc: RequestValidationError) -> JSON
         return vas_error_response(first["ctx"]["error"])
     if first.get("type") == "json_invalid":
         return error_response(400, "could not parse the request body as JSON", code="invalid_json")
-    loc = [str(x) for x in first.get("loc", []) if x != "body"]
+    # pydantic's loc also names the union member or validator tried ("str", "function-after[...]")
+    loc = [str(x) for x in first.get("loc", []) if x != "body" and not _validator_step(x)]
     param = ".".join(loc) or None
-    msg = first.get("msg", "invalid request")
+    msg = first.get("msg", "invalid request").removeprefix("Value error, ")
     if first.get("type") == "missing":
         msg = f"missing required field: {param}"
     elif param:
@@ -88,9 +119,10 @@ async def vas_error(request: Request, exc: VasError) -> JSONResponse:
     return vas_error_response(exc)
 
 
-async def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
+def unauthorized_response() -> JSONResponse:
     return error_response(401, "invalid or missing API key: send Authorization: Bearer <key>",
                           code="invalid_api_key")
+
 
 
 async def unknown_model(request: Request, exc: UnknownModel) -> JSONResponse:
@@ -98,21 +130,16 @@ async def unknown_model(request: Request, exc: UnknownModel) -> JSONResponse:
                                f"{', '.join(exc.served)}", param="model", code="model_not_found")
 
 
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+
+
 async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return error_response(exc.status_code, str(exc.detail),
-                          code="not_found" if exc.status_code == 404 else None)
-
-
-async def crash(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("internal error on %s", request.url.path)
-    return error_response(500, f"internal error: {type(exc).__name__}", "server_error")
+    return error_response(exc.status_code, str(exc.detail), code=_HTTP_CODES.get(exc.status_code))
 
 
 def install(app: FastAPI) -> None:
-    """Answer every failure of `app` with the envelope."""
+    """Answer every failure of `app` with the envelope (the unexpected ones: `guard.CatchAll`)."""
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(VasError, vas_error)
-    app.add_exception_handler(Unauthorized, unauthorized)
     app.add_exception_handler(UnknownModel, unknown_model)
     app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(Exception, crash)

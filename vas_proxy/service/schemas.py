@@ -11,10 +11,10 @@ code.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat,
+                      StrictInt, ValidationInfo, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
 from ..bestof_modes import BEST_OF_FIELDS, BEST_OF_RULES, check_together
@@ -23,6 +23,23 @@ from ..engine import GenerationRequest
 from ..guidance import GUIDANCE_RULES, Guidance, check_guidance, check_known
 from ..errors import ConfigError
 from .errors import vas_option_error
+from .unsupported import check_message, check_unsupported
+
+SEED_RANGE = 2**64  # seeds are taken modulo this: -1 is a seed like any other
+
+
+def _unicode(v: str) -> str:
+    """Only text that can be sent on: a lone surrogate ("\\ud800", legal in JSON) cannot be
+    encoded as UTF-8 for the upstream."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"contains a lone surrogate ({v[e.start]!r} at {e.start}); send "
+                         "valid Unicode text") from None
+    return v
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
 
 
 @contextmanager
@@ -92,34 +109,62 @@ class VasOptions(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: Text | list[dict[str, Any]] | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _parts(cls, v):
+        """Text parts only: an image or audio part would be dropped and the model would
+        answer without it, so it is refused, as is a part whose text is not a string."""
+        if not isinstance(v, list):
+            return v
+        for j, part in enumerate(v):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text":
+                raise PydanticCustomError(
+                    "unsupported_part", "content part {j} has type {kind}: only text parts "
+                    "are supported (the upstream is continued as text; the model would answer "
+                    "without it)", {"j": j, "kind": repr(kind)})
+            if not isinstance(part.get("text"), str):
+                raise PydanticCustomError("text_part", "content part {j} needs a string `text`",
+                                          {"j": j})
+            _unicode(part["text"])
+        return v
 
     def text(self) -> str:
-        """Plain text of the message; text parts of a multi-part content are joined."""
+        """Plain text of the message; the text parts of a multi-part content joined."""
         if isinstance(self.content, list):
-            return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
+            return "".join(p["text"] for p in self.content)
         return self.content or ""
 
 
 class _Common(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(min_length=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int = Field(1, ge=1, le=MAX_N)
-    stream: bool = False
+    # Strict types: `"n": true` or `"stream": "yes"` are mistakes to report, not to coerce
+    model: Text = Field(min_length=1)
+    temperature: StrictFloat = Field(1.0, ge=0.0, le=2.0)
+    top_p: StrictFloat = Field(1.0, gt=0.0, le=1.0)
+    stop: Text | list[Text] | None = None
+    seed: StrictInt | None = Field(None, ge=-2**63, lt=SEED_RANGE)
+    n: StrictInt = Field(1, ge=1, le=MAX_N)
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
     vas: VasOptions | None = None
+
+    @model_validator(mode="after")
+    def _meaningful_extras(self):
+        """An undeclared field that would change the answer is refused (`unsupported`)."""
+        with _rule():
+            check_unsupported(self.model_extra or {})
+        return self
 
     @field_validator("stop")
     @classmethod
@@ -145,6 +190,14 @@ class _Common(BaseModel):
     def token_limit(self) -> int:
         raise NotImplementedError
 
+    def prompt_chars(self) -> int:
+        raise NotImplementedError
+
+    def generation_count(self) -> int:
+        """Generations this request runs at once: n choices, each Best-of-N when asked."""
+        best_of = self.vas.best_of if self.vas is not None else None
+        return self.n * (best_of or 1)
+
     def generation_requests(self, prompt: str, guidance: Guidance,
                             model: str | None) -> list[GenerationRequest]:
         """One engine request per choice, on `prompt` (the exact upstream text). Choice i is
@@ -152,16 +205,16 @@ class _Common(BaseModel):
         return [GenerationRequest(prompt=prompt, max_tokens=self.token_limit(),
                                   temperature=self.temperature, top_p=self.top_p,
                                   stop=self.stop,
-                                  seed=None if self.seed is None else self.seed + i,
+                                  seed=(None if self.seed is None
+                                        else (self.seed + i) % SEED_RANGE),
                                   guidance=guidance, model=model)
                 for i in range(self.n)]
 
 
 class CompletionRequest(_Common):
-    prompt: str | list[str]
-    max_tokens: int = Field(COMPLETION_MAX_TOKENS, ge=1)
-    logprobs: int | None = Field(None, ge=0, le=20)
-    echo: bool = False
+    prompt: Text | list[Text]
+    max_tokens: StrictInt = Field(COMPLETION_MAX_TOKENS, ge=1)
+    logprobs: StrictInt | None = Field(None, ge=0, le=20)
 
     @field_validator("prompt")
     @classmethod
@@ -175,6 +228,9 @@ class CompletionRequest(_Common):
     def token_limit(self) -> int:
         return self.max_tokens
 
+    def prompt_chars(self) -> int:
+        return len(self.prompt)
+
     def reward_prompt(self) -> str:
         """What a Best-of-N reward scores the answers against: the prompt."""
         return self.prompt
@@ -182,13 +238,23 @@ class CompletionRequest(_Common):
 
 class ChatCompletionRequest(_Common):
     messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    logprobs: StrictBool = False
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _plain_messages(self):
+        with _rule():
+            for i, m in enumerate(self.messages):
+                check_message(m.model_extra or {}, i)
+        return self
 
     def token_limit(self) -> int:
         return self.max_completion_tokens or self.max_tokens or CHAT_MAX_TOKENS
+
+    def prompt_chars(self) -> int:
+        return sum(len(m.text()) for m in self.messages)
 
     def chat_messages(self) -> list[dict]:
         """The messages as {"role", "content"} with plain-text content, for the template."""

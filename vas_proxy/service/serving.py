@@ -9,14 +9,14 @@ spec would run the client's code (docs/design.md §5).
 
 Streams pump every choice's tokens through one queue. A failure mid-stream is sent as a
 `data: {"error": ...}` event then `[DONE]` (which the openai SDK raises), never as a silent
-truncation; a client that disconnects cancels its generations, so no further upstream calls are
-made for it.
+truncation. A client that disconnects cancels its generations, streamed or not, so no further
+upstream calls are made for it; the operator's limits (`limits`) bound what a request may ask,
+how many generations run at once and for how long.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from fastapi import Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from ..bestof_modes import prune_weights, run_best_of
 from ..bestofn import BestOfN
@@ -34,7 +34,8 @@ from ..guidance import Guidance
 from ..errors import ConfigError
 from ..runtime import Runtime
 from ..usage import Usage
-from .errors import Unauthorized, UnknownModel, stream_error_body
+from .errors import UnknownModel, stream_error_body
+from .limits import ClientGone, Limits, watched
 from .formats import SSE_DONE, ChatFormat, CompletionFormat, Format, sse_data
 from .schemas import ChatCompletionRequest, CompletionRequest
 
@@ -123,24 +124,15 @@ class Serving:
     upstream (wrap); otherwise only the served model is accepted (404 for others, as OpenAI
     does)."""
 
-    def __init__(self, runtime: Runtime, *, api_key: str | None = None,
-                 passthrough_models: bool = False):
+    def __init__(self, runtime: Runtime, *, passthrough_models: bool = False,
+                 limits: Limits | None = None):
         self.runtime, self.engine = runtime, runtime.engine
         self.rewards = dict(runtime.rewards or {})
-        self.api_key, self.passthrough_models = api_key, passthrough_models
+        self.passthrough_models = passthrough_models
+        self.limits = limits if limits is not None else Limits()
         self.guided = Guided(self.engine)
 
     # ---- checks ------------------------------------------------------------------------
-    def check_auth(self, request: Request) -> None:
-        """Raise Unauthorized unless the request bears the key (when the server has one)."""
-        if self.api_key is None:
-            return
-        got = request.headers.get("authorization", "")
-        scheme, _, token = got.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(),
-                                                                 self.api_key.encode()):
-            raise Unauthorized()
-
     def upstream_model(self, name: str) -> str | None:
         """The model to ask the upstream for (None: its client's own)."""
         if self.passthrough_models:
@@ -209,6 +201,8 @@ class Serving:
             log.debug("ignoring unknown request field %r", name)
         reqs = body.generation_requests(prompt, guidance, model)
         strategy = self.strategy(body, guidance)
+        self.limits.check(body)
+        release = self.limits.admit(body.generation_count())
         t0 = time.perf_counter()
 
         def done(usage: Usage) -> None:
@@ -216,23 +210,37 @@ class Serving:
 
         if body.stream:
             return StreamingResponse(sse(strategy, reqs, fmt, include_usage=body.include_usage,
-                                         done=done),
+                                         done=done, release=release, limits=self.limits),
                                      media_type="text/event-stream",
                                      headers={"cache-control": "no-cache"})
-        gens = await asyncio.gather(*(strategy.generate(r) for r in reqs))
+        try:
+            gens = await watched(asyncio.gather(*(strategy.generate(r) for r in reqs)),
+                                 request.receive, self.limits.deadline)
+        except ClientGone:
+            log.info("%s: the client went away; its generations were cancelled",
+                     request.url.path)
+            return Response(status_code=499)  # nobody reads it
+        except asyncio.TimeoutError:
+            raise self.limits.past_deadline() from None
+        finally:
+            release()
         usage = Usage.total([g.usage for g in gens])
         done(usage)
         return fmt.full(gens, usage, [strategy.choice_fields(g) for g in gens])
 
 
 async def sse(strategy: Strategy, reqs: list[GenerationRequest], fmt: Format, *,
-              include_usage: bool = False,
-              done: Callable[[Usage], None] | None = None) -> AsyncIterator[str]:
+              include_usage: bool = False, done: Callable[[Usage], None] | None = None,
+              release: Callable[[], None] | None = None,
+              limits: Limits | None = None) -> AsyncIterator[str]:
     """The SSE events of one streamed response: every choice generates concurrently, its
-    tokens are sent as they come; `done(usage)` once all finished. Closing this generator
-    (the client disconnected) cancels every generation."""
+    tokens are sent as they come; `done(usage)` once all finished, `release()` however it
+    ends. Closing this generator (the client disconnected) cancels every generation; so does
+    the deadline of `limits`, with an error event."""
     queue: asyncio.Queue = asyncio.Queue()
     outcomes = [Outcome() for _ in reqs]
+    deadline = limits.deadline if limits is not None else None
+    until = None if deadline is None else time.monotonic() + deadline
 
     async def run(i: int):
         try:
@@ -248,7 +256,13 @@ async def sse(strategy: Strategy, reqs: list[GenerationRequest], fmt: Format, *,
             yield sse_data(chunk)
         open_ = len(reqs)
         while open_:
-            i, item = await queue.get()
+            try:
+                i, item = await asyncio.wait_for(
+                    queue.get(), None if until is None else max(0.0, until - time.monotonic()))
+            except asyncio.TimeoutError:
+                yield sse_data(stream_error_body(limits.past_deadline()))
+                yield SSE_DONE
+                return
             if item is None:
                 open_ -= 1
                 yield sse_data(fmt.stream_finish(i, outcomes[i].finish_reason))
@@ -269,6 +283,8 @@ async def sse(strategy: Strategy, reqs: list[GenerationRequest], fmt: Format, *,
     finally:  # also on client disconnect (cancellation): stop every generation
         for t in tasks:
             t.cancel()
+        if release is not None:
+            release()
 
 
 def _clip(text: str, n: int = 60) -> str:

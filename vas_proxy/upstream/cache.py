@@ -99,6 +99,23 @@ class JSONTextDisk(diskcache.Disk):
         pass  # our rows never name files; never delete one that a planted row names
 
 
+def _private(directory: Path) -> None:
+    """Tighten an existing cache directory to 0700 and its files to 0600 (mkdir's mode only
+    applies to a new one). Only a directory that is empty or holds a diskcache: a user who points
+    --cache-dir at a shared folder keeps that folder's modes."""
+    entries = list(directory.iterdir())
+    if entries and not (directory / "cache.db").exists():
+        return
+    if directory.stat().st_uid != os.getuid():
+        return
+    os.chmod(directory, 0o700)
+    for p in directory.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            os.chmod(p, 0o600)
+        elif p.is_dir() and not p.is_symlink():
+            os.chmod(p, 0o700)
+
+
 class ResponseCache:
     """Upstream JSON answers by key. Opened on first use; sync methods plus async ones that run on
     one worker thread (diskcache is sync; its SQLite connections are per thread)."""
@@ -122,6 +139,7 @@ class ResponseCache:
                 try:
                     # 0700: cached prompts and answers may be private.
                     self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    _private(self.directory)
                     self._cache = diskcache.Cache(
                         str(self.directory), timeout=self.timeout, disk=JSONTextDisk,
                         size_limit=self.size_limit, eviction_policy=self.eviction_policy)

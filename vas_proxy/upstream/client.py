@@ -17,10 +17,11 @@ import httpx2 as httpx
 from ..defaults import PROVIDER, TIMEOUT
 from ..errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from ..protocol import UpstreamResult
+from ..redact import redact, redact_url, register_secret
 from .cache import DEFAULT_SIZE_LIMIT, ResponseCache, cache_key, cacheable
 from .profiles import Profile, get_profile
 from .retry import RetryPolicy, call_with_retry
-from .wire import (_usable_positions, check_status, parse_positions,  # noqa: F401 (re-export)
+from .wire import (_usable_positions, answer_shape, check_status, parse_positions,  # noqa: F401 (re-export)
                    reported_cached_tokens)
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ class UpstreamClient:
                  cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
                  retry: RetryPolicy | None = None, cache_size_limit: int = DEFAULT_SIZE_LIMIT):
         self.base_url = base_url.rstrip("/")
+        self.shown_url = redact_url(self.base_url)  # for messages: never its credentials
+        register_secret(api_key)
         self.model = model
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         self.profile.check()
@@ -72,7 +75,7 @@ class UpstreamClient:
         except ValueError:
             data = None
         if not isinstance(data, dict):
-            raise UpstreamError(f"upstream {self.base_url} answered with invalid JSON")
+            raise UpstreamError(f"upstream {self.shown_url} answered with invalid JSON")
         return data
 
     @contextlib.contextmanager
@@ -81,9 +84,11 @@ class UpstreamClient:
         try:
             yield
         except httpx.TimeoutException as e:
-            raise UpstreamTimeout(f"upstream {self.base_url} timed out ({type(e).__name__})") from None
+            raise UpstreamTimeout(f"upstream {self.shown_url} timed out "
+                                  f"({type(e).__name__})") from None
         except httpx.TransportError as e:
-            raise UpstreamUnreachable(f"cannot reach upstream {self.base_url}: {e}") from None
+            raise UpstreamUnreachable(
+                redact(f"cannot reach upstream {self.shown_url}: {e}")) from None
 
     def stream_positions(self, prompt: str, *, max_tokens: int, top_k: int,
                          temperature: float = 1.0, seed: int | None = None,
@@ -158,6 +163,10 @@ class UpstreamClient:
     def parse(self, data: dict, k: int, max_tokens: int | None = None) -> UpstreamResult:
         """The answer's text, finish reason, billed tokens and (k > 0) its usable positions;
         the only place that reads the answer's `usage`."""
+        with answer_shape():
+            return self._parse(data, k, max_tokens)
+
+    def _parse(self, data: dict, k: int, max_tokens: int | None) -> UpstreamResult:
         choices = data.get("choices") or []
         if not choices:
             raise UpstreamError("the upstream answered with no choices")

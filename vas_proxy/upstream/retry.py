@@ -5,9 +5,10 @@ Retried: 408, 409, 429 and 5xx answers, connection errors and timeouts. Never re
 (the request itself is wrong; another try cannot help) and a 429 whose code is
 `insufficient_quota` (the account is out of credit, waiting will not refill it). Waits grow
 exponentially with jitter, as openai-python does (`_base_client.py`: wait in [0.75·b, b]), and
-the upstream's `Retry-After` / `retry-after-ms` replaces the backoff when given. The sum of waits
-is capped so that an upstream that stays down fails fast with one line saying how many attempts
-were made; each attempt's own duration is bounded by the HTTP client's timeout.
+the upstream's `Retry-After` / `retry-after-ms` replaces the backoff when given. The time spent
+(attempts and waits together) is capped, so that an upstream that stays down or hangs fails
+fast with one line saying how many attempts were made: a call that timed out after the whole
+budget is not tried again. Each attempt's own duration is bounded by the HTTP client's timeout.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ RETRY_STATUSES = frozenset({408, 409, 429})
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often and how long to retry. `total_wait` caps the sum of the waits between attempts."""
+    """How often and how long to retry. `total_wait` caps the seconds from the first attempt
+    after which no new attempt starts (attempts and waits both count)."""
 
     max_attempts: int = 3
     initial_wait: float = 0.5
@@ -71,7 +73,7 @@ async def call_with_retry(policy: RetryPolicy, fn: Callable[[], Awaitable[T]]) -
     too_long: list[float] = []  # a Retry-After that did not fit the remaining budget
 
     def wait(rs: tenacity.RetryCallState) -> float:
-        left = policy.total_wait - rs.idle_for
+        left = policy.total_wait - (time.monotonic() - t0)
         after = getattr(rs.outcome.exception(), "retry_after", None)
         if after is not None and after >= 0:
             if after > left and rs.attempt_number < policy.max_attempts:
@@ -81,7 +83,7 @@ async def call_with_retry(policy: RetryPolicy, fn: Callable[[], Awaitable[T]]) -
 
     def stop(rs: tenacity.RetryCallState) -> bool:
         return (rs.attempt_number >= policy.max_attempts or bool(too_long)
-                or rs.idle_for >= policy.total_wait)
+                or time.monotonic() - t0 >= policy.total_wait)
 
     def before_sleep(rs: tenacity.RetryCallState) -> None:
         log.warning("upstream call failed (%s); retry %d/%d in %.2fs", rs.outcome.exception(),

@@ -20,7 +20,8 @@ import httpx2 as httpx
 from ..errors import UpstreamError
 from ..protocol import Position
 from .retry import call_with_retry
-from .wire import check_status, parse_positions, reported_cached_tokens, usable_count
+from .wire import (answer_shape, check_status, parse_positions, reported_cached_tokens,
+                   usable_count)
 
 
 class PositionStream:
@@ -91,6 +92,10 @@ class PositionStream:
         if isinstance(chunk.get("error"), dict):
             raise UpstreamError(f"the upstream's stream failed: "
                                 f"{str(chunk['error'].get('message'))[:300]}")
+        with answer_shape("stream"):
+            return self._chunk_positions(chunk)
+
+    def _chunk_positions(self, chunk: dict) -> list[Position]:
         if isinstance(chunk.get("usage"), dict):
             self.usage = chunk["usage"]
             self.cached_tokens = reported_cached_tokens(chunk)

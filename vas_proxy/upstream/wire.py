@@ -7,6 +7,7 @@ an error answer as our typed error. Shared by the client's whole answers and its
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Sequence
@@ -14,13 +15,24 @@ from email.utils import parsedate_to_datetime
 
 import httpx2 as httpx
 
-from ..errors import (ContextLengthError, NoLogprobsError, TooFewCandidatesError,
-                      UpstreamHTTPError)
+from ..errors import (ContextLengthError, MalformedAnswerError, NoLogprobsError,
+                      TooFewCandidatesError, UpstreamHTTPError)
 from ..protocol import Candidate, Position
 
 _OUTSIDE_TOPK = -9999.0
 _CONTEXT_HINTS = ("context window", "context length", "exceed", "too long", "n_ctx",
                   "maximum context")
+
+
+@contextlib.contextmanager
+def answer_shape(what: str = "answer"):
+    """A 2xx body of the wrong shape (lists for dicts, strings for numbers, missing keys) as
+    the upstream's fault (502), never our crash (500)."""
+    try:
+        yield
+    except (LookupError, TypeError, ValueError, AttributeError) as e:
+        raise MalformedAnswerError(f"the upstream's {what} is not in the completions shape "
+                                   f"({type(e).__name__}: {str(e)[:120]})") from None
 
 
 def _candidate(token: str, logprob: float, raw: Sequence[int] | None = None) -> Candidate:
