@@ -11,7 +11,7 @@ ifeq ($(shell uname -m),x86_64)
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 endif
 
-.PHONY: demo test test-all bench clean
+.PHONY: demo test test-all bench clean redis-server
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +25,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/vas-proxy demo
 
-test: $(STAMP)
+# The Redis tests run a real redis-server: Debian's package, installed once when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+redis-server:
+	@command -v redis-server >/dev/null || { echo "installing Debian's redis-server (tests)"; \
+	  $(SUDO) apt-get install -y -q redis-server >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q redis-server >/dev/null; }; }
+
+test: $(STAMP) redis-server
 	$(PY) -m pytest
 
-test-all: $(STAMP)
+test-all: $(STAMP) redis-server
 	$(PY) -m pytest -m ''
 
 bench: $(STAMP)

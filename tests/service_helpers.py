@@ -56,6 +56,8 @@ class FakeUpstream:
             await asyncio.sleep(self.delay)
         if self.calls > self.ok_calls and self.fail_status:
             return httpx.Response(self.fail_status, json={"error": {"message": "upstream broke"}})
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"object": "list", "data": [{"id": "m"}]})
         body = json.loads(request.content)
         k = body.get("logprobs") or 5
         return httpx.Response(200, json=fake_position_body(k=k))

@@ -28,6 +28,9 @@ PROVIDER = "llamacpp"
 TIMEOUT = 120.0
 WRAP_TIMEOUT = 600.0  # `wrap` of a client whose timeout has no read part (the SDK's own default)
 
+# The response cache (a directory or redis://): seconds an entry lives
+CACHE_TTL = 30 * 24 * 3600.0
+
 # Generation
 MAX_TOKENS = 64  # `vas-proxy generate`
 TEMPERATURE = 1.0  # `vas-proxy generate`

@@ -120,7 +120,8 @@ async def open_runtime(opts: Options) -> AsyncIterator[Runtime]:
         rewards = load_rewards(opts.rewards, device=loading.device, verbose=opts.verbose)
         client = UpstreamClient(base_url, model or "default", api_key=up.api_key,
                                 profile=up.provider, timeout=up.timeout,
-                                cache_dir=cache.cache_dir, use_cache=cache.use_cache)
+                                cache_dir=cache.cache_dir, use_cache=cache.use_cache,
+                                cache_ttl=cache.cache_ttl)
         try:
             if model is None:  # ask the upstream which model it serves
                 models = await client.models()

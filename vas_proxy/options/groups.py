@@ -76,9 +76,13 @@ class CacheOptions:
 
     TITLE = "cache"
 
-    cache_dir: str | None = option(None, "upstream response cache (default: "
+    cache_dir: str | None = option(None, "upstream response cache: a directory, or "
+                                         "redis://HOST:PORT/DB shared by replicas (default: "
                                          f"${env.CACHE_DIR} or ~/.cache/vas-proxy); only "
-                                         "seeded requests are cached", metavar="DIR")
+                                         "seeded requests are cached", metavar="DIR|URL",
+                                   short="--cache")
+    cache_ttl: float = option(defaults.CACHE_TTL, "seconds a cached answer lives",
+                              metavar="SECONDS")
     use_cache: bool = option(True, "never read or write the cache", flag="--no-cache")
 
 

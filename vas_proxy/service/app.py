@@ -18,6 +18,7 @@ from ..runtime import Runtime
 from . import errors
 from .guard import BodyLimit, CatchAll, KeyCheck
 from .limits import Limits
+from .metrics import Measure
 from .routes import router
 from .serving import Serving
 
@@ -32,10 +33,12 @@ def create_app(runtime: Runtime, *, api_key: str | None = None,
                                 limits=Limits(limits))
     errors.install(app)
     app.include_router(router)
-    # Added inside out: CatchAll sees everything, then the key, then the body's size.
+    # Added inside out: Measure sees every answer, CatchAll every failure, then the key, then
+    # the body's size.
     app.add_middleware(BodyLimit, max_bytes=limits.body_bytes if limits else None)
     app.add_middleware(KeyCheck, key=api_key)
     app.add_middleware(CatchAll)
+    app.add_middleware(Measure, metrics=app.state.serving.metrics)  # counts every answer
     _document_errors(app)
     return app
 

@@ -31,15 +31,17 @@ from ..bestofn import BestOfN
 from ..defaults import BEST_OF_MODES
 from ..engine import Engine, Generation, GenerationRequest, Outcome, TokenEvent
 from ..guidance import Guidance
-from ..errors import ConfigError
+from ..errors import ConfigError, VasError
 from ..runtime import Runtime
 from ..usage import Usage
 from .errors import UnknownModel, stream_error_body
 from .limits import ClientGone, Limits, watched
+from .metrics import Metrics
 from .formats import SSE_DONE, ChatFormat, CompletionFormat, Format, sse_data
 from .schemas import ChatCompletionRequest, CompletionRequest
 
 log = logging.getLogger("vas_proxy.service")
+READY_TIMEOUT = 5.0  # seconds the readiness probe waits for the upstream
 
 
 class Strategy(Protocol):
@@ -130,6 +132,7 @@ class Serving:
         self.rewards = dict(runtime.rewards or {})
         self.passthrough_models = passthrough_models
         self.limits = limits if limits is not None else Limits()
+        self.metrics = Metrics(in_flight=lambda: self.limits.in_flight)
         self.guided = Guided(self.engine)
 
     # ---- checks ------------------------------------------------------------------------
@@ -181,6 +184,21 @@ class Serving:
         return {"status": "ok", "model": self.runtime.model, "upstream": self.runtime.base_url,
                 "values": sorted(self.engine.values), "rewards": sorted(self.rewards)}
 
+    async def ready(self) -> tuple[bool, dict]:
+        """Readiness, unlike liveness (`health`): the upstream answers (and a Redis cache)."""
+        checks = {}
+        up = self.engine.upstream
+        try:
+            await asyncio.wait_for(up.models(), READY_TIMEOUT)
+            checks["upstream"] = "ok"
+        except VasError as e:
+            checks["upstream"] = e.message
+        except Exception as e:  # a probe answers, whatever broke: not ready
+            checks["upstream"] = f"failed ({type(e).__name__})"
+        if hasattr(up.cache, "ping"):
+            checks["cache"] = "ok" if await up.cache.ping() else "unreachable"
+        return all(v == "ok" for v in checks.values()), checks
+
     def models(self) -> dict:
         served = [] if self.passthrough_models else [self.runtime.model]
         return {"object": "list", "data": [{"id": m, "object": "model", "created": 0,
@@ -207,10 +225,12 @@ class Serving:
 
         def done(usage: Usage) -> None:
             _log_summary(request.url.path, body, usage, t0)
+            self.metrics.usage(usage, t0)
 
         if body.stream:
             return StreamingResponse(sse(strategy, reqs, fmt, include_usage=body.include_usage,
-                                         done=done, release=release, limits=self.limits),
+                                         done=done, release=release, limits=self.limits,
+                                         on_error=self.metrics.error),
                                      media_type="text/event-stream",
                                      headers={"cache-control": "no-cache"})
         try:
@@ -231,12 +251,13 @@ class Serving:
 
 async def sse(strategy: Strategy, reqs: list[GenerationRequest], fmt: Format, *,
               include_usage: bool = False, done: Callable[[Usage], None] | None = None,
-              release: Callable[[], None] | None = None,
-              limits: Limits | None = None) -> AsyncIterator[str]:
+              release: Callable[[], None] | None = None, limits: Limits | None = None,
+              on_error: Callable[[str | None], None] | None = None) -> AsyncIterator[str]:
     """The SSE events of one streamed response: every choice generates concurrently, its
     tokens are sent as they come; `done(usage)` once all finished, `release()` however it
-    ends. Closing this generator (the client disconnected) cancels every generation; so does
-    the deadline of `limits`, with an error event."""
+    ends; `on_error(code)` for a failure sent as an event. Closing this generator (the client
+    disconnected) cancels every generation; so does the deadline of `limits`, with an error
+    event."""
     queue: asyncio.Queue = asyncio.Queue()
     outcomes = [Outcome() for _ in reqs]
     deadline = limits.deadline if limits is not None else None
@@ -260,14 +281,16 @@ async def sse(strategy: Strategy, reqs: list[GenerationRequest], fmt: Format, *,
                 i, item = await asyncio.wait_for(
                     queue.get(), None if until is None else max(0.0, until - time.monotonic()))
             except asyncio.TimeoutError:
-                yield sse_data(stream_error_body(limits.past_deadline()))
-                yield SSE_DONE
-                return
+                item = limits.past_deadline()
+                i = -1
             if item is None:
                 open_ -= 1
                 yield sse_data(fmt.stream_finish(i, outcomes[i].finish_reason))
             elif isinstance(item, Exception):
-                yield sse_data(stream_error_body(item))
+                err = stream_error_body(item)
+                if on_error is not None:
+                    on_error(err["error"]["code"])
+                yield sse_data(err)
                 yield SSE_DONE
                 return
             else:

@@ -46,6 +46,21 @@ KEY_VERSION = 1  # bump when the key material or the stored form changes
 _ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
 
 
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def open_cache(where: str | os.PathLike | None = None, *, size_limit: int = DEFAULT_SIZE_LIMIT,
+               ttl: float | None = None):
+    """The response cache at `where`: a directory (diskcache; default `default_cache_dir()`)
+    or a Redis URL (`redis_cache.RedisCache`, shared by replicas). Both have the async
+    `aget`/`aset`/`adelete`/`aclose` the upstream client uses."""
+    if isinstance(where, str) and where.startswith(REDIS_SCHEMES):
+        from .redis_cache import RedisCache
+
+        return RedisCache(where, ttl=ttl)
+    return ResponseCache(where, size_limit=size_limit, ttl=ttl)
+
+
 def default_cache_dir() -> Path:
     """The cache root (`env.cache_root`): `$VAS_PROXY_CACHE_DIR`, `$XDG_CACHE_HOME/vas-proxy`
     or `~/.cache/vas-proxy`."""
@@ -122,9 +137,11 @@ class ResponseCache:
 
     def __init__(self, directory: str | os.PathLike | None = None, *,
                  size_limit: int = DEFAULT_SIZE_LIMIT,
-                 eviction_policy: str = "least-recently-stored", timeout: float = 10.0):
+                 eviction_policy: str = "least-recently-stored", timeout: float = 10.0,
+                 ttl: float | None = None):
         self.directory = Path(directory).expanduser() if directory else default_cache_dir()
         self.size_limit = int(size_limit)
+        self.ttl = ttl  # seconds an entry lives (None: until evicted)
         self.eviction_policy = eviction_policy
         self.timeout = timeout
         self._cache: diskcache.Cache | None = None
@@ -179,7 +196,7 @@ class ResponseCache:
         if cache is None:
             return
         try:
-            cache.set(key, json.dumps(data, separators=(",", ":")))
+            cache.set(key, json.dumps(data, separators=(",", ":")), expire=self.ttl)
         except _ERRORS as e:
             self._warn("write", e)
 

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 
 import httpx2 as httpx
 
-from ..defaults import PROVIDER, TIMEOUT
+from ..defaults import CACHE_TTL, PROVIDER, TIMEOUT
 from ..errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from ..protocol import UpstreamResult
 from ..redact import redact, redact_url, register_secret
-from .cache import DEFAULT_SIZE_LIMIT, ResponseCache, cache_key, cacheable
+from .cache import DEFAULT_SIZE_LIMIT, cache_key, cacheable, open_cache
 from .profiles import Profile, get_profile
 from .retry import RetryPolicy, call_with_retry
 from .wire import (_usable_positions, answer_shape, check_status, parse_positions,  # noqa: F401 (re-export)
@@ -33,15 +33,16 @@ class UpstreamClient:
     The API key only ever goes into the Authorization header: never into errors, logs or cache
     keys. `timeout` bounds each attempt; `retry` (default `RetryPolicy()`) says how failed
     attempts are retried; with `use_cache`, reproducible answers (see `cache.cacheable`) are kept
-    in `cache_dir` (default `cache.default_cache_dir()`, opened on first use), at most
-    `cache_size_limit` bytes.
+    in `cache_dir` (a directory, default `cache.default_cache_dir()`, opened on first use, at
+    most `cache_size_limit` bytes; or a redis:// URL shared by replicas) for `cache_ttl` s.
     """
 
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None,
                  profile: str | Profile = PROVIDER, timeout: float = TIMEOUT,
                  transport: httpx.AsyncBaseTransport | None = None,
                  cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
-                 retry: RetryPolicy | None = None, cache_size_limit: int = DEFAULT_SIZE_LIMIT):
+                 retry: RetryPolicy | None = None, cache_size_limit: int = DEFAULT_SIZE_LIMIT,
+                 cache_ttl: float | None = CACHE_TTL):
         self.base_url = base_url.rstrip("/")
         self.shown_url = redact_url(self.base_url)  # for messages: never its credentials
         register_secret(api_key)
@@ -49,7 +50,8 @@ class UpstreamClient:
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
         self.profile.check()
         self.retry = retry if retry is not None else RetryPolicy()
-        self.cache = ResponseCache(cache_dir, size_limit=cache_size_limit) if use_cache else None
+        self.cache = (open_cache(cache_dir, size_limit=cache_size_limit, ttl=cache_ttl)
+                      if use_cache else None)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout,
                                        transport=transport)
