@@ -37,14 +37,15 @@ SECRET_URL = "http://alice:s3cr3t-pass@fake/v1"
 
 
 def make_app(fake: FakeUpstream | None = None, limits: LimitOptions | None = None,
-             url: str = "http://fake/v1", upstream_key: str | None = None):
+             url: str = "http://fake/v1", upstream_key: str | None = None,
+             passthrough_models: bool = False):
     fake = fake or FakeUpstream(fail_status=None)
     client = UpstreamClient(url, "m", transport=fake.transport(), use_cache=False,
                             api_key=upstream_key)
     engine = Engine(client, {"h": CallableValue(lambda p, cs: [len(c) / 7 for c in cs], "h")},
                     defaults=Guidance(beta=1.0, top_k=5), eos_texts=["<|im_end|>"])
     return create_app(Runtime(engine, load_template("chatml"), "m", url), api_key=KEY,
-                      limits=limits or LimitOptions())
+                      limits=limits or LimitOptions(), passthrough_models=passthrough_models)
 
 
 @pytest.fixture(scope="module")

@@ -130,7 +130,7 @@ async def unknown_model(request: Request, exc: UnknownModel) -> JSONResponse:
                                f"{', '.join(exc.served)}", param="model", code="model_not_found")
 
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+_HTTP_CODES = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
 
 
 async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
