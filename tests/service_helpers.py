@@ -10,6 +10,7 @@ import time
 
 import httpx2 as httpx
 import uvicorn
+from fastapi import FastAPI, Request  # module level: the route's annotations name them
 
 from vas_proxy.upstream.local import free_port
 
@@ -64,3 +65,30 @@ class FakeUpstream:
 
     def transport(self):
         return httpx.MockTransport(self.handler)
+
+
+def fake_upstream_app():
+    """A fake OpenAI completions server (FastAPI) answering every call at once with one
+    logprob position; `app.state.calls` counts the calls. For tests and benchmarks that need a
+    real HTTP upstream (other processes, load) faster than any model."""
+    app = FastAPI()
+    app.state.calls = 0
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": "m", "object": "model"}]}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        app.state.calls += 1
+        body = await request.json()
+        return fake_position_body(k=body.get("logprobs") or 5)
+
+    return app
+
+
+if __name__ == "__main__":  # `python tests/service_helpers.py PORT`: the fake, as a process
+    import sys
+
+    uvicorn.run(fake_upstream_app(), host="127.0.0.1", port=int(sys.argv[1]),
+                log_level="warning", access_log=False)

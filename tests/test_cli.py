@@ -196,6 +196,16 @@ BEFORE["eval"].update({
     "--prune-block": ("store", int, 16), "--prune-keep": ("store", float, 0.5),
     "--guided-best-of": ("store", str, ""), "--guided-beta": ("store", float, None),
     "--prices": ("store", str, "flat,out4,out4-prefix,openai")})
+# Deliberate changes of the hostile-input issue: the cache may be a Redis URL (`--cache`, an
+# alias of --cache-dir) and has a TTL; serve gains the operator's limits and SIGTERM's grace.
+for _cmd in ("generate", "serve"):
+    BEFORE[_cmd]["--cache-dir/--cache"] = BEFORE[_cmd].pop("--cache-dir")
+    BEFORE[_cmd]["--cache-ttl"] = ("store", float, 30 * 24 * 3600.0)
+BEFORE["serve"].update({
+    "--limit-max-tokens": ("store", int, 4096), "--limit-n": ("store", int, 16),
+    "--limit-body-bytes": ("store", int, 4 * 1024 * 1024),
+    "--limit-prompt-chars": ("store", int, 200_000), "--limit-generations": ("store", int, 64),
+    "--limit-deadline": ("store", float, 600.0), "--shutdown-grace": ("store", float, 15.0)})
 REQUIRED = {"generate": {"prompt"}, "train": {"--prompts", "--reward", "--out"},
             "eval": {"--prompts", "--reward", "--out"}}
 CHOICES = {"--dtype": ["float32", "bfloat16", "float16"],

@@ -6,6 +6,8 @@ requests cheap (a valid `max_tokens: 4096` would otherwise be 4,096 upstream cal
 
 from __future__ import annotations
 
+import os
+
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
@@ -15,7 +17,7 @@ from vas_proxy.options import LimitOptions
 
 from test_hostile import AUTH, make_app
 
-EXAMPLES = 60  # per operation and mode; `python benchmarks/reliability.py` runs more
+EXAMPLES = int(os.environ.get("VAS_FUZZ_EXAMPLES", "60"))  # per operation and mode (reliability.py: 500)
 
 # Any model name is passed through (as `wrap` does), so that valid bodies are answered 200
 APP = make_app(limits=LimitOptions(max_tokens=16, prompt_chars=2000, n=2, generations=8),

@@ -15,13 +15,12 @@ import time
 import httpx2 as httpx
 import pytest
 import redis
-from fastapi import FastAPI, Request
 
 from vas_proxy.upstream.cache import open_cache
 from vas_proxy.upstream.local import free_port
 from vas_proxy.upstream.redis_cache import PREFIX, RedisCache
 
-from service_helpers import fake_position_body, serve_app
+from service_helpers import fake_upstream_app, serve_app
 from test_hostile import AUTH, KEY, make_app, post
 
 
@@ -73,23 +72,6 @@ def test_a_redis_that_is_down_is_skipped():
         assert not await c.ping()
         await c.aclose()
     asyncio.run(main())
-
-
-def fake_upstream_app():
-    app = FastAPI()
-    app.state.calls = 0
-
-    @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [{"id": "m", "object": "model"}]}
-
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        app.state.calls += 1
-        body = await request.json()
-        return fake_position_body(k=body.get("logprobs") or 5)
-
-    return app
 
 
 def _start_worker(upstream: str, cache: str, port: int) -> subprocess.Popen:
