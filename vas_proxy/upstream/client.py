@@ -18,6 +18,7 @@ from ..defaults import CACHE_TTL, PROVIDER, TIMEOUT
 from ..errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from ..protocol import UpstreamResult
 from ..redact import redact, redact_url, register_secret
+from .aio_transport import fast_transport
 from .cache import DEFAULT_SIZE_LIMIT, cache_key, cacheable, open_cache
 from .profiles import Profile, get_profile
 from .retry import RetryPolicy, call_with_retry
@@ -54,7 +55,7 @@ class UpstreamClient:
                       if use_cache else None)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout,
-                                       transport=transport)
+                                       transport=transport or fast_transport(self.base_url))
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -70,6 +70,12 @@ def retryable(exc: BaseException) -> bool:
 async def call_with_retry(policy: RetryPolicy, fn: Callable[[], Awaitable[T]]) -> T:
     """`await fn()` under `policy`; on giving up, raise its last error saying how hard we tried."""
     t0 = time.monotonic()
+    try:  # the common case, one attempt that succeeds, without tenacity's per-call machinery
+        return await fn()
+    except UpstreamError as e:
+        if not retryable(e) or policy.max_attempts <= 1:
+            raise
+        replay: UpstreamError | None = e  # tenacity's attempt 1: it decides the wait from it
     too_long: list[float] = []  # a Retry-After that did not fit the remaining budget
 
     def wait(rs: tenacity.RetryCallState) -> float:
@@ -92,8 +98,11 @@ async def call_with_retry(policy: RetryPolicy, fn: Callable[[], Awaitable[T]]) -
     attempts = 0
 
     async def attempt() -> T:
-        nonlocal attempts
+        nonlocal attempts, replay
         attempts += 1
+        if replay is not None:
+            err, replay = replay, None
+            raise err
         return await fn()
 
     retrying = tenacity.AsyncRetrying(

@@ -1,0 +1,168 @@
+"""The asyncio network backend under httpx (vas_proxy/upstream/aio_transport.py) on real
+sockets: the same answers as httpx's default, and every socket failure mapped to the error our
+retry policy expects (a timeout, an unreachable upstream), including a server that closes an
+idle keep-alive connection between two calls."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+
+import httpx2 as httpx
+import pytest
+
+from vas_proxy.errors import UpstreamTimeout, UpstreamUnreachable
+from vas_proxy.upstream import aio_transport
+from vas_proxy.upstream.aio_transport import AsyncioBackend, fast_transport
+from vas_proxy.upstream.client import UpstreamClient
+from vas_proxy.upstream.retry import RetryPolicy
+
+from service_helpers import fake_position_body
+
+pytestmark = pytest.mark.skipif(not aio_transport.AVAILABLE, reason="needs Python 3.11+")
+ONE_TRY = RetryPolicy(max_attempts=1)
+
+
+def _response(body: dict, close: bool = False) -> bytes:
+    data = json.dumps(body).encode()
+    head = (f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(data)}\r\n{'connection: close' if close else ''}\r\n\r\n")
+    return head.replace("\r\n\r\n\r\n", "\r\n\r\n").encode() + data
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bool:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length")), 0)
+    await reader.readexactly(length)
+    return True
+
+
+async def _server(handler):
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+
+
+def _client(url: str, **kw) -> UpstreamClient:
+    kw.setdefault("retry", ONE_TRY)
+    return UpstreamClient(url, "m", use_cache=False, **kw)
+
+
+def test_fast_transport_only_for_plain_http_without_a_proxy(monkeypatch):
+    monkeypatch.delenv("HTTP_PROXY", raising=False)
+    monkeypatch.delenv("http_proxy", raising=False)
+    monkeypatch.delenv("ALL_PROXY", raising=False)
+    monkeypatch.delenv("all_proxy", raising=False)
+    t = fast_transport("http://127.0.0.1:1/v1")
+    assert isinstance(t._pool._network_backend, AsyncioBackend)
+    assert fast_transport("https://api.example.com/v1") is None
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy:3128")
+    assert fast_transport("http://127.0.0.1:1/v1") is None
+
+
+def test_same_answer_as_httpx_default_and_big_bodies():
+    big = fake_position_body(k=20)
+    big["choices"][0]["text"] = "x" * 2_000_000  # several reads, a full receive buffer
+
+    async def handler(reader, writer):
+        while await _read_request(reader):
+            writer.write(_response(big))
+            await writer.drain()
+
+    async def main():
+        server, url = await _server(handler)
+        fast = _client(url)
+        default = _client(url, transport=httpx.AsyncHTTPTransport())
+        assert isinstance(fast._http._transport._pool._network_backend, AsyncioBackend)
+        try:
+            a = await fast.complete("p", max_tokens=1, top_k=20)
+            b = await default.complete("p", max_tokens=1, top_k=20)
+            again = await fast.complete("p", max_tokens=1, top_k=20)  # the kept-alive socket
+        finally:
+            await fast.aclose()
+            await default.aclose()
+            server.close()
+        assert a.text == b.text == again.text and len(a.text) == 2_000_000
+        assert a.positions == b.positions
+
+    asyncio.run(main())
+
+
+def test_a_hung_upstream_is_a_timeout():
+    async def handler(reader, writer):
+        await _read_request(reader)
+        await asyncio.sleep(30)
+
+    async def main():
+        server, url = await _server(handler)
+        client = _client(url, timeout=0.3)
+        try:
+            with pytest.raises(UpstreamTimeout):
+                await asyncio.wait_for(client.complete("p", max_tokens=1, top_k=5), 5)
+        finally:
+            await client.aclose()
+            server.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("fault", ["refused", "closed", "reset", "cut"])
+def test_socket_failures_are_an_unreachable_upstream(fault):
+    async def handler(reader, writer):
+        await _read_request(reader)
+        if fault == "reset":  # SO_LINGER 0: close sends RST, the client's read fails
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+        elif fault == "cut":
+            writer.write(_response(fake_position_body(k=5))[:-10])
+            await writer.drain()
+            writer.close()
+        else:
+            writer.close()
+
+    async def main():
+        server, url = await _server(handler)
+        if fault == "refused":
+            server.close()
+            await server.wait_closed()
+        client = _client(url, timeout=2)
+        try:
+            with pytest.raises(UpstreamUnreachable):
+                await asyncio.wait_for(client.complete("p", max_tokens=1, top_k=5), 5)
+        finally:
+            await client.aclose()
+            server.close()
+
+    asyncio.run(main())
+
+
+def test_a_keep_alive_connection_the_server_closed_is_not_reused():
+    """The server answers, keeps the socket a moment, then closes it while idle: the next call
+    must open a new connection instead of failing on the dead one (httpcore asks the stream
+    `is_readable`)."""
+    connections = []
+
+    async def handler(reader, writer):
+        connections.append(writer)
+        await _read_request(reader)
+        writer.write(_response(fake_position_body(k=5)))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.close()  # idle close, as a server's keep-alive timeout does
+
+    async def main():
+        server, url = await _server(handler)
+        client = _client(url)  # one attempt: a dead socket reused would be an error
+        try:
+            for _ in range(3):
+                await client.complete("p", max_tokens=1, top_k=5)
+                await asyncio.sleep(0.2)
+        finally:
+            await client.aclose()
+            server.close()
+
+    asyncio.run(main())
+    assert len(connections) == 3
