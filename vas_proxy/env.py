@@ -29,6 +29,15 @@ def proxy_api_key(given: str | None = None) -> str | None:
     return given or _get(PROXY_API_KEY)
 
 
+HTTP_PROXIES = ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")  # httpx honours these
+
+
+def http_proxy_set() -> bool:
+    """Whether the environment names a proxy for plain-HTTP requests (httpx honours it only
+    without an explicit transport: `upstream/aio_transport.py` then steps aside)."""
+    return any(_get(name) for name in HTTP_PROXIES)
+
+
 def torch_threads() -> str | None:
     """$VAS_PROXY_TORCH_THREADS as written (the caller parses and reports it)."""
     return _get(TORCH_THREADS)

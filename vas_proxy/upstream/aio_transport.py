@@ -15,13 +15,14 @@ matters) on Python 3.11+; TLS upstreams keep httpx's default backend.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import sys
 
 import httpcore2 as httpcore
 import httpx2 as httpx
 from httpcore2._backends.base import AsyncNetworkBackend, AsyncNetworkStream
+
+from ..env import http_proxy_set
 
 AVAILABLE = sys.version_info >= (3, 11)  # asyncio.timeout
 
@@ -98,7 +99,7 @@ def fast_transport(base_url: str) -> httpx.AsyncHTTPTransport | None:
     """httpx's own transport with its pool on `AsyncioBackend`, for a plain-HTTP `base_url`;
     None (httpx's default) for TLS, older Pythons, an httpx whose pool we do not know, or an
     environment that names a proxy (httpx honours those only without an explicit transport)."""
-    if not AVAILABLE or not base_url.startswith("http://") or _env_proxy():
+    if not AVAILABLE or not base_url.startswith("http://") or http_proxy_set():
         return None
     transport = httpx.AsyncHTTPTransport()
     pool = getattr(transport, "_pool", None)
@@ -107,8 +108,3 @@ def fast_transport(base_url: str) -> httpx.AsyncHTTPTransport | None:
         return None
     pool._network_backend = AsyncioBackend()  # before any connection: each one takes it
     return transport
-
-
-def _env_proxy() -> bool:
-    return any(os.environ.get(name) for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY",
-                                                  "all_proxy"))
