@@ -21,6 +21,8 @@ from vas_proxy.upstream.retry import RetryPolicy
 
 from service_helpers import fake_position_body
 
+# The backend exists only on 3.11+ (asyncio.timeout); on 3.10 the client uses httpx's default
+# backend, which the rest of the suite covers, so there is nothing of this module to test there.
 pytestmark = pytest.mark.skipif(not aio_transport.AVAILABLE, reason="needs Python 3.11+")
 ONE_TRY = RetryPolicy(max_attempts=1)
 
@@ -48,6 +50,22 @@ async def _server(handler):
 def _client(url: str, **kw) -> UpstreamClient:
     kw.setdefault("retry", ONE_TRY)
     return UpstreamClient(url, "m", use_cache=False, **kw)
+
+
+async def _one_call_fails(handler, error: type, *, timeout: float, refused: bool = False):
+    """One call to a server running `handler` (closed before the call if `refused`) raises
+    `error` within 5 s."""
+    server, url = await _server(handler)
+    if refused:
+        server.close()
+        await server.wait_closed()
+    client = _client(url, timeout=timeout)
+    try:
+        with pytest.raises(error):
+            await asyncio.wait_for(client.complete("p", max_tokens=1, top_k=5), 5)
+    finally:
+        await client.aclose()
+        server.close()
 
 
 def test_fast_transport_only_for_plain_http_without_a_proxy(monkeypatch):
@@ -95,17 +113,7 @@ def test_a_hung_upstream_is_a_timeout():
         await _read_request(reader)
         await asyncio.sleep(30)
 
-    async def main():
-        server, url = await _server(handler)
-        client = _client(url, timeout=0.3)
-        try:
-            with pytest.raises(UpstreamTimeout):
-                await asyncio.wait_for(client.complete("p", max_tokens=1, top_k=5), 5)
-        finally:
-            await client.aclose()
-            server.close()
-
-    asyncio.run(main())
+    asyncio.run(_one_call_fails(handler, UpstreamTimeout, timeout=0.3))
 
 
 @pytest.mark.parametrize("fault", ["refused", "closed", "reset", "cut"])
@@ -123,20 +131,8 @@ def test_socket_failures_are_an_unreachable_upstream(fault):
         else:
             writer.close()
 
-    async def main():
-        server, url = await _server(handler)
-        if fault == "refused":
-            server.close()
-            await server.wait_closed()
-        client = _client(url, timeout=2)
-        try:
-            with pytest.raises(UpstreamUnreachable):
-                await asyncio.wait_for(client.complete("p", max_tokens=1, top_k=5), 5)
-        finally:
-            await client.aclose()
-            server.close()
-
-    asyncio.run(main())
+    asyncio.run(_one_call_fails(handler, UpstreamUnreachable, timeout=2,
+                                refused=fault == "refused"))
 
 
 def test_a_keep_alive_connection_the_server_closed_is_not_reused():
