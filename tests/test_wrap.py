@@ -19,8 +19,9 @@ VALUES = {"h": "py:valuefns:char_hash"}
 @pytest.fixture(scope="module")
 def guided(upstream):
     client = openai.OpenAI(base_url=upstream.base_url, api_key="sk-upstream", max_retries=0)
-    return client, vas_proxy.wrap(client, values=VALUES, beta=1.0,
-                                  chat_template=str(smollm2_gguf()))
+    g = vas_proxy.wrap(client, values=VALUES, beta=1.0, chat_template=str(smollm2_gguf()))
+    yield client, g
+    g.close()
 
 
 def test_same_type_guided_and_seeded(guided, upstream):
@@ -76,6 +77,7 @@ def test_async_client(upstream):
         text = "".join([c.choices[0].text async for c in stream if c.choices])
         many = await asyncio.gather(*(g.completions.create(**{**kw, "seed": s})
                                       for s in range(4)))
+        await g.close()
         return full, text, many
 
     full, text, many = asyncio.run(go())

@@ -34,7 +34,7 @@ HTTP_PROXIES = ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")  # httpx h
 
 def http_proxy_set() -> bool:
     """Whether the environment names a proxy for plain-HTTP requests (httpx honours it only
-    without an explicit transport: `upstream/aio_transport.py` then steps aside)."""
+    without an explicit transport: `upstream/aio_http.py` then steps aside)."""
     return any(_get(name) for name in HTTP_PROXIES)
 
 

@@ -9,6 +9,7 @@ one reader of an answer's `usage`, including the prompt-cache counts some upstre
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,7 @@ from ..defaults import CACHE_TTL, PROVIDER, TIMEOUT
 from ..errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from ..protocol import UpstreamResult
 from ..redact import redact, redact_url, register_secret
-from .aio_transport import fast_transport
+from .aio_http import as_httpx_response, fast_http
 from .cache import DEFAULT_SIZE_LIMIT, cache_key, cacheable, open_cache
 from .profiles import Profile, get_profile
 from .retry import RetryPolicy, call_with_retry
@@ -55,10 +56,13 @@ class UpstreamClient:
                       if use_cache else None)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout,
-                                       transport=transport or fast_transport(self.base_url))
+                                       transport=transport)
+        self._fast = fast_http(self.base_url, headers, timeout, self.shown_url, transport)
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        if self._fast is not None:
+            await self._fast.aclose()
         if self.cache is not None:
             await self.cache.aclose()
 
@@ -69,12 +73,19 @@ class UpstreamClient:
         await self.aclose()
 
     async def _send(self, method: str, path: str, body: dict | None = None) -> dict:
-        """One attempt, failures as typed errors."""
-        with self.transport_errors():
-            resp = await self._http.request(method, path, json=body)
-        check_status(resp)
+        """One attempt, failures as typed errors (aiohttp for a plain-HTTP upstream:
+        `aio_http.py` says why)."""
+        if self._fast is not None:
+            status, headers, content = await self._fast.request(method, path, body)
+            if status >= 400:
+                check_status(as_httpx_response(status, headers, content))
+        else:
+            with self.transport_errors():
+                resp = await self._http.request(method, path, json=body)
+            check_status(resp)
+            content = resp.content
         try:
-            data = resp.json()
+            data = json.loads(content)
         except ValueError:
             data = None
         if not isinstance(data, dict):

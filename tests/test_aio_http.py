@@ -1,7 +1,7 @@
-"""The asyncio network backend under httpx (vas_proxy/upstream/aio_transport.py) on real
-sockets: the same answers as httpx's default, and every socket failure mapped to the error our
-retry policy expects (a timeout, an unreachable upstream), including a server that closes an
-idle keep-alive connection between two calls."""
+"""The aiohttp path to a plain-HTTP upstream (vas_proxy/upstream/aio_http.py) on real sockets:
+the same answers and the same typed errors as the httpx path, every socket failure mapped to
+the error our retry policy expects (a timeout, an unreachable upstream), including a server
+that closes an idle keep-alive connection between two calls."""
 
 from __future__ import annotations
 
@@ -13,17 +13,13 @@ import struct
 import httpx2 as httpx
 import pytest
 
-from vas_proxy.errors import UpstreamTimeout, UpstreamUnreachable
-from vas_proxy.upstream import aio_transport
-from vas_proxy.upstream.aio_transport import AsyncioBackend, fast_transport
+from vas_proxy.errors import UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
+from vas_proxy.upstream.aio_http import FastHTTP, fast_http
 from vas_proxy.upstream.client import UpstreamClient
 from vas_proxy.upstream.retry import RetryPolicy
 
 from service_helpers import fake_position_body
 
-# The backend exists only on 3.11+ (asyncio.timeout); on 3.10 the client uses httpx's default
-# backend, which the rest of the suite covers, so there is nothing of this module to test there.
-pytestmark = pytest.mark.skipif(not aio_transport.AVAILABLE, reason="needs Python 3.11+")
 ONE_TRY = RetryPolicy(max_attempts=1)
 
 
@@ -68,16 +64,15 @@ async def _one_call_fails(handler, error: type, *, timeout: float, refused: bool
         server.close()
 
 
-def test_fast_transport_only_for_plain_http_without_a_proxy(monkeypatch):
-    monkeypatch.delenv("HTTP_PROXY", raising=False)
-    monkeypatch.delenv("http_proxy", raising=False)
-    monkeypatch.delenv("ALL_PROXY", raising=False)
-    monkeypatch.delenv("all_proxy", raising=False)
-    t = fast_transport("http://127.0.0.1:1/v1")
-    assert isinstance(t._pool._network_backend, AsyncioBackend)
-    assert fast_transport("https://api.example.com/v1") is None
+def test_aiohttp_only_for_plain_http_without_a_proxy_or_a_given_transport(monkeypatch):
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert isinstance(fast_http("http://127.0.0.1:1/v1", {}, 5, "u", None), FastHTTP)
+    assert isinstance(_client("http://127.0.0.1:1/v1")._fast, FastHTTP)
+    assert fast_http("https://api.example.com/v1", {}, 5, "u", None) is None
+    assert fast_http("http://127.0.0.1:1/v1", {}, 5, "u", httpx.AsyncHTTPTransport()) is None
     monkeypatch.setenv("HTTP_PROXY", "http://proxy:3128")
-    assert fast_transport("http://127.0.0.1:1/v1") is None
+    assert fast_http("http://127.0.0.1:1/v1", {}, 5, "u", None) is None
 
 
 def test_same_answer_as_httpx_default_and_big_bodies():
@@ -93,7 +88,7 @@ def test_same_answer_as_httpx_default_and_big_bodies():
         server, url = await _server(handler)
         fast = _client(url)
         default = _client(url, transport=httpx.AsyncHTTPTransport())
-        assert isinstance(fast._http._transport._pool._network_backend, AsyncioBackend)
+        assert fast._fast is not None and default._fast is None
         try:
             a = await fast.complete("p", max_tokens=1, top_k=20)
             b = await default.complete("p", max_tokens=1, top_k=20)
@@ -104,6 +99,41 @@ def test_same_answer_as_httpx_default_and_big_bodies():
             server.close()
         assert a.text == b.text == again.text and len(a.text) == 2_000_000
         assert a.positions == b.positions
+
+    asyncio.run(main())
+
+
+def test_an_error_answer_is_the_same_typed_error_on_both_paths():
+    """A 429 with Retry-After and an OpenAI error body: status, message and Retry-After reach
+    our error the same through aiohttp and httpx, and the request carried the key."""
+    seen = []
+
+    async def handler(reader, writer):
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            seen.append(head)
+            data = json.dumps({"error": {"message": "slow down", "code": "rate"}}).encode()
+            writer.write(b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n"
+                         b"retry-after: 7\r\ncontent-length: %d\r\n\r\n%s" % (len(data), data))
+            await writer.drain()
+
+    async def main():
+        server, url = await _server(handler)
+        clients = [_client(url, api_key="sk-test-1"),
+                   _client(url, api_key="sk-test-1", transport=httpx.AsyncHTTPTransport())]
+        errors = []
+        try:
+            for c in clients:
+                with pytest.raises(UpstreamHTTPError) as e:
+                    await c.complete("p", max_tokens=1, top_k=5)
+                errors.append(e.value)
+        finally:
+            for c in clients:
+                await c.aclose()
+            server.close()
+        assert [(e.status, e.retry_after, "slow down" in str(e)) for e in errors] == [
+            (429, 7.0, True)] * 2
+        assert all(b"authorization: bearer sk-test-1" in h.lower() for h in seen)
 
     asyncio.run(main())
 
@@ -137,8 +167,7 @@ def test_socket_failures_are_an_unreachable_upstream(fault):
 
 def test_a_keep_alive_connection_the_server_closed_is_not_reused():
     """The server answers, keeps the socket a moment, then closes it while idle: the next call
-    must open a new connection instead of failing on the dead one (httpcore asks the stream
-    `is_readable`)."""
+    must open a new connection instead of failing on the dead one."""
     connections = []
 
     async def handler(reader, writer):
