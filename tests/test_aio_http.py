@@ -191,3 +191,22 @@ def test_a_keep_alive_connection_the_server_closed_is_not_reused():
 
     asyncio.run(main())
     assert len(connections) == 3
+
+
+def test_an_unreachable_upstream_with_credentials_keeps_them_out_of_the_error():
+    from vas_proxy.upstream.local import free_port
+
+    url = f"http://alice:s3cr3t-pass@127.0.0.1:{free_port()}/v1"
+    client = _client(url)
+    assert client._fast is not None
+
+    async def main():
+        try:
+            with pytest.raises(UpstreamUnreachable) as e:
+                await client.complete("p", max_tokens=1, top_k=5)
+        finally:
+            await client.aclose()
+        return str(e.value)
+
+    message = asyncio.run(main())
+    assert "s3cr3t" not in message and "127.0.0.1" in message
