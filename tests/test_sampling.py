@@ -109,3 +109,13 @@ def test_kl_step_matches_definition():
     q = sampling.target_probs(LP, [1.0, 0.0, 0.0, 0.0], beta=1.0)
     p = np.exp(LP) / np.exp(LP).sum()
     assert sampling.kl_step(q, LP, 0) == pytest.approx(math.log(q[0] / p[0]))
+
+
+def test_a_tiny_temperature_is_the_greedy_limit_not_nan():
+    """Found by the 500-example fuzz run: temperature 1e-300 divided the logits to inf and
+    the target became NaN (a 200 with an arbitrary token)."""
+    v = [0.0, 3.0, 0.0, 0.0]
+    for t in (1e-300, 5e-324):
+        q = sampling.target_probs(LP, v, beta=1.0, temperature=t)
+        assert np.all(np.isfinite(q)) and q.sum() == 1.0
+        assert np.array_equal(q, sampling.target_probs(LP, v, beta=1.0, temperature=0.0))

@@ -38,7 +38,8 @@ def combine_values(values: Mapping[str, Sequence[float]], weights: Mapping[str, 
 
 def target_logits(logprobs: Sequence[float], values: np.ndarray | Sequence[float] | None,
                   beta: float, temperature: float = 1.0) -> np.ndarray:
-    """Unnormalised log-target (logp + beta·V) / T; T = 0 is handled by `target_probs`."""
+    """Unnormalised log-target (logp + beta·V) / T; T = 0 is handled by `target_probs`, which
+    divides by T itself (after shifting the max to 0)."""
     lp = np.asarray(logprobs, dtype=np.float64)
     tilt = np.zeros_like(lp) if values is None or beta == 0 else beta * np.asarray(values, np.float64)
     return (lp + tilt) / (temperature if temperature > 0 else 1.0)
@@ -52,14 +53,17 @@ def target_probs(logprobs: Sequence[float], values: np.ndarray | Sequence[float]
     """
     if temperature < 0:
         raise ValueError("temperature must be >= 0")
-    z = target_logits(logprobs, values, beta, temperature)
+    z = target_logits(logprobs, values, beta)
     if z.size == 0:
         raise ValueError("no candidates")
     if temperature == 0:
         q = np.zeros_like(z)
         q[int(np.argmax(z))] = 1.0
         return q
-    z = z - z.max()
+    # shift before dividing: a tiny temperature (1e-300) then tends to greedy instead of
+    # overflowing to inf - inf = NaN
+    with np.errstate(over="ignore"):
+        z = (z - z.max()) / temperature
     q = np.exp(z)
     return q / q.sum()
 
