@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import math
+
 import numpy as np
 
 
@@ -38,11 +40,16 @@ def combine_values(values: Mapping[str, Sequence[float]], weights: Mapping[str, 
 
 def target_logits(logprobs: Sequence[float], values: np.ndarray | Sequence[float] | None,
                   beta: float, temperature: float = 1.0) -> np.ndarray:
-    """Unnormalised log-target (logp + beta·V) / T; T = 0 is handled by `target_probs`, which
-    divides by T itself (after shifting the max to 0)."""
-    lp = np.asarray(logprobs, dtype=np.float64)
-    tilt = np.zeros_like(lp) if values is None or beta == 0 else beta * np.asarray(values, np.float64)
-    return (lp + tilt) / (temperature if temperature > 0 else 1.0)
+    """Unnormalised log-target (logp + beta·V) / T; T = 0 is handled by `target_probs`."""
+    z = np.asarray(logprobs, dtype=np.float64)
+    if values is not None and beta != 0:
+        z = z + beta * np.asarray(values, np.float64)
+    return z / temperature if temperature > 0 and temperature != 1.0 else z
+
+
+# Below this the softmax is already the greedy limit in float64 (a logit gap of 1e-27 gives
+# exp(-1000) = 0), and dividing by a smaller T would overflow to inf - inf = NaN.
+_MIN_TEMPERATURE = 1e-30
 
 
 def target_probs(logprobs: Sequence[float], values: np.ndarray | Sequence[float] | None = None,
@@ -50,6 +57,8 @@ def target_probs(logprobs: Sequence[float], values: np.ndarray | Sequence[float]
     """The docs/design.md §1 target q over the given candidates (probabilities summing to 1).
 
     temperature 0 is greedy: all mass on the argmax of logp + beta·V (first one on ties).
+    Called once or twice per generated token on a handful of candidates, so it uses numpy's
+    ufuncs directly (their Python wrappers, `z.max()`, `q.sum()`, cost more than the math).
     """
     if temperature < 0:
         raise ValueError("temperature must be >= 0")
@@ -60,12 +69,11 @@ def target_probs(logprobs: Sequence[float], values: np.ndarray | Sequence[float]
         q = np.zeros_like(z)
         q[int(np.argmax(z))] = 1.0
         return q
-    # shift before dividing: a tiny temperature (1e-300) then tends to greedy instead of
-    # overflowing to inf - inf = NaN
-    with np.errstate(over="ignore"):
-        z = (z - z.max()) / temperature
+    z = z - np.maximum.reduce(z)  # shift first, so a tiny T cannot overflow
+    if temperature != 1.0:
+        z = z / max(temperature, _MIN_TEMPERATURE)
     q = np.exp(z)
-    return q / q.sum()
+    return q / np.add.reduce(q)
 
 
 def apply_top_p(q: np.ndarray, top_p: float) -> np.ndarray:
@@ -86,8 +94,8 @@ def apply_top_p(q: np.ndarray, top_p: float) -> np.ndarray:
 def sample_index(q: np.ndarray, rng: np.random.Generator) -> int:
     """Draw one index from q with the request's own generator (same seed → same draw)."""
     u = rng.random()
-    idx = int(np.searchsorted(np.cumsum(q), u * q.sum(), side="right"))
-    return min(idx, len(q) - 1)
+    cum = np.add.accumulate(q)
+    return min(int(cum.searchsorted(u * cum[-1], side="right")), len(q) - 1)
 
 
 def speculative_accept(q: np.ndarray, d: np.ndarray, draft: int | None,
@@ -110,8 +118,10 @@ def speculative_accept(q: np.ndarray, d: np.ndarray, draft: int | None,
 
 def kl_step(q: np.ndarray, logprobs: Sequence[float], chosen: int) -> float:
     """log q − log p of the chosen token, p = base top-k renormalised (the eval's KL estimator)."""
-    p = target_probs(logprobs)
-    return float(np.log(q[chosen]) - np.log(p[chosen]))
+    lp = np.asarray(logprobs, dtype=np.float64)
+    z = lp - np.maximum.reduce(lp)
+    log_p = z[chosen] - math.log(np.add.reduce(np.exp(z)))  # log softmax(lp)[chosen]
+    return float(np.log(q[chosen]) - log_p)
 
 
 def expected_tokens_per_call(alpha: float, draft_len: int) -> float:
