@@ -319,7 +319,7 @@ def main(argv=None) -> int:
         out["tests_passed"] = rc == 0
     with tempfile.TemporaryDirectory() as tmp:
         runs = {"load": lambda: load(16 if args.short else 64, 10 if args.short else 300),
-                "overhead": lambda: overhead(5 if args.short else 30),
+                "overhead": lambda: overhead(5 if args.short else 300),
                 "sigkill": lambda: sigkill(Path(tmp)), "wrap": lambda: wrap_cycles(50)}
         for part in args.only:
             out[part] = runs[part]()
