@@ -143,6 +143,8 @@ def load(streams: int, seconds: float, max_tokens: int = 16) -> dict:
         time.sleep(1.5)  # one more sample, idle
         stop.set()
         sampler.join()
+        time.sleep(6)  # past the 5 s keep-alive of both sides: idle sockets are closed
+        idle_fds = proc_stats(serve.pid)[1]
         rss = [s[1] for s in samples]
         fds = [s[2] for s in samples]
         warm = len(rss) // 4  # growth is judged after the first quarter (imports, pools)
@@ -152,7 +154,8 @@ def load(streams: int, seconds: float, max_tokens: int = 16) -> dict:
                 "rss_mb": {"start": rss[warm] / 2**20, "end": rss[-1] / 2**20,
                            "max": max(rss) / 2**20},
                 "rss_growth_after_warmup": rss[-1] / rss[warm] - 1.0,
-                "fds": {"start": fds[warm], "end": fds[-1], "max": max(fds)}}
+                "fds": {"start": fds[warm], "end": fds[-1], "max": max(fds),
+                        "after_idle": idle_fds}}
     finally:
         for p in (serve, fake):
             p.terminate()
