@@ -10,9 +10,8 @@ upstream's top-k distribution renormalised, exactly.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
