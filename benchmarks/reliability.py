@@ -164,23 +164,34 @@ def load(streams: int, seconds: float, max_tokens: int = 16) -> dict:
 
 # ---------------------------------------------------------------------------- overhead
 
-def _aiohttp_loop(url: str, body: dict, tokens: int, repeats: int) -> list[float]:
-    """`repeats` times `tokens` sequential calls on aiohttp (one session, kept alive)."""
-    import aiohttp
+class _AiohttpLoop:
+    """A direct loop on aiohttp: one event loop and one kept-alive session for the whole
+    measurement, as a client program would hold them."""
 
-    async def run():
-        times = []
-        async with aiohttp.ClientSession() as s:
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                for _ in range(tokens):
-                    async with s.post(url, json=body) as r:
-                        r.raise_for_status()
-                        await r.read()
-                times.append(time.perf_counter() - t0)
-        return times
+    def __init__(self):
+        import aiohttp
 
-    return asyncio.run(run())
+        self.loop = asyncio.new_event_loop()
+
+        async def open_session():
+            return aiohttp.ClientSession()
+
+        self.session = self.loop.run_until_complete(open_session())
+
+    def time(self, url: str, body: dict, tokens: int) -> float:
+        async def run():
+            t0 = time.perf_counter()
+            for _ in range(tokens):
+                async with self.session.post(url, json=body) as r:
+                    r.raise_for_status()
+                    await r.read()
+            return time.perf_counter() - t0
+
+        return self.loop.run_until_complete(run())
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.session.close())
+        self.loop.close()
 
 
 def overhead(repeats: int, tokens: int = 16) -> dict:
@@ -195,8 +206,10 @@ def overhead(repeats: int, tokens: int = 16) -> dict:
         direct, direct_aio, proxied = [], [], []
         body = {"model": "m", "prompt": "overhead", "max_tokens": 1, "logprobs": 5,
                 "temperature": 1.0}
+        aio = _AiohttpLoop()
         with httpx.Client(timeout=60) as c:
-            for _ in range(3):  # warm both paths
+            for _ in range(3):  # warm every path
+                aio.time(f"{upstream}/completions", body, 1)
                 c.post(f"{upstream}/completions", json=body)
                 c.post(f"{url}/v1/completions", headers=AUTH,
                        json={"model": "m", "prompt": "w", "max_tokens": tokens})
@@ -205,13 +218,14 @@ def overhead(repeats: int, tokens: int = 16) -> dict:
                 for _ in range(tokens):
                     c.post(f"{upstream}/completions", json=body).raise_for_status()
                 direct.append(time.perf_counter() - t0)
-                direct_aio += _aiohttp_loop(f"{upstream}/completions", body, tokens, 1)
+                direct_aio.append(aio.time(f"{upstream}/completions", body, tokens))
                 t0 = time.perf_counter()
                 r = c.post(f"{url}/v1/completions", headers=AUTH,
                            json={"model": "m", "prompt": "overhead", "max_tokens": tokens})
                 r.raise_for_status()
                 assert r.json()["usage"]["vas"]["upstream_calls"] == tokens
                 proxied.append(time.perf_counter() - t0)
+        aio.close()
 
         def ratio(base: list[float]) -> dict:
             rs = [p / d for p, d in zip(proxied, base)]
