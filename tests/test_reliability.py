@@ -21,6 +21,17 @@ def test_load_without_errors_or_growing_fds():
     assert got["errors"] == {}, got
     # fds: one per client connection and the upstream pool, flat after warm-up
     assert got["fds"]["end"] <= got["fds"]["start"] + 4, got
+    # once the 5 s keep-alive has expired, the client and upstream sockets are closed
+    assert got["fds"]["after_idle"] < got["fds"]["max"], got
+
+
+def test_the_overhead_measurement_runs():
+    """Not a timing check (benchmarks/reliability.py reports the ratios): each proxied
+    request made exactly its 16 one-token upstream calls (asserted inside), all three loops
+    were timed."""
+    got = reliability.overhead(repeats=2)
+    assert got["repeats"] == 2 and min(got["direct_s"], got["direct_aiohttp_s"],
+                                       got["proxied_s"]) > 0, got
 
 
 def test_sigkill_mid_stream_leaves_a_cache_that_replays(tmp_path):
