@@ -10,7 +10,6 @@ upstream's top-k distribution renormalised, exactly.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -38,12 +37,12 @@ def combine_values(values: Mapping[str, Sequence[float]], weights: Mapping[str, 
 
 
 def target_logits(logprobs: Sequence[float], values: np.ndarray | Sequence[float] | None,
-                  beta: float, temperature: float = 1.0) -> np.ndarray:
-    """Unnormalised log-target (logp + beta·V) / T; T = 0 is handled by `target_probs`."""
+                  beta: float) -> np.ndarray:
+    """Unnormalised log-target logp + beta·V; `target_probs` applies the temperature."""
     z = np.asarray(logprobs, dtype=np.float64)
     if values is not None and beta != 0:
         z = z + beta * np.asarray(values, np.float64)
-    return z / temperature if temperature > 0 and temperature != 1.0 else z
+    return z
 
 
 # Below this the softmax is already the greedy limit in float64 (a logit gap of 1e-27 gives
@@ -117,10 +116,8 @@ def speculative_accept(q: np.ndarray, d: np.ndarray, draft: int | None,
 
 def kl_step(q: np.ndarray, logprobs: Sequence[float], chosen: int) -> float:
     """log q − log p of the chosen token, p = base top-k renormalised (the eval's KL estimator)."""
-    lp = np.asarray(logprobs, dtype=np.float64)
-    z = lp - np.maximum.reduce(lp)
-    log_p = z[chosen] - math.log(np.add.reduce(np.exp(z)))  # log softmax(lp)[chosen]
-    return float(np.log(q[chosen]) - log_p)
+    p = target_probs(logprobs)
+    return float(np.log(q[chosen]) - np.log(p[chosen]))
 
 
 def expected_tokens_per_call(alpha: float, draft_len: int) -> float:

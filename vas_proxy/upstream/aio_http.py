@@ -12,7 +12,7 @@ httpx transport (tests, the in-process app) keep httpx. Both paths raise the sam
 from __future__ import annotations
 
 import asyncio
-import json
+from collections.abc import Mapping
 
 import aiohttp
 import httpx2 as httpx
@@ -35,20 +35,19 @@ class FastHTTP:
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
-        # an idle connection is kept 5 s, as httpx keeps it
-        connector = aiohttp.TCPConnector(limit=100, limit_per_host=0, keepalive_timeout=5,
-                                         ssl=False)
-        return aiohttp.ClientSession(connector=connector, headers=self.headers,
-                                     timeout=self.timeout, trust_env=False,
-                                     auto_decompress=True, json_serialize=json.dumps)
+        # an idle connection is kept 5 s, as httpx keeps it; environment proxies are not read
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(keepalive_timeout=5),
+                                     headers=self.headers, timeout=self.timeout,
+                                     trust_env=False)
 
-    async def request(self, method: str, path: str, body: dict | None) -> tuple[int, dict, bytes]:
+    async def request(self, method: str, path: str, body: dict | None
+                      ) -> tuple[int, Mapping[str, str], bytes]:
         if self._session is None or self._session.closed:
             self._session = self._open()
         try:
             async with self._session.request(method, self.base_url + path, json=body,
                                              allow_redirects=False) as resp:
-                return resp.status, dict(resp.headers), await resp.read()
+                return resp.status, resp.headers, await resp.read()
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as e:
             raise UpstreamTimeout(f"upstream {self.shown_url} timed out "
                                   f"({type(e).__name__})") from None
@@ -61,11 +60,6 @@ class FastHTTP:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-def as_httpx_response(status: int, headers: dict, body: bytes) -> httpx.Response:
-    """An error answer in httpx's shape, for the one reader of upstream errors (wire.py)."""
-    return httpx.Response(status, headers=headers, content=body)
 
 
 def fast_http(base_url: str, headers: dict[str, str], timeout: float, shown_url: str,

@@ -19,7 +19,7 @@ from ..defaults import CACHE_TTL, PROVIDER, TIMEOUT
 from ..errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from ..protocol import UpstreamResult
 from ..redact import redact, redact_url, register_secret
-from .aio_http import as_httpx_response, fast_http
+from .aio_http import fast_http
 from .cache import DEFAULT_SIZE_LIMIT, cache_key, cacheable, open_cache
 from .profiles import Profile, get_profile
 from .retry import RetryPolicy, call_with_retry
@@ -77,8 +77,8 @@ class UpstreamClient:
         `aio_http.py` says why)."""
         if self._fast is not None:
             status, headers, content = await self._fast.request(method, path, body)
-            if status >= 400:
-                check_status(as_httpx_response(status, headers, content))
+            if status >= 400:  # in httpx's shape for the one reader of error answers
+                check_status(httpx.Response(status, headers=headers, content=content))
         else:
             with self.transport_errors():
                 resp = await self._http.request(method, path, json=body)
