@@ -210,3 +210,30 @@ def test_an_unreachable_upstream_with_credentials_keeps_them_out_of_the_error():
 
     message = asyncio.run(main())
     assert "s3cr3t" not in message and "127.0.0.1" in message
+
+
+def test_a_gzip_error_answer_is_read_once_decompressed():
+    """aiohttp decompresses the body; the error reader must not decompress it again."""
+    import gzip
+
+    async def handler(reader, writer):
+        await _read_request(reader)
+        data = gzip.compress(json.dumps({"error": {"message": "bad prompt"}}).encode())
+        writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+                     b"content-encoding: gzip\r\ncontent-length: %d\r\n\r\n%s"
+                     % (len(data), data))
+        await writer.drain()
+
+    async def main():
+        server, url = await _server(handler)
+        client = _client(url)
+        try:
+            with pytest.raises(UpstreamHTTPError) as e:
+                await client.complete("p", max_tokens=1, top_k=5)
+        finally:
+            await client.aclose()
+            server.close()
+        return e.value
+
+    err = asyncio.run(main())
+    assert err.status == 400 and "bad prompt" in str(err)

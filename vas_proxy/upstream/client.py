@@ -77,7 +77,9 @@ class UpstreamClient:
         `aio_http.py` says why)."""
         if self._fast is not None:
             status, headers, content = await self._fast.request(method, path, body)
-            if status >= 400:  # in httpx's shape for the one reader of error answers
+            if status >= 400:  # in httpx's shape for the one reader of error answers; aiohttp
+                # has already decompressed the body, so its content-encoding no longer applies
+                headers = {k: v for k, v in headers.items() if k.lower() != "content-encoding"}
                 check_status(httpx.Response(status, headers=headers, content=content))
         else:
             with self.transport_errors():
