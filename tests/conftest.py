@@ -1,4 +1,5 @@
-"""Shared fixtures: the real upstream (llama-cpp-python's server on SmolLM2), started once."""
+"""Shared fixtures: the real upstreams on SmolLM2 (llama-cpp-python's server, and llama.cpp's
+C++ `llama-server` with two slots), each started once."""
 
 from __future__ import annotations
 
@@ -34,6 +35,12 @@ def _isolated_cache(tmp_path_factory, monkeypatch, _session_cache):
 @pytest.fixture(scope="session")
 def upstream():
     with LocalUpstream() as up:
+        yield up
+
+
+@pytest.fixture(scope="session")
+def llama_server():
+    with LocalUpstream(server="llama-server", slots=2) as up:
         yield up
 
 

@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from vas_proxy.engine import Engine, Generation, GenerationRequest, Outcome, TokenEvent
 
 from vas_proxy.guidance import Guidance
+from vas_proxy.prompting import Prepared
 from vas_proxy.errors import ConfigError, UpstreamError
 from vas_proxy.protocol import Candidate
 from vas_proxy.runtime import Runtime
@@ -129,12 +130,12 @@ def test_non_object_vas_is_a_plain_type_error():
 def test_requests_translate_into_engine_requests():
     g = Guidance(beta=3.0)
     reqs = completion(max_tokens=5, temperature=0.5, top_p=0.9, stop="x", seed=7,
-                      n=3).generation_requests("PROMPT", g, "up")
+                      n=3).generation_requests(Prepared("PROMPT"), g, "up")
     assert [r.seed for r in reqs] == [7, 8, 9]
     assert all(r.prompt == "PROMPT" and r.max_tokens == 5 and r.temperature == 0.5
                and r.top_p == 0.9 and r.stop == ["x"] and r.guidance is g and r.model == "up"
                for r in reqs)
-    assert completion().generation_requests("p", g, None)[0].seed is None
+    assert completion().generation_requests(Prepared("p"), g, None)[0].seed is None
     assert chat().token_limit() == 256
     assert chat(max_tokens=9).token_limit() == 9
     assert chat(max_tokens=9, max_completion_tokens=4).token_limit() == 4

@@ -29,6 +29,7 @@ from .defaults import BEST_OF_MODES, PRUNE_BLOCK, PRUNE_KEEP
 from .engine import Engine, GenerationRequest
 from .errors import ConfigError
 from .upstream.client import UpstreamClient
+from .upstream.continuation import ChatPrompt, continued
 from .usage import Usage
 from .values import ValueFunction
 
@@ -133,14 +134,16 @@ class _Sample:
     pruned: bool = False
 
 
-async def pruned_best_of_n(upstream: UpstreamClient, prompt: str, *, n: int, reward,
-                           reward_prompt: str, values: Mapping[str, ValueFunction],
+async def pruned_best_of_n(upstream: UpstreamClient, prompt: str | ChatPrompt, *, n: int,
+                           reward, reward_prompt: str, values: Mapping[str, ValueFunction],
                            weights: Mapping[str, float] | None, max_tokens: int,
                            block: int = PRUNE_BLOCK, keep: float = PRUNE_KEEP,
                            stop: list[str] | None = None, temperature: float = 1.0,
                            top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
-                           model: str | None = None, concurrency: int = 4) -> BestOfN:
-    """Value-pruned Best-of-N of `prompt` (the exact upstream text).
+                           model: str | None = None, concurrency: int = 4,
+                           value_prompt: str | None = None) -> BestOfN:
+    """Value-pruned Best-of-N of `prompt` (the exact upstream text, or a chat to continue;
+    `value_prompt`: its text for the value models, default `prompt`).
 
     Each call grows one sample by up to `block` tokens: a plain completion of prompt + its text
     so far, with no logprobs. At each boundary, `values[name].score(prompt, "", partials)` gives
@@ -154,6 +157,7 @@ async def pruned_best_of_n(upstream: UpstreamClient, prompt: str, *, n: int, rew
     values and who was kept. Seeded runs are reproducible and cached (`block_seeds`).
     """
     check_best_of(n)
+    view = value_prompt if value_prompt is not None else prompt  # what the values read
     check_prune_block(block)
     keep = check_prune_keep(keep)
     w = prune_weights(values, weights)
@@ -170,7 +174,8 @@ async def pruned_best_of_n(upstream: UpstreamClient, prompt: str, *, n: int, rew
         s = samples[i]
         async with gate:
             t0 = time.perf_counter()
-            res = await upstream.complete(prompt + s.text, max_tokens=min(block, max_tokens
+            res = await upstream.complete(continued(prompt, s.text, ()),
+                                          max_tokens=min(block, max_tokens
                                                                           - s.tokens),
                                           top_k=0, temperature=temperature, seed=seeds[i][j],
                                           stop=stop or None, model=model,
@@ -189,7 +194,7 @@ async def pruned_best_of_n(upstream: UpstreamClient, prompt: str, *, n: int, rew
 
     def rank(alive: list[int]) -> np.ndarray:
         partials = [samples[i].text for i in alive]
-        scores = {name: values[name].score(prompt, "", partials)
+        scores = {name: values[name].score(view, "", partials)
                   for name, wt in w.items() if wt != 0.0}
         return sampling.combine_values(scores, w, len(partials))
 
@@ -282,9 +287,12 @@ async def run_best_of(engine: Engine, req: GenerationRequest, *, mode: str, n: i
     common = dict(n=n, reward=reward, reward_prompt=reward_prompt, max_tokens=req.max_tokens,
                   stop=stop, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
                   model=req.model)
+    # Samples are text (no logprobs, so no token ids): a token-id prompt is sent as its text
+    prompt = req.upstream_prompt if isinstance(req.upstream_prompt, ChatPrompt) else req.prompt
     if mode == "pruned":
         return await pruned_best_of_n(
-            engine.upstream, req.prompt, values=engine.values, weights=req.guidance.weights,
+            engine.upstream, prompt, values=engine.values, weights=req.guidance.weights,
+            value_prompt=req.prompt,
             block=PRUNE_BLOCK if block is None else block,
             keep=PRUNE_KEEP if keep is None else keep, **common)
-    return await best_of_n(engine.upstream, req.prompt, **common)
+    return await best_of_n(engine.upstream, prompt, **common)

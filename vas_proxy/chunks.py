@@ -19,20 +19,28 @@ import numpy as np
 from . import sampling
 from .protocol import Position, UpstreamResult
 from .response import ResponseText
+from .upstream.continuation import ChatPrompt, continued, sent_text
 from .usage import Usage
 
 
 class ChunkSource:
     """The upstream side of `Engine` (it sets `upstream`, `values`, `draft`, `eos_texts`,
-    `batch_drafts`, `overlap` and provides `_draft_index`)."""
+    `batch_drafts`, `overlap` and provides `_draft_index` and `_ends`)."""
 
     EOS_RETRIES = 4
+    RETRY_TOKENS = 4  # what a retry asks for: enough to finish a character begun
 
-    async def _call(self, req, text: str, usage: Usage,
+    @staticmethod
+    def _sent(req, resp: ResponseText):
+        """What the upstream continues: the request's prompt (text, token ids or chat) followed
+        by the answer so far (its text, or its tokens' own ids)."""
+        return continued(req.upstream_prompt or req.prompt, resp.text, resp.ids)
+
+    async def _call(self, req, resp: ResponseText, usage: Usage,
                     seeds: np.random.Generator, n: int, temperature: float) -> list[Position]:
         t0 = time.perf_counter()
         # Unseeded requests draw random upstream seeds: caching them would only fill the cache.
-        res = await self.upstream.complete(req.prompt + text, max_tokens=n,
+        res = await self.upstream.complete(self._sent(req, resp), max_tokens=n,
                                            top_k=req.guidance.top_k, model=req.model,
                                            temperature=temperature,
                                            seed=int(seeds.integers(2**31)),
@@ -43,7 +51,7 @@ class ChunkSource:
         usage.count(res)
         return res.positions
 
-    async def _positions(self, req, text: str, usage: Usage,
+    async def _positions(self, req, resp: ResponseText, usage: Usage,
                          seeds: np.random.Generator, draft_len: int
                          ) -> tuple[list[Position], bool]:
         """Top-k candidates of the next position(s) and whether they carry usable drafts;
@@ -53,18 +61,21 @@ class ChunkSource:
         temperature 0, or the upstream's own temperature-1 samples when its profile says they
         follow its reported logprobs). The upstream samples a token of its own on every call
         and, when that token is its end-of-turn token, llama-cpp-python answers with no position
-        at all (its loop breaks before recording logprobs). Its reported logprobs do not depend
-        on its sample, so asking again with another upstream seed is exact; after `EOS_RETRIES`
-        such answers in a row the turn is taken as ended (the end token then had probability
-        ≳ 0.5 at this position).
+        at all (its loop breaks before recording logprobs); llama.cpp's server does the same
+        when its sample stops inside a UTF-8 character. Their reported logprobs do not depend
+        on the sample, so asking again with another upstream seed is exact; the retries ask
+        for a few tokens, so a sample that starts a character can finish it, and only the first
+        position is used. After `EOS_RETRIES` such answers in a row the turn is taken as ended
+        (the end token then had probability ≳ 0.5 at this position).
         """
         if draft_len > 0:
             temp = 1.0 if self.draft == "sample" else 0.0
-            positions = await self._call(req, text, usage, seeds, draft_len, temp)
+            positions = await self._call(req, resp, usage, seeds, draft_len, temp)
             if positions:
                 return positions, True
-        for _ in range(1 + self.EOS_RETRIES):
-            positions = await self._call(req, text, usage, seeds, 1, 1.0)
+        for attempt in range(1 + self.EOS_RETRIES):
+            n = 1 if attempt == 0 else self.RETRY_TOKENS
+            positions = await self._call(req, resp, usage, seeds, n, 1.0)
             if positions:
                 return positions[:1], False
         return [], False
@@ -86,10 +97,9 @@ class ChunkSource:
             d = self._draft_index(pos, pos.candidates)
             if d is None or d is False:
                 break
-            raw = pos.candidates[d].bytes
-            if not raw or pos.candidates[d].text in self.eos_texts:
+            if self._ends(pos.candidates[d]):
                 break
-            raws.append(raw)
+            raws.append(pos.candidates[d].bytes)
             reach += 1
         texts = [resp.text] + resp.preview(raws)
         reach = min(reach, len(texts))
@@ -118,11 +128,11 @@ class ChunkSource:
         logprobs, drafts are its samples and the prompt's token count is known from an earlier
         call (a stream may not report usage); else one whole call, whose drafted positions are
         scored in one batch where that pays (`batch_drafts`)."""
-        if (guided and draft_len > 1 and self._overlapping() and usage.upstream_calls
+        if (guided and draft_len > 1 and self._overlapping(req) and usage.upstream_calls
                 and not usage.cache_hits):
             read = 0
             # closed here, not when the garbage collector finds it: its bill is counted on close
-            async with contextlib.aclosing(self._draft_stream(req, resp.text, usage, seeds,
+            async with contextlib.aclosing(self._draft_stream(req, resp, usage, seeds,
                                                               draft_len, step)) as live:
                 async for pos in live:
                     read += 1
@@ -131,7 +141,7 @@ class ChunkSource:
             if read:
                 return
             draft_len = 0  # it sampled its end of turn first: ask as `_positions` does
-        positions, drafted = await self._positions(req, resp.text, usage, seeds, draft_len)
+        positions, drafted = await self._positions(req, resp, usage, seeds, draft_len)
         if drafted:
             tally["drafted"] = len(positions)
         batched: list[np.ndarray] = []
@@ -142,7 +152,7 @@ class ChunkSource:
         for i, pos in enumerate(positions):
             yield pos, drafted, batched[i] if i < len(batched) else None
 
-    async def _draft_stream(self, req, text: str, usage: Usage,
+    async def _draft_stream(self, req, resp: ResponseText, usage: Usage,
                             seeds: np.random.Generator, draft_len: int, step: int
                             ) -> AsyncIterator[Position]:
         """One drafted call (the upstream's temperature-1 samples), streamed. It draws its
@@ -151,8 +161,9 @@ class ChunkSource:
         counted as the first call counted it plus the `step` tokens since, and the completion
         as the positions read (`usage.estimated_prompt_tokens` says how many were estimated)."""
         t0 = time.perf_counter()
+        sent = self._sent(req, resp)
         stream = self.upstream.stream_positions(
-            req.prompt + text, max_tokens=draft_len, top_k=req.guidance.top_k, model=req.model,
+            sent, max_tokens=draft_len, top_k=req.guidance.top_k, model=req.model,
             temperature=1.0, seed=int(seeds.integers(2**31)))
         try:
             async with stream, contextlib.aclosing(stream.__aiter__()) as positions:
@@ -165,12 +176,14 @@ class ChunkSource:
                 prompt_tokens = usage.prompt_tokens + step
                 usage.estimated_prompt_tokens += prompt_tokens
             usage.count(UpstreamResult(
-                positions=[], prompt=req.prompt + text, prompt_tokens=prompt_tokens,
+                positions=[], prompt=sent_text(sent), prompt_tokens=prompt_tokens,
                 completion_tokens=int(u.get("completion_tokens") or stream.read),
                 cached_tokens=stream.cached_tokens))
             usage.upstream_seconds += time.perf_counter() - t0
 
-    def _overlapping(self) -> bool:
+    def _overlapping(self, req) -> bool:
+        if isinstance(req.upstream_prompt, ChatPrompt):  # streams are read as completions
+            return False
         if self.overlap is not None:
             return self.overlap
         return self.draft == "sample" and self.upstream.profile.streams_logprobs

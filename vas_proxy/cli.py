@@ -48,7 +48,8 @@ async def _generate(a: argparse.Namespace) -> int:
     gen = from_args(GenerateOptions, a)
     rewards = _best_of_rewards(gen)  # bad Best-of-N flags fail before anything starts
     async with open_runtime(runtime_options(a, rewards=rewards, verbose=not gen.quiet)) as rt:
-        req = GenerationRequest(prompt=rt.render_prompt(gen.prompt, raw=gen.raw),
+        prepared = await rt.prepare_prompt(gen.prompt, raw=gen.raw)
+        req = GenerationRequest(prompt=prepared.text, upstream_prompt=prepared.upstream,
                                 max_tokens=gen.max_tokens, temperature=gen.temperature,
                                 top_p=gen.top_p, stop=gen.stop or [], seed=gen.seed,
                                 guidance=rt.engine.defaults)

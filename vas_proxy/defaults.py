@@ -23,6 +23,7 @@ PRUNE_KEEP = 0.5
 
 # Upstream
 PROVIDER = "llamacpp"
+CONTINUATION = "auto"  # the first of the profile's strategies that applies (prompting.py)
 # Seconds per upstream call. One value for every command: a one-slot server (llama.cpp) queues
 # concurrent requests and a queued request's timeout runs while it waits.
 TIMEOUT = 120.0

@@ -22,7 +22,9 @@ from .guidance import Guidance
 from .protocol import Candidate, Position
 from .chunks import ChunkSource
 from .response import ResponseText
+from .errors import UpstreamError
 from .upstream.client import UpstreamClient
+from .upstream.continuation import ChatPrompt, TokenPrompt
 from .usage import Usage
 from .values import ValueFunction
 
@@ -39,6 +41,7 @@ class GenerationRequest:
     seed: int | None = None
     guidance: Guidance = field(default_factory=Guidance)
     model: str | None = None  # upstream model; None: the client's own
+    upstream_prompt: TokenPrompt | ChatPrompt | None = None
 
 
 @dataclass
@@ -136,11 +139,23 @@ class Engine(ChunkSource):
         alpha = (accepted + 2.4) / (trials + 4.0)
         return min(sampling.choose_draft_len(alpha, self.MAX_ADAPTIVE_DRAFT), left)
 
+    def _ends(self, c: Candidate) -> bool:
+        """Whether choosing `c` ends the answer: the model's end-of-turn token as the upstream
+        spells it, or a token it reports as printing no bytes (a control token, chat shape). The
+        legacy shape's "" is ambiguous (llama-cpp-python: special and partial-UTF-8 tokens
+        collide): it ends the answer too, counted in `usage.ambiguous_ends` (design §2.10)."""
+        return c.text in self.eos_texts or c.special or c.ambiguous_empty
+
     def _draft_index(self, pos: Position, cands: list[Candidate]) -> int | None | bool:
         """Index of the upstream's drafted token among the candidates; None when it is not one
         of them; False when it cannot be told (no draft, or an empty text that collides)."""
         d = pos.sampled
-        if d is None or not d.bytes:
+        if d is None:
+            return False
+        if d.id is not None and all(c.id is not None for c in cands):
+            matches = [j for j, c in enumerate(cands) if c.id == d.id]
+            return matches[0] if matches else None
+        if not d.bytes:
             return False
         matches = [j for j, c in enumerate(cands) if c.bytes == d.bytes]
         if len(matches) > 1:
@@ -165,6 +180,7 @@ class Engine(ChunkSource):
         # Upstream seeds come from their own stream so retries never shift our samples.
         seeds = np.random.default_rng(None if req.seed is None else [req.seed, 1])
         resp = ResponseText(req.stop or [])
+        by_ids = isinstance(req.upstream_prompt, TokenPrompt)
         step, accepted_n, trials = 0, 0, 0
         while step < req.max_tokens:
             draft_len = self._draft_len(g, accepted_n, trials, req.max_tokens - step)
@@ -187,6 +203,8 @@ class Engine(ChunkSource):
                         usage.scoring_seconds += time.perf_counter() - t0
                     q = sampling.apply_top_p(
                         sampling.target_probs(lps, values, g.beta, req.temperature), req.top_p)
+                    if not by_ids:
+                        q = self._reachable(q, cands, usage)
                     accepted = False
                     draft = self._draft_index(pos, cands) if drafted else False
                     if draft is False:
@@ -204,7 +222,9 @@ class Engine(ChunkSource):
                         usage.draft_trials += 1
                         usage.drafts_accepted += accepted
                     ev, ended = self._emit(cands, lps, values, q, i, g, resp,
-                                           last=step + 1 == req.max_tokens)
+                                           last=step + 1 == req.max_tokens, by_ids=by_ids)
+                    if ended and cands[i].ambiguous_empty:
+                        usage.ambiguous_ends += 1
                     usage.completion_tokens += 1
                     step += 1
                     yield ev
@@ -223,8 +243,23 @@ class Engine(ChunkSource):
                     yield TokenEvent(tail, b"", 0.0)
                 return
 
-    def _emit(self, cands, lps, values, q, i, g: Guidance, resp: ResponseText, last: bool
-              ) -> tuple[TokenEvent, bool]:
+    @staticmethod
+    def _reachable(q: np.ndarray, cands: list[Candidate], usage: Usage) -> np.ndarray:
+        """q without the candidates a text prompt cannot carry: pieces of a UTF-8 character
+        (their bytes are not text until the next token; re-sent as text they would be lost).
+        Token-id prompts reach them; here their mass is renormalised away and counted."""
+        cut = [j for j, c in enumerate(cands) if c.raw and c.partial_utf8]
+        if not cut:
+            return q
+        kept = q.copy()
+        kept[cut] = 0.0
+        if kept.sum() <= 0.0:  # nothing else to choose: keep q (the text path's old way)
+            return q
+        usage.unreachable_mass += float(q[cut].sum())
+        return kept / kept.sum()
+
+    def _emit(self, cands, lps, values, q, i, g: Guidance, resp: ResponseText, last: bool,
+              by_ids: bool = False) -> tuple[TokenEvent, bool]:
         """The event for chosen candidate i, and whether it ends the answer."""
         chosen = cands[i]
         trace = None
@@ -234,12 +269,13 @@ class Engine(ChunkSource):
                 for c, v, p in zip(cands, values, q)]}
         ev = TokenEvent("", chosen.bytes, float(np.log(q[i])), sampling.kl_step(q, lps, i),
                         trace, cands, q)
-        # An empty token cannot extend a text prompt: llama-cpp-python prints its end-of-turn
-        # token (and partial UTF-8 tokens, which collide with it) as "". It ends the turn.
-        if chosen.text in self.eos_texts or not chosen.bytes:
+        if self._ends(chosen):
             ev.text = resp.flush(final=True)
             return ev, True
-        stopped = resp.append(chosen.bytes)
+        if by_ids and chosen.id is None:
+            raise UpstreamError("the upstream reported a candidate without its token id, which "
+                                "a token-id prompt needs; use --continuation completions")
+        stopped = resp.append(chosen.bytes, chosen.id)
         ev.text = resp.flush(final=stopped or last)
         return ev, stopped
 

@@ -13,6 +13,7 @@ UPSTREAM_API_KEY = "VAS_UPSTREAM_API_KEY"  # the upstream's key (generate, serve
 PROXY_API_KEY = "VAS_PROXY_API_KEY"  # the key `serve` requires of its clients
 CACHE_DIR = "VAS_PROXY_CACHE_DIR"  # response cache and dequantized backbones
 TORCH_THREADS = "VAS_PROXY_TORCH_THREADS"  # CPU threads of the value models
+LLAMA_SERVER = "VAS_LLAMA_SERVER"  # path of llama.cpp's llama-server binary
 
 
 def _get(name: str) -> str | None:
@@ -36,6 +37,21 @@ def http_proxy_set() -> bool:
     """Whether the environment names a proxy for plain-HTTP requests (httpx honours it only
     without an explicit transport: `upstream/aio_http.py` then steps aside)."""
     return any(_get(name) for name in HTTP_PROXIES)
+
+
+def llama_server_binary() -> str | None:
+    """$VAS_LLAMA_SERVER, else `llama-server` beside this Python (the Makefile builds it into
+    the venv: scripts/build-llama-server.sh), else on $PATH; None when none is found."""
+    import shutil
+    import sys
+
+    given = _get(LLAMA_SERVER)
+    if given:
+        return given
+    beside = Path(sys.executable).parent / "llama-server"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("llama-server")
 
 
 def torch_threads() -> str | None:

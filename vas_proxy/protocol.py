@@ -13,17 +13,41 @@ class Candidate:
     """One next-token candidate as the upstream reported it.
 
     `text` is what the upstream printed; `raw` the token's bytes when the provider gives them
-    (chat shape), else `text` encoded. A token can be a partial UTF-8 sequence (docs/design.md
-    §2), so the engine accumulates `raw`, never `text`.
+    (chat shape; None: not reported), else `text` encoded. A token can be a partial UTF-8
+    sequence (docs/design.md §2), so the engine accumulates `bytes`, never `text`. `id` is the
+    token id where the upstream reports it (llama.cpp's server): what a token-id prompt sends.
     """
 
     text: str
     logprob: float
-    raw: bytes = b""
+    raw: bytes | None = None
+    id: int | None = None
 
     @property
     def bytes(self) -> bytes:
-        return self.raw or self.text.encode("utf-8")
+        return self.raw if self.raw is not None else self.text.encode("utf-8")
+
+    @property
+    def special(self) -> bool:
+        """A token the upstream reported as printing no bytes at all: a control token (the end
+        of turn), never a piece of text. Only the chat shape can say so; the legacy shape's ""
+        is ambiguous (`ambiguous_empty`)."""
+        return self.raw == b""
+
+    @property
+    def ambiguous_empty(self) -> bool:
+        """The legacy shape's "": llama-cpp-python prints every special token and every partial
+        UTF-8 token so, and they collide (docs/design.md §2.10)."""
+        return self.raw is None and not self.text
+
+    @property
+    def partial_utf8(self) -> bool:
+        """Bytes that are not whole UTF-8 characters on their own (a piece of one)."""
+        try:
+            self.bytes.decode("utf-8")
+        except UnicodeDecodeError:
+            return True
+        return False
 
 
 @dataclass

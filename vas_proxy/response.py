@@ -15,9 +15,12 @@ class ResponseText:
         self.text = ""
         self.stop = [s for s in stop if s]
         self._emitted = 0
+        self.ids: list[int] = []  # the tokens' own ids, where the upstream reports them
 
-    def append(self, raw: bytes) -> bool:
+    def append(self, raw: bytes, token_id: int | None = None) -> bool:
         """Add a token; True when a stop string now occurs (text is cut before it)."""
+        if token_id is not None:
+            self.ids.append(token_id)
         self.text += self._decoder.decode(raw)
         hits = [i for i in (self.text.find(s) for s in self.stop) if i >= 0]
         if hits:

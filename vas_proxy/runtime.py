@@ -13,10 +13,11 @@ from .assets import smollm2_gguf
 from .engine import Engine
 from .errors import ConfigError
 from .options import CacheOptions, GuidanceOptions, UpstreamOptions, ValueLoadOptions
+from .prompting import Prepared, PromptBuilder
 from .redact import redact_url
-from .templates import ChatTemplate, from_gguf, load_template
+from .templates import ChatTemplate, from_gguf, load_template, from_props
 from .upstream.client import UpstreamClient
-from .upstream.local import LocalUpstream
+from .upstream.local import LocalUpstream, default_server
 from .values import ValueFunction
 from .values.loader import backbone_of, load_value
 
@@ -51,25 +52,31 @@ class Runtime:
     model: str
     base_url: str
     rewards: dict = field(default_factory=dict)  # {name: Reward} that vas.best_of may name
+    continuation: str = "auto"
 
     def __post_init__(self):
         # Shown in /health and logs, so never with the URL's credentials
         self.base_url = redact_url(self.base_url)
+        self.prompts = PromptBuilder(self.engine.upstream, self.template, self.continuation)
 
-    def render_prompt(self, prompt: str, raw: bool = False) -> str:
-        if raw or self.template is None:
+    async def prepare_prompt(self, prompt: str, raw: bool = False) -> Prepared:
+        """The CLI's PROMPT: a user message (raw: the text as it is)."""
+        return await self.prompts.user(prompt, raw)
+
+    async def prepare_text(self, prompt: str) -> Prepared:
+        """A /v1/completions prompt: the text as it is."""
+        return await self.prompts.text(prompt)
+
+    async def prepare_messages(self, messages: list[dict]) -> Prepared:
+        """A chat; a trailing assistant message is a partial answer to continue (prefill)."""
+        return await self.prompts.chat(messages)
+
+    def render_prompt(self, prompt: str) -> str:
+        """A prompt as text with the chat template applied (the value models' and the
+        rewards' view; train and eval send it as text)."""
+        if self.template is None:
             return prompt
         return self.template.render([{"role": "user", "content": prompt}])
-
-    def render_messages(self, messages: list[dict]) -> str:
-        """Chat → raw continuation prompt. A trailing assistant message is a partial answer to
-        continue (prefill), so it is appended after the generation prompt, unterminated."""
-        if self.template is None:
-            raise ConfigError("chat needs a chat template for this upstream: start with "
-                              "--chat-template (or pass chat_template= to wrap)")
-        if messages and messages[-1]["role"] == "assistant":
-            return self.template.render(messages[:-1]) + messages[-1]["content"]
-        return self.template.render(messages)
 
 
 def load_values(specs: Mapping[str, str | ValueFunction], *, device: str = "cpu",
@@ -107,19 +114,23 @@ async def open_runtime(opts: Options) -> AsyncIterator[Runtime]:
     up, loading, cache = opts.upstream, opts.loading, opts.cache
     with contextlib.ExitStack() as stack:
         base_url, model = up.url, up.model
-        # None: the GGUF's own for the embedded upstream, else raw prompts
+        # None: the GGUF's own for the embedded upstream, the upstream's own where it says
+        # (llama.cpp's server: /props), else raw prompts
         template = load_template(up.chat_template) if up.chat_template else None
+        provider = up.provider
         if base_url is None:
-            local = LocalUpstream()
-            with progress.step("starting the embedded SmolLM2 upstream", enabled=opts.verbose):
+            local = LocalUpstream(server=up.embedded or default_server())
+            with progress.step(f"starting the embedded SmolLM2 upstream ({local.server})",
+                               enabled=opts.verbose):
                 stack.enter_context(local)
             base_url, model = local.base_url, model or local.model
+            provider = local.profile
             template = template or from_gguf(str(smollm2_gguf()))
         values = load_values(opts.guidance.values, device=loading.device, dtype=loading.dtype,
                              verbose=opts.verbose)
         rewards = load_rewards(opts.rewards, device=loading.device, verbose=opts.verbose)
         client = UpstreamClient(base_url, model or "default", api_key=up.api_key,
-                                profile=up.provider, timeout=up.timeout,
+                                profile=provider, timeout=up.timeout,
                                 cache_dir=cache.cache_dir, use_cache=cache.use_cache,
                                 cache_ttl=cache.cache_ttl)
         try:
@@ -129,9 +140,11 @@ async def open_runtime(opts: Options) -> AsyncIterator[Runtime]:
                     raise ConfigError(f"upstream {redact_url(base_url)} lists no model; "
                                       "pass --model")
                 client.model = model = models[0]
+            if template is None and client.profile.tokenizer_routes:
+                template = from_props(await client.props())
             eos = template.stop_strings if template else []
             engine = Engine(client, values, defaults=opts.guidance.engine_defaults(),
                             eos_texts=eos)
-            yield Runtime(engine, template, model, base_url, rewards)
+            yield Runtime(engine, template, model, base_url, rewards, up.continuation)
         finally:
             await client.aclose()

@@ -82,6 +82,19 @@ def from_gguf(path: str) -> ChatTemplate:
     return ChatTemplate(f"gguf:{path}", tpl, eos_token=eos, bos_token=bos)
 
 
+def from_props(props: dict) -> ChatTemplate | None:
+    """The template an upstream publishes about itself (llama.cpp's server: GET /props
+    `chat_template`, `bos_token`, `eos_token`); None when it publishes none."""
+    tpl = props.get("chat_template") if isinstance(props, dict) else None
+    if not isinstance(tpl, str) or not tpl:
+        return None
+    def text(key):
+        v = props.get(key)
+        return v if isinstance(v, str) else ""
+    return ChatTemplate("upstream /props", tpl, eos_token=text("eos_token"),
+                        bos_token=text("bos_token"))
+
+
 def load_template(spec: str) -> ChatTemplate:
     """`chatml`, a path to a .gguf, a tokenizer directory (tokenizer_config.json), or a .jinja file."""
     if spec == "chatml":

@@ -36,6 +36,11 @@ class Usage:
     scoring_seconds: float = 0.0
     # Prompt tokens of streamed calls whose stream reported no usage (the engine's estimate)
     estimated_prompt_tokens: int = 0
+    # Answers ended on the legacy shape's ambiguous "" (llama-cpp-python: the end token and
+    # partial-UTF-8 tokens collide), and the target mass of candidates a text prompt cannot
+    # carry (pieces of a character), summed over steps: both 0 on token-id prompts.
+    ambiguous_ends: int = 0
+    unreachable_mass: float = 0.0
     calls: list[Call] = field(default_factory=list)  # one per billed call, in order
     # The prompt text of each of `calls` (same order): kept only to find shared prefixes.
     _prompts: list[str] = field(default_factory=list, repr=False, compare=False)
@@ -95,7 +100,9 @@ class Usage:
                 "upstream_completion_tokens": self.upstream_completion_tokens,
                 "cache_hits": self.cache_hits,
                 "rejected_draft_tokens": self.rejected_draft_tokens,
-                "upstream_cached_tokens": self.upstream_cached_tokens}
+                "upstream_cached_tokens": self.upstream_cached_tokens,
+                "ambiguous_ends": self.ambiguous_ends,
+                "unreachable_mass": round(self.unreachable_mass, 6)}
 
     def openai_dict(self) -> dict:
         """The response's `usage` object: OpenAI's three counts plus `vas`."""
@@ -113,6 +120,8 @@ class Usage:
                 "upstream_cached_tokens": self.upstream_cached_tokens,
                 "calls": [list(c) for c in self.calls],
                 "estimated_prompt_tokens": self.estimated_prompt_tokens,
+                "ambiguous_ends": self.ambiguous_ends,
+                "unreachable_mass": self.unreachable_mass,
                 "upstream_seconds": self.upstream_seconds,
                 "scoring_seconds": self.scoring_seconds}
 

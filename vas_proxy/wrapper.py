@@ -29,15 +29,18 @@ def wrap(client, values: Mapping[str, str | ValueFunction] | None = None,
          use_cache: bool = True,
          provider: str = defaults.PROVIDER, chat_template: str | ChatTemplate | None = None,
          device: str = defaults.DEVICE, dtype: str | None = None,
-         rewards: Mapping[str, str | Callable] | None = None):
+         rewards: Mapping[str, str | Callable] | None = None,
+         continuation: str = defaults.CONTINUATION):
     """Return a guided copy of `client` (`openai.OpenAI` or `openai.AsyncOpenAI`).
 
     The copy sends to the same upstream (its base_url and api_key) but every
     `completions.create` / `chat.completions.create` is VAS-guided; per call, `extra_body=
     {"vas": {...}}` overrides beta, top_k, weights, speculate, trace. `values` maps names to
-    value SPECs (or loaded value functions); default: the bundled demo value model. Chat needs
-    `chat_template` (a spec for `templates.load_template` or a ChatTemplate) because the
-    upstream is continued through /v1/completions. `rewards` maps names to reward SPECs (or
+    value SPECs (or loaded value functions); default: the bundled demo value model. Chat goes
+    through the provider's chat prefill where its profile has one (llama-server, vllm,
+    sglang, deepseek, mistral, dashscope: no template needed), else through /v1/completions
+    with `chat_template` (a spec for `templates.load_template` or a ChatTemplate);
+    `continuation` forces one strategy (prompting.py). `rewards` maps names to reward SPECs (or
     callables `f(prompts, responses) -> list[float]`) that `extra_body={"vas": {"best_of": N,
     "reward": NAME}}` may name for Best-of-N (`"best_of_mode"`: "plain", "pruned" by the value
     models, or "guided"); value models on one backbone share it.
@@ -60,7 +63,7 @@ def wrap(client, values: Mapping[str, str | ValueFunction] | None = None,
                                                         speculate=speculate),
                     eos_texts=template.stop_strings if template else [])
     app = create_app(Runtime(engine, template, model="", base_url=base_url,
-                             rewards=reward_fns),
+                             rewards=reward_fns, continuation=continuation),
                      passthrough_models=True)
     prefix = urlsplit(base_url).path
     if isinstance(client, openai.AsyncOpenAI):

@@ -42,6 +42,11 @@ class UpstreamOptions:
     chat_template: str | None = option(None, "chatml, a .gguf, a tokenizer dir or a Jinja file "
                                              "(default: the embedded model's own; raw prompts "
                                              "for other upstreams)", metavar="SPEC")
+    continuation: str = option(defaults.CONTINUATION, "how the upstream continues an answer: "
+                               "auto, tokens (token-id prompts), chat (chat prefill), "
+                               "completions (text, template applied here)")
+    embedded: str | None = option(None, "the embedded upstream's server: llama-server or "
+                                        "llama-cpp-python (default: llama-server where built)")
 
 
 @dataclass

@@ -198,11 +198,13 @@ class _Common(BaseModel):
         best_of = self.vas.best_of if self.vas is not None else None
         return self.n * (best_of or 1)
 
-    def generation_requests(self, prompt: str, guidance: Guidance,
+    def generation_requests(self, prompt, guidance: Guidance,
                             model: str | None) -> list[GenerationRequest]:
-        """One engine request per choice, on `prompt` (the exact upstream text). Choice i is
-        seeded `seed + i`: reproducible, yet the n choices differ."""
-        return [GenerationRequest(prompt=prompt, max_tokens=self.token_limit(),
+        """One engine request per choice, on `prompt` (a `prompting.Prepared`: its text and
+        what the upstream continues). Choice i is seeded `seed + i`: reproducible, yet the n
+        choices differ."""
+        return [GenerationRequest(prompt=prompt.text, upstream_prompt=prompt.upstream,
+                                  max_tokens=self.token_limit(),
                                   temperature=self.temperature, top_p=self.top_p,
                                   stop=self.stop,
                                   seed=(None if self.seed is None

@@ -32,6 +32,7 @@ from ..defaults import BEST_OF_MODES
 from ..engine import Engine, Generation, GenerationRequest, Outcome, TokenEvent
 from ..guidance import Guidance
 from ..errors import ConfigError, VasError
+from ..prompting import Prepared
 from ..runtime import Runtime
 from ..usage import Usage
 from .errors import UnknownModel, stream_error_body
@@ -205,14 +206,16 @@ class Serving:
                                             "owned_by": "vas-proxy"} for m in served]}
 
     async def completion(self, body: CompletionRequest, request: Request):
-        return await self.serve(request, body, body.prompt, CompletionFormat(body))
+        prompt = await self.runtime.prepare_text(body.prompt)
+        return await self.serve(request, body, prompt, CompletionFormat(body))
 
     async def chat(self, body: ChatCompletionRequest, request: Request):
-        prompt = self.runtime.render_messages(body.chat_messages())
+        prompt = await self.runtime.prepare_messages(body.chat_messages())
         return await self.serve(request, body, prompt, ChatFormat(body))
 
-    async def serve(self, request: Request, body, prompt: str, fmt: Format):
-        """Answer `body` on `prompt` (the exact upstream text): JSON, or an SSE stream."""
+    async def serve(self, request: Request, body, prompt: Prepared, fmt: Format):
+        """Answer `body` on `prompt` (its text, and what the upstream continues): JSON, or an
+        SSE stream."""
         guidance = self.engine.resolve(body.guidance_override())
         model = self.upstream_model(body.model)
         for name in body.unknown_fields():

@@ -44,8 +44,9 @@ class FastHTTP:
                       ) -> tuple[int, Mapping[str, str], bytes]:
         if self._session is None or self._session.closed:
             self._session = self._open()
+        url = path if "://" in path else self.base_url + path  # absolute: a root route
         try:
-            async with self._session.request(method, self.base_url + path, json=body,
+            async with self._session.request(method, url, json=body,
                                              allow_redirects=False) as resp:
                 return resp.status, resp.headers, await resp.read()
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as e:

@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING
 import httpx2 as httpx
 
 from ..defaults import CACHE_TTL, PROVIDER, TIMEOUT
-from ..errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from ..errors import (UnsupportedProviderError, UpstreamError, UpstreamTimeout,
+                      UpstreamUnreachable)
 from ..protocol import UpstreamResult
 from ..redact import redact, redact_url, register_secret
 from .aio_http import fast_http
 from .cache import DEFAULT_SIZE_LIMIT, cache_key, cacheable, open_cache
+from .continuation import ChatPrompt, chat_body, sent_text
 from .profiles import Profile, get_profile
 from .retry import RetryPolicy, call_with_retry
 from .wire import (_usable_positions, answer_shape, check_status, parse_positions,  # noqa: F401 (re-export)
@@ -106,7 +108,7 @@ class UpstreamClient:
             raise UpstreamUnreachable(
                 redact(f"cannot reach upstream {self.shown_url}: {e}")) from None
 
-    def stream_positions(self, prompt: str, *, max_tokens: int, top_k: int,
+    def stream_positions(self, prompt: str | list[int], *, max_tokens: int, top_k: int,
                          temperature: float = 1.0, seed: int | None = None,
                          model: str | None = None) -> "PositionStream":
         """A streamed `/v1/completions` call whose positions can be read as the upstream makes
@@ -129,7 +131,40 @@ class UpstreamClient:
         data = await call_with_retry(self.retry, lambda: self._send("GET", "/models"))
         return [m["id"] for m in data.get("data", [])]
 
-    async def complete(self, prompt: str | list[int], *, max_tokens: int, top_k: int,
+    async def tokenize(self, text: str) -> list[int]:
+        """The upstream's own token ids of `text`, special tokens parsed as a text prompt's
+        are (llama.cpp's server: POST /tokenize at the server root)."""
+        data = await self._root_post("/tokenize", {"content": text, "add_special": True,
+                                                   "parse_special": True})
+        with answer_shape("tokenize answer"):
+            ids = [int(t) for t in data["tokens"]]
+        return ids
+
+    async def apply_template(self, messages: list[dict]) -> str:
+        """The upstream's own chat template applied to `messages` with the generation prompt
+        (llama.cpp's server: POST /apply-template): its template, never published otherwise."""
+        data = await self._root_post("/apply-template", {"messages": messages})
+        with answer_shape("apply-template answer"):
+            return str(data["prompt"])
+
+    async def props(self) -> dict:
+        """What the upstream says of itself (llama.cpp's server: GET /props: its chat
+        template, end token, slots); {} where it has no such route."""
+        if not self.profile.tokenizer_routes:
+            return {}
+        root = self.base_url.removesuffix("/v1")
+        return await call_with_retry(self.retry, lambda: self._send("GET", root + "/props"))
+
+    async def _root_post(self, path: str, body: dict) -> dict:
+        if not self.profile.tokenizer_routes:
+            raise UnsupportedProviderError(
+                f"provider {self.profile.name!r} has no tokenizer routes; token-id prompts "
+                "need llama.cpp's server (--provider llama-server)")
+        root = self.base_url.removesuffix("/v1")
+        return await self._post(root + path, body)
+
+    async def complete(self, prompt: str | list[int] | ChatPrompt, *, max_tokens: int,
+                       top_k: int,
                        temperature: float = 1.0, seed: int | None = None,
                        stop: list[str] | None = None, extra: dict | None = None,
                        model: str | None = None, cache: bool = True, n: int = 1
@@ -137,6 +172,8 @@ class UpstreamClient:
         """One `/v1/completions` call asking for `top_k` logprobs at each generated position
         (`top_k=0`: text only, no positions; llama-cpp-python sorts the whole vocabulary in
         Python for each reported position, which makes logprobs cost ~3x the sampling itself).
+        `prompt`: text, token ids, or a `ChatPrompt`, which goes to `/v1/chat/completions` with
+        its partial answer marked in the profile's prefill style (upstream/continuation.py).
 
         A reproducible request (a seed, or temperature 0) is answered from the cache when it can
         be (`cached=True`, with the billed token counts of the original answer); `cache=False`
@@ -145,10 +182,14 @@ class UpstreamClient:
         before); positions are choice 0's, every choice's text is in `choices`.
         """
         k = self.profile.clamp_top_k(top_k) if top_k else 0
-        body = {"model": model or self.model, "prompt": prompt, "max_tokens": max_tokens,
+        chat = isinstance(prompt, ChatPrompt)
+        path = "/chat/completions" if chat else "/completions"
+        fields = (chat_body(prompt, self.profile.chat_prefill or "trailing", k) if chat
+                  else {"prompt": prompt})
+        body = {"model": model or self.model, **fields, "max_tokens": max_tokens,
                 "temperature": temperature, "stream": False,
                 **self.profile.sampler_params, **(extra or {})}
-        if k:
+        if k and not chat:
             body["logprobs"] = k
         if seed is not None:
             body["seed"] = seed
@@ -156,33 +197,37 @@ class UpstreamClient:
             body["stop"] = stop
         if n > 1:
             body["n"] = n
-        sent = prompt if isinstance(prompt, str) else ""  # token ids: no text to compare
+        sent = sent_text(prompt)
+        prefill = prompt.prefill if chat and self.profile.chat_echoes_prefill else ""
         key = None
         if cache and self.cache is not None and cacheable(body):
-            key = cache_key(self.base_url, "/completions", body)
+            key = cache_key(self.base_url, path, body)
             data = await self.cache.aget(key)
             if data is not None:
                 try:
-                    res = self.parse(data, k, max_tokens)
+                    res = self.parse(data, k, max_tokens, prefill)
                 except (UpstreamError, LookupError, TypeError, ValueError, AttributeError):
                     await self.cache.adelete(key)  # stored by an older parser or damaged: refetch
                 else:
                     res.cached, res.prompt = True, sent
                     return res
-        data = await self._post("/completions", body)
-        res = self.parse(data, k, max_tokens)
+        data = await self._post(path, body)
+        res = self.parse(data, k, max_tokens, prefill)
         res.prompt = sent
         if key is not None:
             await self.cache.aset(key, data)
         return res
 
-    def parse(self, data: dict, k: int, max_tokens: int | None = None) -> UpstreamResult:
+    def parse(self, data: dict, k: int, max_tokens: int | None = None,
+              prefill: str = "") -> UpstreamResult:
         """The answer's text, finish reason, billed tokens and (k > 0) its usable positions;
-        the only place that reads the answer's `usage`."""
+        the only place that reads the answer's `usage`. A chat answer's text is its message's
+        content, less the `prefill` an upstream repeats there (llama.cpp's server does)."""
         with answer_shape():
-            return self._parse(data, k, max_tokens)
+            return self._parse(data, k, max_tokens, prefill)
 
-    def _parse(self, data: dict, k: int, max_tokens: int | None) -> UpstreamResult:
+    def _parse(self, data: dict, k: int, max_tokens: int | None, prefill: str
+               ) -> UpstreamResult:
         choices = data.get("choices") or []
         if not choices:
             raise UpstreamError("the upstream answered with no choices")
@@ -191,11 +236,19 @@ class UpstreamClient:
                          else 0)
         choice = choices[0]
         usage = data.get("usage") or {}
-        return UpstreamResult(positions=_usable_positions(choice, k, max_tokens) if k else [],
-                              text=choice.get("text", ""),
+
+        def text(c: dict) -> str:
+            if "message" not in c:
+                return c.get("text", "")
+            content = (c["message"] or {}).get("content") or ""
+            return content[len(prefill):] if prefill and content.startswith(prefill) else content
+
+        held = self.profile.partial_sample_drops_logprobs and choice.get("logprobs") is None
+        return UpstreamResult(positions=_usable_positions(choice, k, max_tokens)
+                              if k and not held else [],
+                              text=text(choice),
                               finish_reason=choice.get("finish_reason"),
                               prompt_tokens=int(usage.get("prompt_tokens") or 0),
                               completion_tokens=int(usage.get("completion_tokens") or 0),
                               cached_tokens=reported_cached_tokens(data),
-                              choices=[(c.get("text", ""), c.get("finish_reason"))
-                                       for c in choices])
+                              choices=[(text(c), c.get("finish_reason")) for c in choices])

@@ -1,4 +1,5 @@
-"""The embedded local upstream: llama-cpp-python's OpenAI-compatible server on the SmolLM2 GGUF.
+"""The embedded local upstream on the SmolLM2 GGUF: llama.cpp's C++ server (`llama-server`,
+where built: scripts/build-llama-server.sh) or llama-cpp-python's OpenAI-compatible server.
 
 `LocalUpstream` is a context manager that starts the server on a free loopback port, waits until
 it answers, and always stops it: the server runs in its own process group which is terminated
@@ -21,10 +22,20 @@ from pathlib import Path
 
 import httpx2 as httpx
 
+from .. import env
 from ..assets import smollm2_gguf
 from ..errors import ConfigError, UpstreamUnreachable
 
 LOCAL_MODEL_NAME = "smollm2-135m-instruct"
+SERVERS = ("llama-server", "llama-cpp-python")
+# The provider profile of each embedded server
+PROFILE = {"llama-server": "llama-server", "llama-cpp-python": "llamacpp"}
+
+
+def default_server() -> str:
+    """The embedded default: llama.cpp's own server where its binary is found (exact end
+    tokens and token-id prompts; faster: docs/bench/servers.json), else llama-cpp-python."""
+    return "llama-server" if env.llama_server_binary() else "llama-cpp-python"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -42,15 +53,21 @@ def _child_setup() -> None:  # runs in the child between fork and exec
 
 
 class LocalUpstream:
-    """Run `python -m llama_cpp.server` on the bundled GGUF (or `model_path`) for the `with` block.
-
-    Attributes once started: `base_url` (ending in /v1), `model` (the served model alias).
+    """Run `server` ("llama-cpp-python": `python -m llama_cpp.server`; "llama-server": llama.cpp's
+    binary with `slots` parallel slots) on the bundled GGUF (or `model_path`) for the `with`
+    block. Attributes once started: `base_url` (ending in /v1), `model` (the served model
+    alias), `profile` (its provider profile's name).
     """
 
     def __init__(self, model_path: str | Path | None = None, *, host: str = "127.0.0.1",
                  port: int | None = None, n_ctx: int = 2048, n_threads: int | None = None,
                  startup_timeout: float = 120.0, model_alias: str = LOCAL_MODEL_NAME,
-                 extra_args: list[str] | None = None, deterministic: bool = True):
+                 extra_args: list[str] | None = None, deterministic: bool = True,
+                 server: str = "llama-cpp-python", slots: int = 1):
+        if server not in SERVERS:
+            raise ConfigError(f"unknown embedded server {server!r}: use {' or '.join(SERVERS)}")
+        self.server, self.slots = server, slots
+        self.profile = PROFILE[server]
         self.model_path = Path(model_path) if model_path else None
         self.host, self.port = host, port
         self.n_ctx, self.n_threads = n_ctx, n_threads
@@ -66,14 +83,35 @@ class LocalUpstream:
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
 
+    def _llama_server_cmd(self, path: Path) -> list[str]:
+        binary = env.llama_server_binary()
+        if binary is None:
+            raise ConfigError("llama.cpp's llama-server is not built: run "
+                              "scripts/build-llama-server.sh .venv/bin (make does), or set "
+                              f"{env.LLAMA_SERVER}")
+        # One context per slot (-np N splits -c N ways, so each slot keeps n_ctx); no web UI;
+        # the metrics and slot routes stay off. Prompt caching per slot is on by default.
+        cmd = [binary, "--model", str(path), "--alias", self.model, "--host", self.host,
+               "--port", str(self.port), "--ctx-size", str(self.n_ctx * self.slots),
+               "--parallel", str(self.slots), "--no-webui", "--log-disable"]
+        if self.n_threads:
+            cmd += ["--threads", str(self.n_threads)]
+        if self.deterministic:
+            # as for llama-cpp-python below: one token per physical batch, so logprobs do not
+            # depend on how the prompt was split between the prefix cache and a new batch
+            cmd += ["--ubatch-size", "1"]  # (--batch-size 1 aborts its warm-up)
+        return cmd + self.extra_args
+
     def start(self) -> "LocalUpstream":
+        path = self.model_path or smollm2_gguf()
+        self.port = self.port or free_port(self.host)
+        if self.server == "llama-server":
+            return self._launch(self._llama_server_cmd(path))
         try:
             import llama_cpp.server  # noqa: F401  (only to fail early with a clear message)
         except ImportError as e:
             raise ConfigError("the embedded upstream needs llama-cpp-python's server: "
                               "pip install 'vas_proxy[local]'") from e
-        path = self.model_path or smollm2_gguf()
-        self.port = self.port or free_port(self.host)
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(path),
                "--model_alias", self.model, "--host", self.host, "--port", str(self.port),
                "--n_ctx", str(self.n_ctx)]
@@ -92,7 +130,9 @@ class LocalUpstream:
         # would re-evaluate each other's prompts on every call. Its RAM state cache restores
         # the right state instead: 4 concurrent streams went from 1.4 to 4.3 tokens/s (measured).
         cmd += ["--cache", "true", "--cache_size", str(self.state_cache_bytes)]
-        cmd += self.extra_args
+        return self._launch(cmd + self.extra_args)
+
+    def _launch(self, cmd: list[str]) -> "LocalUpstream":
         self._log = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL, preexec_fn=_child_setup)
@@ -108,14 +148,14 @@ class LocalUpstream:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise UpstreamUnreachable(
-                    f"the local llama.cpp server exited with code {self._proc.returncode}: "
+                    f"the local {self.server} server exited with code {self._proc.returncode}: "
                     f"{self.log_tail()}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.base_url}/models", timeout=2.0).status_code == 200:
                     return
             time.sleep(0.2)
         raise UpstreamUnreachable(
-            f"the local llama.cpp server did not answer within {self.startup_timeout:.0f} s")
+            f"the local {self.server} server did not answer within {self.startup_timeout:.0f} s")
 
     def log_tail(self, n: int = 800) -> str:
         if self._log is None:

@@ -24,17 +24,22 @@ class Profile:
     # The upstream's samples follow its reported logprobs with `sampler_params` set: only then are
     # temperature-1 speculative drafts exact (checked by the exactness tests for llamacpp).
     samples_follow_logprobs: bool = False
-    # Declared, not yet used: today every profile is driven through raw /v1/completions with
-    # the chat template applied locally. They say what the coming chat and token paths will use:
-    # - `continuation`: how the provider continues a partial assistant answer (prefill):
-    #   "completions" (raw /v1/completions, as today), "continue_final_message" (vLLM/SGLang
-    #   chat: `continue_final_message=true, add_generation_prompt=false` with the partial answer
-    #   as the trailing assistant message), "prefix" (DeepSeek beta, Mistral: `prefix: true` on
-    #   the trailing assistant message; their completions cannot do it), or None (no way);
-    # - `token_id_prompts`: /v1/completions takes the prompt as a list of token ids, so the
-    #   response can be sent as the exact tokens chosen instead of re-tokenised text.
-    continuation: str | None = "completions"
-    token_id_prompts: bool = False
+    # How it continues a partial answer (upstream/continuation.py), best first: "tokens"
+    # (token-id prompts: exact), "chat" (a trailing assistant message marked in the
+    # `chat_prefill` style: the provider applies its own template), "completions" (text, the
+    # template applied locally). `auto` picks the first that applies (runtime.prompts).
+    strategies: tuple[str, ...] = ("completions",)
+    chat_prefill: str | None = None  # a key of continuation.CHAT_PREFILL
+    # Its tokenizer as HTTP routes at the server root (llama.cpp's server: POST /tokenize,
+    # POST /apply-template, GET /props), so token-id prompts need nothing local.
+    tokenizer_routes: bool = False
+    # Its chat answer's content repeats the assistant prefill before the new text (llama.cpp's
+    # server); the client strips it.
+    chat_echoes_prefill: bool = False
+    # It holds back a sampled token that ends inside a UTF-8 character, and when the call ends
+    # there answers `logprobs: null` (llama.cpp's server, max_tokens reached mid-character):
+    # read as "no position", which the engine asks again (chunks.ChunkSource._positions).
+    partial_sample_drops_logprobs: bool = False
     # /v1/completions takes `n` (several samples of one prompt in one call, the prompt billed
     # once): vLLM, SGLang, OpenAI's legacy completions. llama-cpp-python's server does not.
     accepts_n: bool = False
@@ -64,30 +69,51 @@ class Profile:
         return k
 
 
+# llama.cpp samples with top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.1 by default.
+_LLAMA_NEUTRAL = {"top_k": 0, "top_p": 1.0, "min_p": 0.0, "repeat_penalty": 1.0,
+                  "presence_penalty": 0.0, "frequency_penalty": 0.0}
+
 PROFILES: dict[str, Profile] = {p.name: p for p in [
-    # llama-cpp-python's server documents no chat prefill. Its reported logprobs are the raw
-    # model distribution (the same at T=1, 0.5 and 0).
-    Profile("llamacpp", max_top_k=20,
-            sampler_params={"top_k": 0, "top_p": 1.0, "min_p": 0.0, "repeat_penalty": 1.0,
-                            "presence_penalty": 0.0, "frequency_penalty": 0.0},
+    # llama-cpp-python's server: legacy logprobs only (a dict per position; special and
+    # partial-UTF-8 tokens all print as "" and collide), string prompts only, no chat prefill.
+    # Its reported logprobs are the raw model distribution (the same at T=1, 0.5 and 0).
+    Profile("llamacpp", max_top_k=20, sampler_params=_LLAMA_NEUTRAL,
             samples_follow_logprobs=True, streams_logprobs=True),
-    # vLLM caps logprobs at --max-logprobs (20 by default). vLLM and SGLang chat can also
-    # continue with continue_final_message.
+    # llama.cpp's C++ server: chat-shaped logprobs with token ids and bytes on /v1/completions
+    # too, token-id prompts, a trailing assistant message continued, multi-slot; its
+    # tokenizer at /tokenize. Its default samplers also need neutralising (and `n_probs` are
+    # the pre-sampling distribution unless post_sampling_probs is asked).
+    Profile("llama-server", max_top_k=20,
+            sampler_params={**_LLAMA_NEUTRAL, "typical_p": 1.0, "xtc_probability": 0.0,
+                            "dry_multiplier": 0.0, "top_n_sigma": -1.0},
+            samples_follow_logprobs=True, strategies=("tokens", "chat", "completions"),
+            chat_prefill="trailing", tokenizer_routes=True, chat_echoes_prefill=True,
+            partial_sample_drops_logprobs=True),
+    # vLLM caps logprobs at --max-logprobs (20 by default). Its chat continues a trailing
+    # assistant message with continue_final_message (as SGLang's does).
     Profile("vllm", max_top_k=20,
             sampler_params={"top_k": -1, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0},
-            samples_follow_logprobs=True, token_id_prompts=True, accepts_n=True,
-            streams_logprobs=True),
+            samples_follow_logprobs=True, accepts_n=True, streams_logprobs=True,
+            strategies=("chat", "completions"), chat_prefill="continue_final_message"),
     Profile("sglang", max_top_k=20, sampler_params={"top_k": -1, "top_p": 1.0, "min_p": 0.0},
-            token_id_prompts=True, accepts_n=True),
+            accepts_n=True, strategies=("chat", "completions"),
+            chat_prefill="continue_final_message"),
     # The legacy OpenAI /v1/completions returns at most 5 top logprobs per position.
     Profile("openai-completions", max_top_k=5, accepts_n=True),
-    Profile("deepseek", max_top_k=20, continuation="prefix"),
-    Profile("mistral", max_top_k=20, continuation="prefix"),
-    Profile("groq", max_top_k=0, continuation=None,
+    # Together and Fireworks: OpenAI-style /v1/completions with integer `logprobs`; the caps
+    # are their documented ones (tests/test_wire_providers.py replays their shapes).
+    Profile("together", max_top_k=20, accepts_n=True),
+    Profile("fireworks", max_top_k=5, accepts_n=True),
+    # DeepSeek (beta base URL) and Mistral: chat prefix completion; no logprobs on their
+    # completions routes.
+    Profile("deepseek", max_top_k=20, strategies=("chat",), chat_prefill="prefix"),
+    Profile("mistral", max_top_k=20, strategies=("chat",), chat_prefill="prefix"),
+    Profile("dashscope", max_top_k=5, strategies=("chat",), chat_prefill="partial"),
+    Profile("groq", max_top_k=0, strategies=(),
             unsupported="Groq answers requests with logprobs with HTTP 400"),
-    Profile("anthropic", max_top_k=0, continuation=None,
+    Profile("anthropic", max_top_k=0, strategies=(),
             unsupported="Anthropic's API returns no logprobs"),
-    Profile("openai-reasoning", max_top_k=0, continuation=None,
+    Profile("openai-reasoning", max_top_k=0, strategies=(),
             unsupported="reasoning models (o-series, gpt-5) reject logprobs"),
 ]}
 

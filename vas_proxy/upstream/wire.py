@@ -35,8 +35,16 @@ def answer_shape(what: str = "answer"):
                                    f"({type(e).__name__}: {str(e)[:120]})") from None
 
 
-def _candidate(token: str, logprob: float, raw: Sequence[int] | None = None) -> Candidate:
-    return Candidate(text=token, logprob=float(logprob), raw=bytes(raw) if raw else b"")
+def _candidate(token: str, logprob: float, raw: Sequence[int] | None = None,
+               token_id=None) -> Candidate:
+    """`raw`: the chat shape's `bytes` (None where not reported); `token_id`: llama.cpp's
+    server's `id`. vLLM's `return_tokens_as_token_ids` spells a token as "token_id:N"."""
+    if token_id is None and token.startswith("token_id:") and token[9:].isdigit():
+        token_id, token = int(token[9:]), ("" if raw is None else bytes(raw).decode(
+            "utf-8", "replace"))
+    return Candidate(text=token, logprob=float(logprob),
+                     raw=None if raw is None else bytes(raw),
+                     id=token_id if isinstance(token_id, int) and token_id >= 0 else None)
 
 
 def _usable(lp) -> bool:
@@ -56,9 +64,10 @@ def parse_positions(choice: dict, top_k: int) -> list[Position]:
     out: list[Position] = []
     if isinstance(lp.get("content"), list):  # chat shape
         for entry in lp["content"]:
-            cands = [_candidate(t["token"], t["logprob"], t.get("bytes"))
+            cands = [_candidate(t["token"], t["logprob"], t.get("bytes"), t.get("id"))
                      for t in entry.get("top_logprobs") or [] if _usable(t.get("logprob"))]
-            sampled = _candidate(entry["token"], entry.get("logprob", _OUTSIDE_TOPK), entry.get("bytes"))
+            sampled = _candidate(entry["token"], entry.get("logprob", _OUTSIDE_TOPK),
+                                 entry.get("bytes"), entry.get("id"))
             out.append(Position(sorted(cands, key=lambda c: -c.logprob)[:top_k], sampled))
     else:  # legacy completions shape
         tokens = lp.get("tokens") or []
