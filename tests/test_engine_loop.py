@@ -353,7 +353,9 @@ def test_an_answer_without_position_is_retried_with_a_new_seed():
     assert "".join(e.text for e in evs) == "OK" and out.finish_reason == "length"
     first = fake.calls[:Engine.EOS_RETRIES + 1]
     assert len(fake.calls) == Engine.EOS_RETRIES + 2
-    assert all(c["prompt"] == PROMPT and c["max_tokens"] == 1 for c in first)
+    # the first asks for one token, the retries for a few (a sample may begin a character)
+    assert [c["max_tokens"] for c in first] == [1] + [Engine.RETRY_TOKENS] * Engine.EOS_RETRIES
+    assert all(c["prompt"] == PROMPT for c in first)
     assert len({c["seed"] for c in first}) == len(first)  # a new upstream seed each time
     assert out.usage.upstream_calls == len(fake.calls)
 
@@ -368,7 +370,8 @@ def test_too_many_answers_without_position_end_the_turn(speculate):
     assert "".join(e.text for e in evs) == "Hi!" and out.finish_reason == "stop"
     assert evs[-1].token == b"" and evs[-1].text == "!"  # the held-back tail, flushed
     tail = fake.calls[-(Engine.EOS_RETRIES + 1):]
-    assert all(c["max_tokens"] == 1 and c["prompt"] == PROMPT + "Hi!" for c in tail)
+    assert [c["max_tokens"] for c in tail] == [1] + [Engine.RETRY_TOKENS] * Engine.EOS_RETRIES
+    assert all(c["prompt"] == PROMPT + "Hi!" for c in tail)
     draft_call = 1 if speculate else 0
     before = 1 if speculate else 2  # calls that produced "Hi" and "!"
     assert len(fake.calls) == before + draft_call + Engine.EOS_RETRIES + 1

@@ -143,7 +143,7 @@ class Engine(ChunkSource):
         """Whether choosing `c` ends the answer: the model's end-of-turn token as the upstream
         spells it, or a token it reports as printing no bytes (a control token, chat shape). The
         legacy shape's "" is ambiguous (llama-cpp-python: special and partial-UTF-8 tokens
-        collide): it ends the answer too, counted in `usage.ambiguous_ends` (design §2.10)."""
+        collide): it ends the answer too, counted in `usage.ambiguous_ends` (design §2.12)."""
         return c.text in self.eos_texts or c.special or c.ambiguous_empty
 
     def _draft_index(self, pos: Position, cands: list[Candidate]) -> int | None | bool:

@@ -37,8 +37,9 @@ class Candidate:
     @property
     def ambiguous_empty(self) -> bool:
         """The legacy shape's "": llama-cpp-python prints every special token and every partial
-        UTF-8 token so, and they collide (docs/design.md §2.10)."""
-        return self.raw is None and not self.text
+        UTF-8 token so, and they collide (docs/design.md §2.12). Not a token known by its id
+        alone (vLLM's "token_id:N" spelling)."""
+        return self.raw is None and not self.text and self.id is None
 
     @property
     def partial_utf8(self) -> bool:

@@ -38,10 +38,13 @@ def answer_shape(what: str = "answer"):
 def _candidate(token: str, logprob: float, raw: Sequence[int] | None = None,
                token_id=None) -> Candidate:
     """`raw`: the chat shape's `bytes` (None where not reported); `token_id`: llama.cpp's
-    server's `id`. vLLM's `return_tokens_as_token_ids` spells a token as "token_id:N"."""
+    server's `id`. vLLM's `return_tokens_as_token_ids` spells a token "token_id:N"; its chat
+    `bytes` are then the token's own for the sampled entry but those of the spelling for the
+    top candidates (dropped: the id is all there is)."""
     if token_id is None and token.startswith("token_id:") and token[9:].isdigit():
-        token_id, token = int(token[9:]), ("" if raw is None else bytes(raw).decode(
-            "utf-8", "replace"))
+        spelt = raw is not None and bytes(raw) == token.encode()
+        token_id, raw = int(token[9:]), None if spelt else raw
+        token = "" if raw is None else bytes(raw).decode("utf-8", "replace")
     return Candidate(text=token, logprob=float(logprob),
                      raw=None if raw is None else bytes(raw),
                      id=token_id if isinstance(token_id, int) and token_id >= 0 else None)

@@ -1,0 +1,107 @@
+"""The whole-sequence check of the guided loop at β = 0: per continuation strategy, 512 answers
+through the loop (one token per call) against 512 of the upstream's own samples of the same
+prompts (one call each, its samplers neutralised), on the embedded llama-server. If the loop
+samples what the model samples, their sequence statistics agree: answer length (KS), how often
+the answer ends before the limit (chi-square), the first character (chi-square, rare ones pooled),
+the vader reward (KS). Fixed before running: prompts, seeds 0..63 per prompt, 16 tokens, these
+four tests, p < 0.001 to call a difference.
+
+    python benchmarks/drift_sequences.py [--n 512] [--out docs/bench/drift_sequences.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from vas_proxy.engine import Engine, GenerationRequest
+from vas_proxy.guidance import Guidance
+from vas_proxy.prompting import PromptBuilder
+from vas_proxy.rewards import load_reward
+from vas_proxy.templates import from_props
+from vas_proxy.upstream.client import UpstreamClient
+from vas_proxy.upstream.local import LocalUpstream
+
+PROMPTS = ["Say hello in five words.", "Name a colour.", "Describe the sea.",
+           "Give me a tip for sleeping well.", "What is a good name for a cat?",
+           "Write one line about autumn.", "Why is the sky blue?", "Suggest a breakfast."]
+TOKENS = 16
+
+
+def compare(a: list[dict], b: list[dict]) -> dict:
+    def ks(key):
+        return stats.ks_2samp([x[key] for x in a], [x[key] for x in b]).pvalue
+
+    def table(key):
+        ca, cb = Counter(x[key] for x in a), Counter(x[key] for x in b)
+        keys = [k for k in set(ca) | set(cb) if ca[k] + cb[k] >= 10]
+        rows = [[ca[k] for k in keys] + [sum(ca.values()) - sum(ca[k] for k in keys)],
+                [cb[k] for k in keys] + [sum(cb.values()) - sum(cb[k] for k in keys)]]
+        rows = [r[:-1] for r in rows] if rows[0][-1] + rows[1][-1] == 0 else rows
+        return float(stats.chi2_contingency(rows).pvalue) if len(rows[0]) > 1 else 1.0
+    return {"length_chars_ks_p": ks("chars"), "ended_chi2_p": table("ended"),
+            "first_char_chi2_p": table("first"), "vader_ks_p": ks("vader"),
+            "mean_vader": [float(np.mean([x["vader"] for x in a])),
+                           float(np.mean([x["vader"] for x in b]))],
+            "ended_rate": [float(np.mean([x["ended"] for x in a])),
+                           float(np.mean([x["ended"] for x in b]))]}
+
+
+async def run(n: int) -> dict:
+    vader = load_reward("vader")
+    with LocalUpstream(server="llama-server", slots=4) as up:
+        async with UpstreamClient(up.base_url, up.model, profile=up.profile,
+                                  use_cache=False) as c:
+            tpl = from_props(await c.props())
+            jobs = [(PROMPTS[i % len(PROMPTS)], i // len(PROMPTS)) for i in range(n)]
+            gate = asyncio.Semaphore(4)
+
+            async def own(prompt, seed):  # the upstream's own sample: one call
+                async with gate:
+                    res = await c.complete(tpl.render([{"role": "user", "content": prompt}]),
+                                           max_tokens=TOKENS, top_k=0, seed=seed, cache=False)
+                return res.text, res.finish_reason == "stop", res.text[:1]
+
+            async def loop(builder, eng, prompt, seed):
+                async with gate:
+                    p = await builder.chat([{"role": "user", "content": prompt}])
+                    g = await eng.generate(GenerationRequest(
+                        prompt=p.text, upstream_prompt=p.upstream, max_tokens=TOKENS,
+                        seed=seed))
+                return g.text, g.finish_reason == "stop", g.text[:1]
+
+            def records(outs):
+                texts = [o[0] for o in outs]
+                scores = vader([j[0] for j in jobs], texts)
+                return [{"chars": len(t), "ended": e, "first": f, "vader": float(v)}
+                        for (t, e, f), v in zip(outs, scores)]
+
+            ref = records(await asyncio.gather(*(own(p, s) for p, s in jobs)))
+            out = {"n": n, "tokens": TOKENS, "reference": "the upstream's own samples"}
+            eng = Engine(c, {}, defaults=Guidance(beta=0.0, speculate=0))
+            for strategy in ("tokens", "chat", "completions"):
+                builder = PromptBuilder(c, tpl, strategy)
+                got = records(await asyncio.gather(*(loop(builder, eng, p, 1000 + s)
+                                                     for p, s in jobs)))
+                out[strategy] = compare(got, ref)
+                print(strategy, json.dumps(out[strategy]), flush=True)
+            return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=512)
+    ap.add_argument("--out", default="docs/bench/drift_sequences.json")
+    a = ap.parse_args()
+    result = asyncio.run(run(a.n))
+    Path(a.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
