@@ -189,3 +189,20 @@ def test_wrap_chat_without_a_template_streamed_and_not(guided, llama_server):
         model=llama_server.model, max_tokens=4, seed=2,
         messages=[*HELLO, {"role": "assistant", "content": "Hello there"}])
     assert prefilled.choices[0].message.content  # continued, not refused
+
+
+def test_generate_on_a_separately_started_server_needs_no_template(llama_server):
+    """`vas-proxy generate` pointed at llama-server with no --chat-template: its own template
+    (from /props) and token-id prompts; the same seed, the same answer."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parent)}
+    args = [sys.executable, "-m", "vas_proxy", "generate", "Name a colour.", "--upstream",
+            llama_server.base_url, "--provider", "llama-server", "--value",
+            "h=py:valuefns:char_hash", "--beta", "1", "--max-tokens", "8", "--seed", "3"]
+    runs = [subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+            for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    assert runs[0].stdout.strip() and runs[0].stdout == runs[1].stdout

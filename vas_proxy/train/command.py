@@ -171,7 +171,7 @@ class LazyUpstream:
 async def collect(cfg: TrainConfig, out: Path, items: list[dict], api_key: str | None):
     """Phase 1: rollouts for every prompt and half-completions of the held-out ones."""
     from ..assets import smollm2_gguf
-    from ..templates import from_gguf, load_template
+    from ..templates import from_gguf, from_props, load_template
     from .prompts import render_prompts
     from .rollouts import (ROLLOUTS_FILE, VALIDATION_FILE, HalfCompletions, JsonlStore, Rollout,
                            sample_half_completions, sample_rollouts)
@@ -179,11 +179,14 @@ async def collect(cfg: TrainConfig, out: Path, items: list[dict], api_key: str |
     template = load_template(cfg.chat_template) if cfg.chat_template else None
     if cfg.upstream is None:
         template = template or from_gguf(str(smollm2_gguf()))
-    prompts = render_prompts(items, template)
-    stop = template.stop_strings if template else []
     async with contextlib.AsyncExitStack() as stack:
         upstream = LazyUpstream(cfg, api_key, stack)
         await upstream.resolve_model()
+        client = await upstream.client()
+        if template is None and client.profile.tokenizer_routes:  # its own, from /props
+            template = from_props(await client.props())
+        prompts = render_prompts(items, template)
+        stop = template.stop_strings if template else []
         rollouts = await sample_rollouts(
             upstream, prompts, samples=cfg.samples_per_prompt, max_tokens=cfg.max_tokens,
             seed=cfg.seed, stop=stop, store=JsonlStore(out / ROLLOUTS_FILE, Rollout),
