@@ -113,6 +113,8 @@ def test_bad_flags_exit_2():
 # source (walked from build_parser()): name -> (action, type, default), or "switch" (no value).
 # One deliberate change: --timeout of generate and serve was 60 s, now defaults.TIMEOUT (120 s)
 # like train and eval (a one-slot server queues requests; the timeout runs while queued).
+# Added since (issue 16): --continuation and --embedded of generate and serve.
+NEW_UPSTREAM = {"--continuation": ("store", str, "auto"), "--embedded": ("store", str, None)}
 BEFORE = {
     "generate": {
         "prompt": ("store", str, None), "--upstream": ("store", str, None),
@@ -128,7 +130,7 @@ BEFORE = {
         # Best-of-N (bestof_modes): None = not given, as the `vas` fields' rules need
         "--best-of": ("store", int, None), "--best-of-mode": ("store", str, None),
         "--prune-block": ("store", int, None), "--prune-keep": ("store", float, None),
-        "--reward": ("store", str, None),
+        "--reward": ("store", str, None), **NEW_UPSTREAM,
     },
     "serve": {
         "--upstream": ("store", str, None), "--model": ("store", str, None),
@@ -140,7 +142,7 @@ BEFORE = {
         "--timeout": ("store", float, 60.0), "--host": ("store", str, '127.0.0.1'),
         "--port": ("store", int, 8000), "--api-key": ("store", str, None),
         "--upstream-api-key": ("store", str, None), "--log-level": ("store", str, 'info'),
-        "--reward": ("append", str, None),
+        "--reward": ("append", str, None), **NEW_UPSTREAM,
     },
     "train": {
         "--prompts": ("store", str, None), "--reward": ("store", str, None),
