@@ -67,13 +67,6 @@ def _rows(position) -> list[list]:
             for c in position.candidates]
 
 
-def _parse_params():
-    for name, case in CASES.items():
-        marks = ([pytest.mark.xfail(strict=True, reason=case["known_bug"])]
-                 if "known_bug" in case else [])
-        yield pytest.param(name, marks=marks, id=name)
-
-
 # --- what we send --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -106,7 +99,7 @@ def test_request_matches_provider_docs(name):
 
 # --- what we parse -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", list(_parse_params()))
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_parsed_answer(name):
     case = CASES[name]
     res, _ = replay(case)
