@@ -1,12 +1,20 @@
 """The whole-sequence check of the guided loop at β = 0: per continuation strategy, 512 answers
 through the loop (one token per call) against 512 of the upstream's own samples of the same
-prompts (one call each, its samplers neutralised), on the embedded llama-server. If the loop
-samples what the model samples, their sequence statistics agree: answer length (KS), how often
-the answer ends before the limit (chi-square), the first character (chi-square, rare ones pooled),
-the vader reward (KS). Fixed before running: prompts, seeds 0..63 per prompt, 16 tokens, these
-four tests, p < 0.001 to call a difference.
+prompts (one call each), on the embedded llama-server. If the loop samples what the model
+samples, their sequence statistics agree: answer length (KS), how often the answer ends before
+the limit (chi-square), the first character (chi-square, rare ones pooled), the vader reward
+(KS). Fixed before running: prompts, seeds 0..63 per prompt, 16 tokens, these four tests,
+p < 0.001 to call a difference.
+
+Two references: the upstream sampling its whole vocabulary (top_k 0, the model itself) and the
+upstream truncated to the same top-20 the loop sees (top_k 20, what the loop claims to sample
+at beta 0). The second reference was added after a pilot (n = 32), to test the suspected cause
+of the README lead: the loop never samples outside the top-k.
 
     python benchmarks/drift_sequences.py [--n 512] [--out docs/bench/drift_sequences.json]
+                                         [--resume]
+
+Each part is written as it finishes; --resume keeps the parts already in --out.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ PROMPTS = ["Say hello in five words.", "Name a colour.", "Describe the sea.",
            "Give me a tip for sleeping well.", "What is a good name for a cat?",
            "Write one line about autumn.", "Why is the sky blue?", "Suggest a breakfast."]
 TOKENS = 16
+TOP_K = 20
 
 
 def compare(a: list[dict], b: list[dict]) -> dict:
@@ -53,7 +62,7 @@ def compare(a: list[dict], b: list[dict]) -> dict:
                            float(np.mean([x["ended"] for x in b]))]}
 
 
-async def run(n: int) -> dict:
+async def run(n: int, out_path: Path, resume: bool) -> dict:
     vader = load_reward("vader")
     with LocalUpstream(server="llama-server", slots=4) as up:
         async with UpstreamClient(up.base_url, up.model, profile=up.profile,
@@ -62,10 +71,11 @@ async def run(n: int) -> dict:
             jobs = [(PROMPTS[i % len(PROMPTS)], i // len(PROMPTS)) for i in range(n)]
             gate = asyncio.Semaphore(4)
 
-            async def own(prompt, seed):  # the upstream's own sample: one call
+            async def own(prompt, seed, sampler_top_k):  # the upstream's own sample: one call
                 async with gate:
                     res = await c.complete(tpl.render([{"role": "user", "content": prompt}]),
-                                           max_tokens=TOKENS, top_k=0, seed=seed, cache=False)
+                                           max_tokens=TOKENS, top_k=0, seed=seed, cache=False,
+                                           extra={"top_k": sampler_top_k})
                 return res.text, res.finish_reason == "stop", res.text[:1]
 
             async def loop(builder, eng, prompt, seed):
@@ -82,15 +92,31 @@ async def run(n: int) -> dict:
                 return [{"chars": len(t), "ended": e, "first": f, "vader": float(v)}
                         for (t, e, f), v in zip(outs, scores)]
 
-            ref = records(await asyncio.gather(*(own(p, s) for p, s in jobs)))
-            out = {"n": n, "tokens": TOKENS, "reference": "the upstream's own samples"}
-            eng = Engine(c, {}, defaults=Guidance(beta=0.0, speculate=0))
+            out = {"n": n, "tokens": TOKENS, "top_k": TOP_K}
+            if resume and out_path.exists():
+                out = json.loads(out_path.read_text())
+                if (out.get("n"), out.get("tokens")) != (n, TOKENS):
+                    raise SystemExit(f"{out_path} holds another run; drop --resume")
+            samples = out.setdefault("samples", {})
+
+            async def part(name, make):
+                if name not in samples:
+                    samples[name] = records(await asyncio.gather(*make()))
+                    out_path.write_text(json.dumps(out, indent=1))
+                return samples[name]
+
+            full = await part("own_top_k_0", lambda: (own(p, s, 0) for p, s in jobs))
+            trunc = await part("own_top_k_20", lambda: (own(p, 500 + s, TOP_K) for p, s in jobs))
+            out["own_top_k_20_vs_own_top_k_0"] = compare(trunc, full)
+            eng = Engine(c, {}, defaults=Guidance(beta=0.0, speculate=0, top_k=TOP_K))
             for strategy in ("tokens", "chat", "completions"):
                 builder = PromptBuilder(c, tpl, strategy)
-                got = records(await asyncio.gather(*(loop(builder, eng, p, 1000 + s)
-                                                     for p, s in jobs)))
-                out[strategy] = compare(got, ref)
+                got = await part(f"loop_{strategy}", lambda: (
+                    loop(builder, eng, p, 1000 + s) for p, s in jobs))
+                out[strategy] = {"vs_own_top_k_0": compare(got, full),
+                                 "vs_own_top_k_20": compare(got, trunc)}
                 print(strategy, json.dumps(out[strategy]), flush=True)
+            out_path.write_text(json.dumps(out, indent=1))
             return out
 
 
@@ -98,9 +124,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--out", default="docs/bench/drift_sequences.json")
+    ap.add_argument("--resume", action="store_true")
     a = ap.parse_args()
-    result = asyncio.run(run(a.n))
-    Path(a.out).write_text(json.dumps(result, indent=2))
+    asyncio.run(run(a.n, Path(a.out), a.resume))
 
 
 if __name__ == "__main__":

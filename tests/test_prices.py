@@ -171,7 +171,7 @@ def test_reported_cached_tokens_and_wire_fields():
     assert list(u.vas_dict()) == ["upstream_calls", "upstream_prompt_tokens",
                                   "upstream_completion_tokens", "cache_hits",
                                   "rejected_draft_tokens", "upstream_cached_tokens",
-                                  "ambiguous_ends", "unreachable_mass"]
+                                  "ambiguous_resolved", "ambiguous_ends", "unreachable_mass"]
     rec = u.record_dict()
     assert rec["calls"] == [[5, 1, None, 0], [6, 1, 4, 5], [7, 1, 0, 6]]
     assert rec["upstream_cached_tokens"] == 4

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 
 from . import sampling
-from .protocol import Position, UpstreamResult
+from .protocol import Candidate, Position, UpstreamResult
 from .response import ResponseText
 from .upstream.continuation import ChatPrompt, continued, sent_text
 from .usage import Usage
@@ -29,6 +29,7 @@ class ChunkSource:
 
     EOS_RETRIES = 4
     RETRY_TOKENS = 4  # what a retry asks for: enough to finish a character begun
+    RESOLVE_TRIES = 32  # samples asked for to tell an ambiguous "" apart (`_resolve_empty`)
 
     @staticmethod
     def _sent(req, resp: ResponseText):
@@ -37,11 +38,12 @@ class ChunkSource:
         return continued(req.upstream_prompt or req.prompt, resp.text, resp.ids)
 
     async def _call(self, req, resp: ResponseText, usage: Usage,
-                    seeds: np.random.Generator, n: int, temperature: float) -> list[Position]:
+                    seeds: np.random.Generator, n: int, temperature: float,
+                    top_k: int | None = None) -> UpstreamResult:
         t0 = time.perf_counter()
         # Unseeded requests draw random upstream seeds: caching them would only fill the cache.
         res = await self.upstream.complete(self._sent(req, resp), max_tokens=n,
-                                           top_k=req.guidance.top_k, model=req.model,
+                                           top_k=top_k or req.guidance.top_k, model=req.model,
                                            temperature=temperature,
                                            seed=int(seeds.integers(2**31)),
                                            cache=req.seed is not None)
@@ -49,7 +51,7 @@ class ChunkSource:
         if not usage.prompt_tokens:
             usage.prompt_tokens = res.prompt_tokens
         usage.count(res)
-        return res.positions
+        return res
 
     async def _positions(self, req, resp: ResponseText, usage: Usage,
                          seeds: np.random.Generator, draft_len: int
@@ -70,15 +72,39 @@ class ChunkSource:
         """
         if draft_len > 0:
             temp = 1.0 if self.draft == "sample" else 0.0
-            positions = await self._call(req, resp, usage, seeds, draft_len, temp)
+            positions = (await self._call(req, resp, usage, seeds, draft_len, temp)).positions
             if positions:
                 return positions, True
         for attempt in range(1 + self.EOS_RETRIES):
             n = 1 if attempt == 0 else self.RETRY_TOKENS
-            positions = await self._call(req, resp, usage, seeds, n, 1.0)
+            positions = (await self._call(req, resp, usage, seeds, n, 1.0)).positions
             if positions:
                 return positions[:1], False
         return [], False
+
+    async def _resolve_empty(self, req, resp: ResponseText, usage: Usage,
+                             seeds: np.random.Generator, chosen: Candidate) -> Candidate:
+        """What a chosen legacy "" stands for (llama-cpp-python prints its end token and every
+        piece of a UTF-8 character so, docs/design.md §2.12), asked of the upstream by
+        rejection: its own samples at this position until one begins with a "" token. Those
+        follow its logprobs, so the one accepted is the end token or a piece in the model's own
+        proportions: the end comes back with no position (its loop stops before recording it),
+        a piece as a sample that goes on to finish its character. Returns the end (a control
+        token), that character (its few tokens the upstream's, unguided: text prompts cannot
+        carry a piece), or `chosen` itself when no sample began so (`usage.ambiguous_ends`)."""
+        for attempt in range(self.RESOLVE_TRIES):
+            # temperature 0 has one answer; asked again, sample
+            temperature = req.temperature if attempt == 0 or req.temperature > 0 else 1.0
+            res = await self._call(req, resp, usage, seeds, self.RETRY_TOKENS, temperature, 1)
+            first = res.positions[0].sampled if res.positions else None
+            if first is None and res.finish_reason == "stop":
+                usage.ambiguous_resolved += 1
+                return Candidate("", chosen.logprob, raw=b"")
+            if first is not None and first.ambiguous_empty and res.text:
+                usage.ambiguous_resolved += 1
+                piece = res.text[:1]
+                return Candidate(piece, chosen.logprob, raw=piece.encode("utf-8"))
+        return chosen
 
     def _batching(self, weights: dict[str, float]) -> bool:
         if self.batch_drafts is not None:

@@ -143,7 +143,8 @@ class Engine(ChunkSource):
         """Whether choosing `c` ends the answer: the model's end-of-turn token as the upstream
         spells it, or a token it reports as printing no bytes (a control token, chat shape). The
         legacy shape's "" is ambiguous (llama-cpp-python: special and partial-UTF-8 tokens
-        collide): it ends the answer too, counted in `usage.ambiguous_ends` (design §2.12)."""
+        collide): the stream asks the upstream which it is (`_resolve_empty`); one that could
+        not be told ends the answer, counted in `usage.ambiguous_ends` (design §2.12)."""
         return c.text in self.eos_texts or c.special or c.ambiguous_empty
 
     def _draft_index(self, pos: Position, cands: list[Candidate]) -> int | None | bool:
@@ -221,6 +222,9 @@ class Engine(ChunkSource):
                         kept += accepted
                         usage.draft_trials += 1
                         usage.drafts_accepted += accepted
+                    if cands[i].ambiguous_empty:  # the legacy "": ask what it stands for
+                        cands = list(cands)
+                        cands[i] = await self._resolve_empty(req, resp, usage, seeds, cands[i])
                     ev, ended = self._emit(cands, lps, values, q, i, g, resp,
                                            last=step + 1 == req.max_tokens, by_ids=by_ids)
                     if ended and cands[i].ambiguous_empty:

@@ -36,9 +36,11 @@ class Usage:
     scoring_seconds: float = 0.0
     # Prompt tokens of streamed calls whose stream reported no usage (the engine's estimate)
     estimated_prompt_tokens: int = 0
-    # Answers ended on the legacy shape's ambiguous "" (llama-cpp-python: the end token and
-    # partial-UTF-8 tokens collide), and the target mass of candidates a text prompt cannot
-    # carry (pieces of a character), summed over steps: both 0 on token-id prompts.
+    # Chosen legacy "" (llama-cpp-python: the end token and partial-UTF-8 tokens collide) told
+    # apart by asking the upstream (`ChunkSource._resolve_empty`); answers ended on one that
+    # could not be; and the target mass of candidates a text prompt cannot carry (pieces of a
+    # character), summed over steps: all 0 on upstreams that report bytes.
+    ambiguous_resolved: int = 0
     ambiguous_ends: int = 0
     unreachable_mass: float = 0.0
     calls: list[Call] = field(default_factory=list)  # one per billed call, in order
@@ -101,6 +103,7 @@ class Usage:
                 "cache_hits": self.cache_hits,
                 "rejected_draft_tokens": self.rejected_draft_tokens,
                 "upstream_cached_tokens": self.upstream_cached_tokens,
+                "ambiguous_resolved": self.ambiguous_resolved,
                 "ambiguous_ends": self.ambiguous_ends,
                 "unreachable_mass": round(self.unreachable_mass, 6)}
 
@@ -120,6 +123,7 @@ class Usage:
                 "upstream_cached_tokens": self.upstream_cached_tokens,
                 "calls": [list(c) for c in self.calls],
                 "estimated_prompt_tokens": self.estimated_prompt_tokens,
+                "ambiguous_resolved": self.ambiguous_resolved,
                 "ambiguous_ends": self.ambiguous_ends,
                 "unreachable_mass": self.unreachable_mass,
                 "upstream_seconds": self.upstream_seconds,
