@@ -1,6 +1,7 @@
 """Latency of a guided response against what the user would otherwise wait for, side by side.
 
-On the embedded upstream (llama-cpp-python's server on SmolLM2, CPU), 64-token responses to
+On the embedded upstream (llama-cpp-python's server on SmolLM2, CPU; `--embedded llama-server`
+for llama.cpp's own), 64-token responses to
 held-out prompts, each prompt running every variant in turn (so load drifts hit them alike):
 
 - `guided`: the engine at --beta with the bundled positivity value model and its defaults:
@@ -35,7 +36,7 @@ import numpy as np
 from vas_proxy.engine import Engine, GenerationRequest
 from vas_proxy.guidance import Guidance
 from vas_proxy.runtime import Options, open_runtime
-from vas_proxy.options import CacheOptions, GuidanceOptions
+from vas_proxy.options import CacheOptions, GuidanceOptions, UpstreamOptions
 from vas_proxy.train.prompts import read_prompts, render_prompts
 
 PROMPTS = Path(__file__).resolve().parents[1] / "data/prompts/everyday_heldout.jsonl"
@@ -48,7 +49,8 @@ def spread(xs: list[float]) -> str:
 
 async def run(args) -> dict:
     opts = Options(guidance=GuidanceOptions(values={"pos": "bundled:positivity"}),
-                   cache=CacheOptions(use_cache=False), verbose=False)
+                   cache=CacheOptions(use_cache=False), verbose=False,
+                   upstream=UpstreamOptions(embedded=args.embedded))
     per_token: dict[str, list[float]] = {}
     ratios: dict[str, list[float]] = {}
     calls: dict[str, list[float]] = {}
@@ -123,6 +125,9 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--beta", type=float, default=4.0)
     p.add_argument("--json", type=Path)
+    p.add_argument("--embedded", default="llama-cpp-python",
+                   help="the embedded server: llama-cpp-python (the figures in the issue) or "
+                        "llama-server")
     args = p.parse_args()
     res = asyncio.run(run(args))
     if args.json:

@@ -51,6 +51,8 @@ class ChunkSource:
         if not usage.prompt_tokens:
             usage.prompt_tokens = res.prompt_tokens
         usage.count(res)
+        # candidates known by id alone (vLLM) get their texts: a no-op elsewhere
+        res.positions = await self.upstream.tokenizer.name(res.positions)
         return res
 
     async def _positions(self, req, resp: ResponseText, usage: Usage,
@@ -194,7 +196,7 @@ class ChunkSource:
         try:
             async with stream, contextlib.aclosing(stream.__aiter__()) as positions:
                 async for pos in positions:
-                    yield pos
+                    yield (await self.upstream.tokenizer.name([pos]))[0]
         finally:
             u = stream.usage or {}
             prompt_tokens = int(u.get("prompt_tokens") or 0)

@@ -204,8 +204,7 @@ class Engine(ChunkSource):
                         usage.scoring_seconds += time.perf_counter() - t0
                     q = sampling.apply_top_p(
                         sampling.target_probs(lps, values, g.beta, req.temperature), req.top_p)
-                    if not by_ids:
-                        q = self._reachable(q, cands, usage)
+                    q = self._reachable(q, cands, usage, by_ids)
                     accepted = False
                     draft = self._draft_index(pos, cands) if drafted else False
                     if draft is False:
@@ -248,11 +247,14 @@ class Engine(ChunkSource):
                 return
 
     @staticmethod
-    def _reachable(q: np.ndarray, cands: list[Candidate], usage: Usage) -> np.ndarray:
-        """q without the candidates a text prompt cannot carry: pieces of a UTF-8 character
-        (their bytes are not text until the next token; re-sent as text they would be lost).
-        Token-id prompts reach them; here their mass is renormalised away and counted."""
-        cut = [j for j, c in enumerate(cands) if c.raw and c.partial_utf8]
+    def _reachable(q: np.ndarray, cands: list[Candidate], usage: Usage,
+                   by_ids: bool) -> np.ndarray:
+        """q without the candidates this prompt cannot carry: on text and chat prompts, pieces
+        of a UTF-8 character (their bytes are not text until the next token; re-sent as text
+        they would be lost); on any, candidates whose bytes are unknown (`Candidate.unnamed`:
+        the answer could not say them). Their mass is renormalised away and counted."""
+        cut = [j for j, c in enumerate(cands)
+               if c.unnamed or (not by_ids and c.raw and c.partial_utf8)]
         if not cut:
             return q
         kept = q.copy()

@@ -3,7 +3,8 @@ upstream is sent, by the continuation strategy (docs/design.md §2.11; the strat
 upstream/continuation.py). Shared by `generate`, `serve` and `wrap`.
 
 `auto` takes the first of the profile's strategies that applies: "tokens" where the upstream
-tokenises for us (llama.cpp's server), "chat" where its chat endpoint continues a partial
+tokenises for us, in its own template when none is known here (llama.cpp's server; vLLM
+with `--continuation tokens`), "chat" where its chat endpoint continues a partial
 answer, "completions" where a chat template is known locally (or read from the upstream).
 """
 
@@ -54,7 +55,7 @@ class PromptBuilder:
     def _applies(self, s: str, chat: bool) -> bool:
         p = self.upstream.profile
         if s == "tokens":
-            return p.tokenizer_routes and (not chat or self.template is not None)
+            return p.tokenizer_routes  # a chat in the upstream's own template, or ours
         if s == "chat":
             return chat and p.chat_prefill is not None
         return not chat or self.template is not None
@@ -86,6 +87,10 @@ class PromptBuilder:
         if s == "chat":
             view = (self.template or _VIEW).render(messages) + prefill
             return Prepared(view, ChatPrompt(tuple(messages), prefill))
+        if s == "tokens" and self.template is None:  # the upstream's own template
+            ids = await self.upstream.tokenizer.chat_ids(list(messages), prefill)
+            view = _VIEW.render(messages) + prefill
+            return Prepared(view, TokenPrompt(tuple(ids), view))
         text = self.template.render(messages) + prefill
         if s == "tokens":
             return Prepared(text, TokenPrompt(tuple(await self.upstream.tokenize(text)), text))

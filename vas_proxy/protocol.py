@@ -42,6 +42,12 @@ class Candidate:
         return self.raw is None and not self.text and self.id is None
 
     @property
+    def unnamed(self) -> bool:
+        """Known by its id alone (vLLM's "token_id:N"): its bytes were not reported and, for a
+        piece of a character, cannot be learnt (upstream/tokenizer.py)."""
+        return self.raw is None and not self.text and self.id is not None
+
+    @property
     def partial_utf8(self) -> bool:
         """Bytes that are not whole UTF-8 characters on their own (a piece of one)."""
         try:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import httpx2 as httpx
 
 from ..defaults import CACHE_TTL, PROVIDER, TIMEOUT
-from ..errors import (UnsupportedProviderError, UpstreamError, UpstreamTimeout,
+from ..errors import (UpstreamError, UpstreamTimeout,
                       UpstreamUnreachable)
 from ..protocol import UpstreamResult
 from ..redact import redact, redact_url, register_secret
@@ -25,6 +25,7 @@ from .cache import DEFAULT_SIZE_LIMIT, cache_key, cacheable, open_cache
 from .continuation import ChatPrompt, chat_body, sent_text
 from .profiles import Profile, get_profile
 from .retry import RetryPolicy, call_with_retry
+from .tokenizer import RemoteTokenizer
 from .wire import (_usable_positions, answer_shape, check_status, parse_positions,  # noqa: F401 (re-export)
                    reported_cached_tokens)
 
@@ -60,6 +61,7 @@ class UpstreamClient:
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout,
                                        transport=transport)
         self._fast = fast_http(self.base_url, headers, timeout, self.shown_url, transport)
+        self.tokenizer = RemoteTokenizer(self)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -119,7 +121,8 @@ class UpstreamClient:
         k = self.profile.clamp_top_k(top_k)
         body = {"model": model or self.model, "prompt": prompt, "max_tokens": max_tokens,
                 "temperature": temperature, "stream": True, "logprobs": k,
-                "stream_options": {"include_usage": True}, **self.profile.sampler_params}
+                "stream_options": {"include_usage": True}, **self.profile.sampler_params,
+                **self._id_fields(prompt)}
         if seed is not None:
             body["seed"] = seed
         return PositionStream(self, body, k, max_tokens)
@@ -132,36 +135,28 @@ class UpstreamClient:
         return [m["id"] for m in data.get("data", [])]
 
     async def tokenize(self, text: str) -> list[int]:
-        """The upstream's own token ids of `text`, special tokens parsed as a text prompt's
-        are (llama.cpp's server: POST /tokenize at the server root)."""
-        data = await self._root_post("/tokenize", {"content": text, "add_special": True,
-                                                   "parse_special": True})
-        with answer_shape("tokenize answer"):
-            ids = [int(t) for t in data["tokens"]]
-        return ids
+        """The upstream's own token ids of `text` (its /tokenize: upstream/tokenizer.py)."""
+        return await self.tokenizer.tokenize(text)
 
     async def apply_template(self, messages: list[dict]) -> str:
         """The upstream's own chat template applied to `messages` with the generation prompt
         (llama.cpp's server: POST /apply-template): its template, never published otherwise."""
-        data = await self._root_post("/apply-template", {"messages": messages})
-        with answer_shape("apply-template answer"):
-            return str(data["prompt"])
+        return await self.tokenizer.apply_template(messages)
 
     async def props(self) -> dict:
         """What the upstream says of itself (llama.cpp's server: GET /props: its chat
         template, end token, slots); {} where it has no such route."""
-        if not self.profile.tokenizer_routes:
+        if self.profile.tokenizer != "llama.cpp":
             return {}
         root = self.base_url.removesuffix("/v1")
         return await call_with_retry(self.retry, lambda: self._send("GET", root + "/props"))
 
-    async def _root_post(self, path: str, body: dict) -> dict:
-        if not self.profile.tokenizer_routes:
-            raise UnsupportedProviderError(
-                f"provider {self.profile.name!r} has no tokenizer routes; token-id prompts "
-                "need llama.cpp's server (--provider llama-server)")
-        root = self.base_url.removesuffix("/v1")
-        return await self._post(root + path, body)
+    def _id_fields(self, prompt) -> dict:
+        """vLLM answers a token-id prompt's logprobs with ids only when asked; their texts are
+        learnt by `self.tokenizer.name` (upstream/tokenizer.py), which the engine calls."""
+        if isinstance(prompt, list) and self.profile.tokenizer == "vllm":
+            return {"return_tokens_as_token_ids": True}
+        return {}
 
     async def complete(self, prompt: str | list[int] | ChatPrompt, *, max_tokens: int,
                        top_k: int,
@@ -188,7 +183,7 @@ class UpstreamClient:
                   else {"prompt": prompt})
         body = {"model": model or self.model, **fields, "max_tokens": max_tokens,
                 "temperature": temperature, "stream": False,
-                **self.profile.sampler_params, **(extra or {})}
+                **self.profile.sampler_params, **self._id_fields(prompt), **(extra or {})}
         if k and not chat:
             body["logprobs"] = k
         if seed is not None:

@@ -30,9 +30,10 @@ class Profile:
     # template applied locally). `auto` picks the first that applies (runtime.prompts).
     strategies: tuple[str, ...] = ("completions",)
     chat_prefill: str | None = None  # a key of continuation.CHAT_PREFILL
-    # Its tokenizer as HTTP routes at the server root (llama.cpp's server: POST /tokenize,
-    # POST /apply-template, GET /props), so token-id prompts need nothing local.
-    tokenizer_routes: bool = False
+    # Its tokenizer as HTTP routes at the server root, so token-id prompts need nothing local:
+    # "llama.cpp" (POST /tokenize, POST /apply-template, GET /props) or "vllm" (POST /tokenize,
+    # POST /detokenize); upstream/tokenizer.py.
+    tokenizer: str | None = None
     # Its chat answer's content repeats the assistant prefill before the new text (llama.cpp's
     # server); the client strips it.
     chat_echoes_prefill: bool = False
@@ -47,6 +48,10 @@ class Profile:
     # (llama-cpp-python: tested; vLLM: documented), so scoring can overlap generation.
     streams_logprobs: bool = False
     unsupported: str | None = None  # why VAS cannot work with it; `check()` raises with it
+
+    @property
+    def tokenizer_routes(self) -> bool:
+        return self.tokenizer is not None
 
     @property
     def default_speculate(self) -> int:
@@ -87,14 +92,17 @@ PROFILES: dict[str, Profile] = {p.name: p for p in [
             sampler_params={**_LLAMA_NEUTRAL, "typical_p": 1.0, "xtc_probability": 0.0,
                             "dry_multiplier": 0.0, "top_n_sigma": -1.0},
             samples_follow_logprobs=True, strategies=("tokens", "chat", "completions"),
-            chat_prefill="trailing", tokenizer_routes=True, chat_echoes_prefill=True,
+            chat_prefill="trailing", tokenizer="llama.cpp", chat_echoes_prefill=True,
             partial_sample_drops_logprobs=True),
     # vLLM caps logprobs at --max-logprobs (20 by default). Its chat continues a trailing
-    # assistant message with continue_final_message (as SGLang's does).
+    # assistant message with continue_final_message (as SGLang's does). Token-id prompts
+    # (exact: no drift) are opt-in (`--continuation tokens`): they need its /tokenize and
+    # /detokenize routes, which gateways in front of a vLLM may not pass on.
     Profile("vllm", max_top_k=20,
             sampler_params={"top_k": -1, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0},
             samples_follow_logprobs=True, accepts_n=True, streams_logprobs=True,
-            strategies=("chat", "completions"), chat_prefill="continue_final_message"),
+            strategies=("chat", "completions", "tokens"), chat_prefill="continue_final_message",
+            tokenizer="vllm"),
     Profile("sglang", max_top_k=20, sampler_params={"top_k": -1, "top_p": 1.0, "min_p": 0.0},
             accepts_n=True, strategies=("chat", "completions"),
             chat_prefill="continue_final_message"),
