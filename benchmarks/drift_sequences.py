@@ -12,7 +12,11 @@ at beta 0). The second reference was added after a pilot (n = 32), to test the s
 of the README lead: the loop never samples outside the top-k.
 
     python benchmarks/drift_sequences.py [--n 512] [--out docs/bench/drift_sequences.json]
-                                         [--resume]
+                                         [--resume] [--server llama-cpp-python]
+
+On llama-cpp-python (added after the llama-server run, to find the README lead, which was seen
+there): its one strategy, completions, with "" told apart as now and ending the answer as
+before.
 
 Each part is written as it finishes; --resume keeps the parts already in --out.
 """
@@ -28,11 +32,12 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from vas_proxy.assets import smollm2_gguf
 from vas_proxy.engine import Engine, GenerationRequest
 from vas_proxy.guidance import Guidance
 from vas_proxy.prompting import PromptBuilder
 from vas_proxy.rewards import load_reward
-from vas_proxy.templates import from_props
+from vas_proxy.templates import from_gguf, from_props
 from vas_proxy.upstream.client import UpstreamClient
 from vas_proxy.upstream.local import LocalUpstream
 
@@ -62,12 +67,17 @@ def compare(a: list[dict], b: list[dict]) -> dict:
                            float(np.mean([x["ended"] for x in b]))]}
 
 
-async def run(n: int, out_path: Path, resume: bool) -> dict:
+class EndsOnEmpty(Engine):
+    """The loop as it was before a chosen legacy "" was told apart: it ends the answer."""
+    RESOLVE_TRIES = 0
+
+
+async def run(n: int, out_path: Path, resume: bool, server: str) -> dict:
     vader = load_reward("vader")
-    with LocalUpstream(server="llama-server", slots=4) as up:
+    with LocalUpstream(server=server, slots=4 if server == "llama-server" else 1) as up:
         async with UpstreamClient(up.base_url, up.model, profile=up.profile,
                                   use_cache=False) as c:
-            tpl = from_props(await c.props())
+            tpl = from_props(await c.props()) or from_gguf(str(smollm2_gguf()))
             jobs = [(PROMPTS[i % len(PROMPTS)], i // len(PROMPTS)) for i in range(n)]
             gate = asyncio.Semaphore(4)
 
@@ -108,9 +118,13 @@ async def run(n: int, out_path: Path, resume: bool) -> dict:
             full = await part("own_top_k_0", lambda: (own(p, s, 0) for p, s in jobs))
             trunc = await part("own_top_k_20", lambda: (own(p, 500 + s, TOP_K) for p, s in jobs))
             out["own_top_k_20_vs_own_top_k_0"] = compare(trunc, full)
-            eng = Engine(c, {}, defaults=Guidance(beta=0.0, speculate=0, top_k=TOP_K))
-            for strategy in ("tokens", "chat", "completions"):
-                builder = PromptBuilder(c, tpl, strategy)
+            g = Guidance(beta=0.0, speculate=0, top_k=TOP_K)
+            variants = [(s, Engine) for s in c.profile.strategies]
+            if server == "llama-cpp-python":
+                variants.append(("completions, ending on \"\"", EndsOnEmpty))
+            for strategy, kind in variants:
+                eng = kind(c, {}, defaults=g)
+                builder = PromptBuilder(c, tpl, strategy.split(",")[0])
                 got = await part(f"loop_{strategy}", lambda: (
                     loop(builder, eng, p, 1000 + s) for p, s in jobs))
                 out[strategy] = {"vs_own_top_k_0": compare(got, full),
@@ -125,8 +139,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--out", default="docs/bench/drift_sequences.json")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--server", default="llama-server", choices=["llama-server",
+                                                                 "llama-cpp-python"])
     a = ap.parse_args()
-    asyncio.run(run(a.n, Path(a.out), a.resume))
+    asyncio.run(run(a.n, Path(a.out), a.resume, a.server))
 
 
 if __name__ == "__main__":

@@ -110,7 +110,9 @@ async def run() -> dict:
                       for k, v in differ.items()},
             "chat_drift_is_text_drift": [x[:2] for x in differ["chat"]]
             == [x[:2] for x in differ["text"]],
+            "text_drift_steps": [list(x[:2]) for x in differ["text"]],
             "next_position_tv_where_text_drifted": summary(drifted),
+            "next_position_tv_each": [round(x, 4) for x in drifted],
             "next_position_tv_control": summary(same)}
 
 
