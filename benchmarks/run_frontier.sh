@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
-# The frontier evaluation of README Results, fixed before it ran: 64 held-out prompts x 2 seeds
-# (samples 0 and 1: seeds 0-63 and 64-127), 64 tokens, top-20, the default (adaptive) speculation,
-# no response cache, two generations in flight. Settings run in this order, each resumable
-# (--resume skips what results.jsonl already holds): Best-of-N 1..16 (one pool), value-pruned
-# Best-of-16, VAS beta 4, base, VAS beta 2, Best-of-2 over VAS beta 4, value-pruned Best-of-8.
+# The frontier evaluations of README Results, fixed before they ran: 64 held-out prompts x 2
+# seeds (samples 0 and 1: seeds 0-63 and 64-127), 64 tokens, top-20, the default (adaptive)
+# speculation, no response cache, two generations in flight. Settings run in this order, each
+# resumable (--resume skips what results.jsonl already holds): Best-of-N 1..16 (one pool),
+# value-pruned Best-of-16, VAS beta 4, base, VAS beta 2, Best-of-2 over VAS beta 4,
+# value-pruned Best-of-8.
+#
+#   bash benchmarks/run_frontier.sh              # vader, guided by bundled:positivity
+#   FRONTIER=plain bash benchmarks/run_frontier.sh   # plain, guided by bundled:plain
 set -euo pipefail
-OUT=${OUT:-docs/results/frontier}
+case "${FRONTIER:-vader}" in
+  vader) REWARD=vader VALUE=positivity=bundled:positivity OUT=${OUT:-docs/results/frontier}
+         SERVER=llama-cpp-python ;;  # the embedded default when it ran
+  plain) REWARD=plain VALUE=plain=bundled:plain OUT=${OUT:-docs/results/frontier_plain}
+         SERVER=llama-server ;;
+  *) echo "FRONTIER is vader or plain" >&2; exit 2 ;;
+esac
 COMMON=(--prompts data/prompts/everyday_heldout.jsonl --limit 64 --samples 2 --seed 0
-        --reward vader --reward plain --value positivity=bundled:positivity
-        --max-tokens 64 --out "$OUT" --resume --quiet)
+        --reward vader --reward plain --bon-reward "$REWARD" --value "$VALUE"
+        --embedded "$SERVER" --max-tokens 64 --out "$OUT" --resume --quiet)
 run() { echo "== $(date -u +%H:%M:%S) $*"; vas-proxy eval "${COMMON[@]}" "$@"; }
 run --beta none --best-of 1,2,4,8,16
 run --beta none --best-of none --pruned-best-of 16

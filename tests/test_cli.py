@@ -113,7 +113,7 @@ def test_bad_flags_exit_2():
 # source (walked from build_parser()): name -> (action, type, default), or "switch" (no value).
 # One deliberate change: --timeout of generate and serve was 60 s, now defaults.TIMEOUT (120 s)
 # like train and eval (a one-slot server queues requests; the timeout runs while queued).
-# Added since (issue 16): --continuation and --embedded of generate and serve.
+# Added since (issue 16): --continuation and --embedded of generate and serve, later of eval.
 NEW_UPSTREAM = {"--continuation": ("store", str, "auto"), "--embedded": ("store", str, None)}
 BEFORE = {
     "generate": {
@@ -175,7 +175,7 @@ BEFORE = {
         "--model": ("store", str, None), "--provider": ("store", str, 'llamacpp'),
         "--chat-template": ("store", str, None), "--api-key": ("store", str, None),
         "--timeout": ("store", float, 120.0), "--device": ("store", str, 'cpu'),
-        "--dtype": ("store", str, None), "--quiet/-q": "switch",
+        "--dtype": ("store", str, None), "--quiet/-q": "switch", **NEW_UPSTREAM,
     },
     "demo": {
         "--prompt": ("append", str, None), "--prompts": ("store", int, 3),

@@ -149,24 +149,31 @@ def test_chat_prefill_continues_where_token_ids_do(llama_server):
     assert not by_chat.text.startswith("Hello")  # the echoed prefill is stripped
 
 
-def test_auto_picks_tokens_then_chat_and_says_what_would_work(llama_server, upstream):
+def test_auto_picks_tokens_in_either_template_and_says_what_would_work(llama_server, upstream):
+    """auto takes token ids on llama-server with a template known here and without one (then
+    in the server's own template, /apply-template); chat prefill is there when asked for; a
+    completions-only upstream without a template is refused with the options that would work."""
     async def go():
         async with client(llama_server) as c, client(upstream) as legacy:
-            with_template = await PromptBuilder(c, None).chat(HELLO)  # no template: chat
+            own = await PromptBuilder(c, None).chat(HELLO)  # no template here: the server's
             tpl = from_props(await c.props())
-            tokens = await PromptBuilder(c, tpl).chat(HELLO)
+            ours = await PromptBuilder(c, tpl).chat(HELLO)
+            chat = await PromptBuilder(c, None, "chat").chat(HELLO)
             with pytest.raises(ConfigError, match="--chat-template"):
                 await PromptBuilder(legacy, None).chat(HELLO)
             with pytest.raises(ConfigError, match="cannot continue through 'chat'"):
                 PromptBuilder(legacy, None, "chat")
-            return with_template, tokens
-    chat, tokens = run(go())
-    assert chat.strategy == "chat" and tokens.strategy == "tokens"
-    # tokens: the upstream's own template (SmolLM2 adds its system turn); chat: the provider
-    # applies it, and the value models read the chatml view
-    assert tokens.text.startswith("<|im_start|>system\nYou are a helpful AI assistant")
+            return own, ours, chat
+    own, ours, chat = run(go())
+    assert (own.strategy, ours.strategy, chat.strategy) == ("tokens", "tokens", "chat")
+    # with its template the upstream's own rendering (SmolLM2 adds its system turn) is what
+    # the value models read; without one they read the chatml view of the messages, while the
+    # ids are still the server's own template's, so both send the same ids
+    assert ours.text.startswith("<|im_start|>system\nYou are a helpful AI assistant")
+    assert own.text.startswith("<|im_start|>user\nSay hello")
+    assert list(own.upstream.ids) == list(ours.upstream.ids)
+    assert list(ours.upstream.ids)[:1] == [1]  # <|im_start|> parsed as the special token
     assert chat.text.startswith("<|im_start|>user\nSay hello") and chat.upstream.prefill == ""
-    assert list(tokens.upstream.ids)[:1] == [1]  # <|im_start|> parsed as the special token
 
 
 @pytest.fixture(scope="module")

@@ -175,6 +175,8 @@ class EvalConfig:
     model: str | None = _upstream(UpstreamOptions, "model")
     provider: str = _upstream(UpstreamOptions, "provider")
     chat_template: str | None = _upstream(UpstreamOptions, "chat_template")
+    continuation: str = _upstream(UpstreamOptions, "continuation")
+    embedded: str | None = _upstream(UpstreamOptions, "embedded")
     device: str = _upstream(ValueLoadOptions, "device", help="value-model and reward device")
     dtype: str | None = _upstream(ValueLoadOptions, "dtype")
     timeout: float = _upstream(UpstreamOptions, "timeout")

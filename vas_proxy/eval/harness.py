@@ -112,7 +112,9 @@ async def run(cfg: EvalConfig, api_key: str | None = None) -> Path:
     needs_values = any(s.method in ("vas", "pbon", "gbon") for s in settings)
     opts = Options(upstream=UpstreamOptions(url=cfg.upstream, model=cfg.model,
                                             provider=cfg.provider, api_key=api_key,
-                                            timeout=cfg.timeout, chat_template=cfg.chat_template),
+                                            timeout=cfg.timeout, chat_template=cfg.chat_template,
+                                            continuation=cfg.continuation,
+                                            embedded=cfg.embedded),
                    guidance=GuidanceOptions(values=dict(cfg.values) if needs_values else {},
                                             beta=0.0, top_k=cfg.top_k, speculate=cfg.speculate),
                    loading=ValueLoadOptions(device=cfg.device, dtype=cfg.dtype),
