@@ -205,8 +205,8 @@ def test_eval_flags_become_the_config():
         "prompts", "rewards", "out", "values", "betas", "best_of", "weights", "bon_reward",
         "pruned_best_of", "prune_block", "prune_keep", "guided_best_of", "guided_beta",
         "prices", "max_tokens", "top_k", "speculate", "seed", "samples", "limit", "concurrency",
-        "upstream", "model", "provider", "chat_template", "device", "dtype", "timeout",
-        "resume", "quiet"]
+        "upstream", "model", "provider", "chat_template", "continuation", "embedded", "device",
+        "dtype", "timeout", "resume", "quiet"]
 
 
 def _eval_args(upstream, prompts, out, *extra):

@@ -213,3 +213,31 @@ def test_generate_on_a_separately_started_server_needs_no_template(llama_server)
             for _ in range(2)]
     assert all(r.returncode == 0 for r in runs), runs[0].stderr
     assert runs[0].stdout.strip() and runs[0].stdout == runs[1].stdout
+
+
+def test_eval_continues_through_token_ids_as_serve_does(llama_server, tmp_path):
+    """eval prepares prompts as serve does: on llama-server the loop at β = 0 runs on token
+    ids, so its target is exactly the upstream's top-k (KL 0) with every token reachable, and
+    Best-of-1 samples the same ids. Through text (what eval did before) the first position of
+    this prompt alone loses ~5 % of its mass to pieces of an emoji, in every answer."""
+    import json
+
+    from vas_proxy.cli import main
+
+    prompts = tmp_path / "hello.jsonl"
+    prompts.write_text(json.dumps({"messages": HELLO}) + "\n")
+    out = tmp_path / "eval"
+    rc = main(["eval", "--prompts", str(prompts), "--upstream", llama_server.base_url,
+               "--provider", "llama-server", "--reward", "vader", "--value",
+               "h=py:valuefns:char_hash", "--beta", "0", "--best-of", "1", "--samples", "6",
+               "--max-tokens", "4", "--prices", "flat", "--out", str(out), "--quiet"])
+    assert rc == 0
+    config = json.loads((out / "eval.json").read_text())
+    assert config["continuation"] == "auto" and config["embedded"] is None
+    records = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    base = [r for r in records if r["setting"] == "base"]
+    bon = [r for r in records if r["setting"] == "bon N=1 vader"]
+    assert len(base) == len(bon) == 6
+    assert all(r["kl"] == 0.0 and r["unreachable_mass"] == 0.0 for r in base)
+    # both sent the same prompt: its token count is the first call's prompt_tokens
+    assert {r["calls"][0][0] for r in base} == {r["calls"][0][0] for r in bon}

@@ -24,7 +24,8 @@ import numpy as np
 
 from . import sampling
 # cut_at_stop: the stop rule plain Best-of-N cuts its texts by, so one-block pruned runs equal it
-from .bestofn import BestOfN, cut_at_stop, best_of_n, check_best_of, sample_seeds
+from .bestofn import (BestOfN, best_of_n, check_best_of, cut_at_stop, pruning_prompt,
+                      sample_prompt, sample_seeds)
 from .defaults import BEST_OF_MODES, PRUNE_BLOCK, PRUNE_KEEP
 from .engine import Engine, GenerationRequest
 from .errors import ConfigError
@@ -287,12 +288,11 @@ async def run_best_of(engine: Engine, req: GenerationRequest, *, mode: str, n: i
     common = dict(n=n, reward=reward, reward_prompt=reward_prompt, max_tokens=req.max_tokens,
                   stop=stop, temperature=req.temperature, top_p=req.top_p, seed=req.seed,
                   model=req.model)
-    # Samples are text (no logprobs, so no token ids): a token-id prompt is sent as its text
-    prompt = req.upstream_prompt if isinstance(req.upstream_prompt, ChatPrompt) else req.prompt
     if mode == "pruned":
         return await pruned_best_of_n(
-            engine.upstream, prompt, values=engine.values, weights=req.guidance.weights,
-            value_prompt=req.prompt,
+            engine.upstream, pruning_prompt(req.prompt, req.upstream_prompt),
+            values=engine.values, weights=req.guidance.weights, value_prompt=req.prompt,
             block=PRUNE_BLOCK if block is None else block,
             keep=PRUNE_KEEP if keep is None else keep, **common)
-    return await best_of_n(engine.upstream, prompt, **common)
+    return await best_of_n(engine.upstream, sample_prompt(req.prompt, req.upstream_prompt),
+                           **common)

@@ -20,6 +20,7 @@ import numpy as np
 from .defaults import MAX_BEST_OF
 from .errors import ConfigError, UpstreamError
 from .upstream.client import UpstreamClient
+from .upstream.continuation import ChatPrompt, TokenPrompt, continued
 from .usage import Usage
 
 
@@ -66,6 +67,23 @@ def base_top_k(upstream: UpstreamClient, k: int) -> int:
     return k if upstream.profile.samples_follow_logprobs else 0
 
 
+def sample_prompt(text: str, upstream_prompt: TokenPrompt | ChatPrompt | None
+                  ) -> str | list[int] | ChatPrompt:
+    """What a Best-of-N sample sends for a prompt the engine would continue as
+    `upstream_prompt` (None: `text`): the same token ids, chat or text, so its samples come
+    from the very prompt the guided loop continues."""
+    return continued(text if upstream_prompt is None else upstream_prompt, "", ())
+
+
+def pruning_prompt(text: str, upstream_prompt: TokenPrompt | ChatPrompt | None
+                   ) -> str | ChatPrompt:
+    """What value-pruned Best-of-N continues its text samples from: a chat, or text (its
+    samples have no token ids, so a token-id prompt goes as the text it was made from)."""
+    if isinstance(upstream_prompt, ChatPrompt):
+        return upstream_prompt
+    return upstream_prompt.text if isinstance(upstream_prompt, TokenPrompt) else text
+
+
 def sample_seeds(seed: int | None, n: int) -> list[int]:
     """Upstream seeds of the n samples: derived from the request seed, random when unseeded
     (a server's default seed may be fixed, which would make the n samples identical)."""
@@ -73,12 +91,13 @@ def sample_seeds(seed: int | None, n: int) -> list[int]:
     return [int(s) for s in rng.integers(2**31, size=n)]
 
 
-async def best_of_n(upstream: UpstreamClient, prompt: str, *, n: int, reward,
-                    reward_prompt: str, max_tokens: int, stop: list[str] | None = None,
+async def best_of_n(upstream: UpstreamClient, prompt: str | list[int] | ChatPrompt, *, n: int,
+                    reward, reward_prompt: str, max_tokens: int, stop: list[str] | None = None,
                     temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                     seed: int | None = None, model: str | None = None,
                     concurrency: int = 4) -> BestOfN:
-    """Sample n responses to `prompt` (the exact upstream text) and return the best one.
+    """Sample n responses to `prompt` (the exact upstream text, its token ids or a chat:
+    `sample_prompt`) and return the best one.
 
     `reward(prompts, responses) -> list[float]` scores each response against `reward_prompt`
     (what the user asked: the raw prompt, or the last user message of a chat). Ties go to the

@@ -1,10 +1,11 @@
 """Run the settings on the same prompts and seeds, one record per generation.
 
 Base and VAS generations go through the one engine (base = beta 0, whose target is exactly the
-upstream's top-k distribution); Best-of-N through `bestofn.best_of_n` (plain completions from
-the same top-k base where the upstream can sample it). Every
-setting sees prompt i with the same seed, so settings can be compared pair by pair. Records are
-appended to `results.jsonl` as they finish, so a long run can be resumed (`--resume`).
+upstream's top-k distribution), on the prompt as `serve` would continue it (`prepare_prompt`:
+token ids where the upstream tokenises); Best-of-N through `bestofn.best_of_n` (plain
+completions of the same prompt from the same top-k base where the upstream can sample it).
+Every setting sees prompt i with the same seed, so settings can be compared pair by pair.
+Records are appended to `results.jsonl` as they finish, so a long run can be resumed (`--resume`).
 
 KL to the base: for base and VAS, `Generation.kl` = Σ over steps of log q − log p of the chosen
 token (p = the upstream's top-k renormalised): an unbiased estimate of KL(q‖p) of the whole
@@ -22,10 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from ..bestof_modes import guided_best_of_n, pruned_best_of_n
-from ..bestofn import base_top_k, best_of_n, kl_bound
+from ..bestofn import base_top_k, best_of_n, kl_bound, pruning_prompt, sample_prompt
 from ..engine import GenerationRequest
 from ..errors import ConfigError
 from ..options import CacheOptions, GuidanceOptions, UpstreamOptions, ValueLoadOptions
+from ..prompting import Prepared
 from ..runtime import Options, Runtime, load_rewards, open_runtime
 from ..train.prompts import PromptItem, read_prompts, render_prompts
 from ..usage import Usage
@@ -34,7 +36,7 @@ from .files import CONFIG_FILE, RESULTS_FILE, TIMINGS_FILE, read_json, read_reco
 
 # What must not change between runs resumed into one directory (settings may be added).
 _SAME_ON_RESUME = ("prompts", "max_tokens", "top_k", "seed", "samples", "provider", "upstream",
-                   "model", "chat_template")
+                   "model", "chat_template", "continuation", "embedded")
 
 
 def prepare(cfg: EvalConfig) -> tuple[Path, list[dict], dict]:
@@ -72,7 +74,7 @@ def _check_resume(cfg: EvalConfig, out: Path) -> None:
     old = json.loads(path.read_text())
     new = cfg.to_dict()
     for key in _SAME_ON_RESUME:
-        if old.get(key) != new.get(key):
+        if key in old and old[key] != new.get(key):  # (absent: a run from before the key)
             raise ConfigError(f"--resume: {key} was {old.get(key)!r} in {out}, now "
                               f"{new.get(key)!r}; results would not be comparable")
     for kind in ("values", "rewards"):
@@ -128,6 +130,7 @@ async def run(cfg: EvalConfig, api_key: str | None = None) -> Path:
             if s.method in ("vas", "pbon", "gbon"):
                 rt.engine.resolve({"beta": s.beta, "weights": s.weights_dict})
         prompts = render_prompts(items, rt.template)
+        prepared = {p.index: await prepare_prompt(rt, p) for p in prompts}
         stop = rt.template.stop_strings if rt.template else []
         units = work_units(settings, prompts, cfg.samples, done,
                            pool=not rt.engine.upstream.profile.accepts_n)
@@ -145,6 +148,7 @@ async def run(cfg: EvalConfig, api_key: str | None = None) -> Path:
                         seed = seed_for(cfg, p.index, j, len(prompts))
                         kw = dict(max_tokens=cfg.max_tokens, top_k=cfg.top_k)
                         async with gate:
+                            kw["prep"] = prepared[p.index]
                             if label == POOL:
                                 recs = await generate_pool(rt, group, p, seed, rewards, stop,
                                                            **kw)
@@ -167,6 +171,15 @@ async def run(cfg: EvalConfig, api_key: str | None = None) -> Path:
 
 
 POOL = "bon pool"
+
+
+async def prepare_prompt(rt: Runtime, p: PromptItem) -> Prepared:
+    """The prompt as `serve` and `generate` would continue it (the runtime's continuation
+    strategy: token ids where the upstream tokenises, else chat prefill or text), so eval
+    measures the path users get; Best-of-N samples the same prompt (`sample_prompt`)."""
+    if p.messages is not None:
+        return await rt.prepare_messages(list(p.messages))
+    return await rt.prepare_text(p.upstream)
 
 
 def work_units(settings: list[Setting], prompts: list[PromptItem], samples: int, done: set,
@@ -192,14 +205,15 @@ def work_units(settings: list[Setting], prompts: list[PromptItem], samples: int,
 
 
 async def generate_pool(rt: Runtime, group: list[Setting], p: PromptItem, seed: int,
-                        rewards: dict, stop: list[str], *, max_tokens: int, top_k: int
-                        ) -> list[dict]:
+                        rewards: dict, stop: list[str], *, max_tokens: int, top_k: int,
+                        prep: Prepared | None = None) -> list[dict]:
     """The records of every Best-of-N setting in `group` from one Best-of-max(N) run: each
     Best-of-m is billed its first m calls (a fresh Usage counts them, so shared prefixes are
     priced as if it ran alone) and waits the sum of their seconds (one call at a time: what a
     one-slot server such as llama.cpp does with concurrent calls anyway)."""
     n = max(s.best_of for s in group)
-    res = await best_of_n(rt.engine.upstream, p.upstream, n=n,
+    prep = prep or await prepare_prompt(rt, p)
+    res = await best_of_n(rt.engine.upstream, sample_prompt(prep.text, prep.upstream), n=n,
                           reward=rewards[group[0].bon_reward], reward_prompt=p.text,
                           max_tokens=max_tokens, stop=stop, seed=seed,
                           top_k=base_top_k(rt.engine.upstream, top_k), concurrency=1)
@@ -226,28 +240,34 @@ async def generate_pool(rt: Runtime, group: list[Setting], p: PromptItem, seed: 
 
 
 async def generate(rt: Runtime, s: Setting, p: PromptItem, seed: int, rewards: dict,
-                   stop: list[str], *, max_tokens: int, top_k: int) -> dict:
+                   stop: list[str], *, max_tokens: int, top_k: int,
+                   prep: Prepared | None = None) -> dict:
     """One generation of setting `s` for prompt `p`, scored by every reward: the record that
-    `results.jsonl` holds (also what `vas-proxy demo` prints)."""
+    `results.jsonl` holds (also what `vas-proxy demo` prints). `prep`: `p` as
+    `prepare_prompt` makes it (made here when not given)."""
     t0 = time.perf_counter()
+    prep = prep or await prepare_prompt(rt, p)
     extra: dict = {}
     kl, kl_kind = None, "none"
     if s.is_best_of:
         kw = dict(n=s.best_of, reward=rewards[s.bon_reward], reward_prompt=p.text)
         if s.method == "bon":
-            res = await best_of_n(rt.engine.upstream, p.upstream, max_tokens=max_tokens,
-                                  stop=stop, seed=seed,
+            res = await best_of_n(rt.engine.upstream, sample_prompt(prep.text, prep.upstream),
+                                  max_tokens=max_tokens, stop=stop, seed=seed,
                                   top_k=base_top_k(rt.engine.upstream, top_k), concurrency=2,
                                   **kw)
             kl, kl_kind = kl_bound(s.best_of), "bound"
         elif s.method == "pbon":
-            res = await pruned_best_of_n(rt.engine.upstream, p.upstream, values=rt.engine.values,
+            res = await pruned_best_of_n(rt.engine.upstream,
+                                         pruning_prompt(prep.text, prep.upstream),
+                                         values=rt.engine.values, value_prompt=prep.text,
                                          weights=s.weights_dict or None, max_tokens=max_tokens,
                                          block=s.prune_block, keep=s.prune_keep, stop=stop,
                                          top_k=base_top_k(rt.engine.upstream, top_k),
                                          seed=seed, concurrency=2, **kw)
         else:
-            req = GenerationRequest(prompt=p.upstream, max_tokens=max_tokens, seed=seed,
+            req = GenerationRequest(prompt=prep.text, upstream_prompt=prep.upstream,
+                                    max_tokens=max_tokens, seed=seed,
                                     guidance=rt.engine.resolve(
                                         {"beta": s.beta, "weights": s.weights_dict or None}))
             res = await guided_best_of_n(rt.engine, req, concurrency=1, **kw)
@@ -258,7 +278,8 @@ async def generate(rt: Runtime, s: Setting, p: PromptItem, seed: int, rewards: d
         guidance = rt.engine.resolve({"beta": s.beta, "weights": s.weights_dict or None}
                                      if s.method == "vas" else {"beta": 0.0})
         g = await rt.engine.generate(GenerationRequest(
-            prompt=p.upstream, max_tokens=max_tokens, seed=seed, guidance=guidance))
+            prompt=prep.text, upstream_prompt=prep.upstream, max_tokens=max_tokens, seed=seed,
+            guidance=guidance))
         text, finish, usage = g.text, g.finish_reason, g.usage
         kl, kl_kind = g.kl, "estimate"
     seconds = time.perf_counter() - t0
