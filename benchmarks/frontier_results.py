@@ -50,9 +50,11 @@ FRONTIERS = {
         value="the bundled `plain` (trained on `plain`: −syllables per word)",
         upstream="the embedded SmolLM2-135M-Instruct (llama.cpp's `llama-server`, the embedded "
                  "default)",
-        cached="llama-server reports its cached prompt tokens (`usage.vas."
-               "upstream_cached_tokens`), but the price tables' rule is applied to every run "
-               "alike, so both frontiers' prefix-cache costs are the tables' estimates",
+        cached="llama-server reports the prompt tokens its prefix cache served (`usage.vas."
+               "upstream_cached_tokens`: all but the last prompt token once a slot has seen the "
+               "prompt, Best-of-N's repeated samples included), and the prefix-cache tables "
+               "price those as reported, with no 64-token rounding, so costs here are not "
+               "comparable with the vader frontier's estimates",
         beside="Nothing else ran beside it (docs/results/frontier_plain.log)."),
 }
 
