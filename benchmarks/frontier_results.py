@@ -40,7 +40,7 @@ FRONTIERS = {
         value="the bundled `positivity` (trained on `vader`)",
         upstream="the embedded SmolLM2-135M-Instruct (llama-cpp-python, the embedded default "
                  "then; `--embedded llama-cpp-python` now)",
-        cached="llama-cpp-python reports no cached tokens",
+        cached="Its upstream, llama-cpp-python, reports no cached tokens",
         beside="Beside it, at times, ran light jobs (a few fake-upstream test files and short "
                "profiling runs, during part of pbon16, vas β=4, gbon and pbon8): the `s / "
                "response` column is affected by them, rewards and costs are not; the run was "
@@ -50,11 +50,13 @@ FRONTIERS = {
         value="the bundled `plain` (trained on `plain`: −syllables per word)",
         upstream="the embedded SmolLM2-135M-Instruct (llama.cpp's `llama-server`, the embedded "
                  "default)",
-        cached="llama-server reports the prompt tokens its prefix cache served (`usage.vas."
-               "upstream_cached_tokens`: all but the last prompt token once a slot has seen the "
-               "prompt, Best-of-N's repeated samples included), and the prefix-cache tables "
-               "price those as reported, with no 64-token rounding, so costs here are not "
-               "comparable with the vader frontier's estimates",
+        cached="Its upstream, llama-server, reports the prompt tokens its prefix cache served "
+               "(`usage.vas.upstream_cached_tokens`: all but the last prompt token once a slot "
+               "has seen the prompt, Best-of-N's repeated samples included), and every table "
+               "prices a reported number as reported (no 64-token rounding, no 1024-token "
+               "minimum: so the `openai` column here is not what OpenAI, which reports nothing "
+               "below 1024 tokens, would bill), so costs here are not comparable with the vader "
+               "frontier's estimates",
         beside="Nothing else ran beside it (docs/results/frontier_plain.log)."),
 }
 
@@ -102,7 +104,7 @@ def render(records: list[dict], command: str, f: dict) -> str:
         "tokens; `out4` output 4×; `out4-prefix` output 4× and a re-sent prefix at 0.25× in "
         "64-token blocks (DeepSeek's rule, close to self-hosted prefix caching); `openai` output "
         "4×, cached 0.5× only for prompts ≥ 1024 tokens (never reached here). "
-        f"{f['cached'][0].upper() + f['cached'][1:]}.", "",
+        f"{f['cached']}.", "",
         "| setting | n | vader | plain | " + " | ".join(f"cost {p}" for p in PRICES)
         + " | calls | s / response |",
         "|---|---|---|---|" + "---|" * len(PRICES) + "---|---|"]
