@@ -40,11 +40,13 @@ FRONTIERS = {
         value="the bundled `positivity` (trained on `vader`)",
         upstream="the embedded SmolLM2-135M-Instruct (llama-cpp-python, the embedded default "
                  "then; `--embedded llama-cpp-python` now)",
-        cached="Its upstream, llama-cpp-python, reports no cached tokens",
+        cached="Its upstream, llama-cpp-python, reports no cached tokens, so the prefix-cache "
+               "costs are the tables' estimates",
         beside="Beside it, at times, ran light jobs (a few fake-upstream test files and short "
                "profiling runs, during part of pbon16, vas β=4, gbon and pbon8): the `s / "
                "response` column is affected by them, rewards and costs are not; the run was "
-               "resumed twice (docs/results/frontier.log says when and why)."),
+               "resumed twice (docs/results/frontier.log says when and why). Its settings ran "
+               "in the script's earlier order, value-pruned Best-of-16 second."),
     "plain": dict(
         dir="frontier_plain", doc="FRONTIER_PLAIN.md", marker="frontier-plain", title="plain",
         value="the bundled `plain` (trained on `plain`: −syllables per word)",
