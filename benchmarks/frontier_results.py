@@ -129,8 +129,8 @@ def goal(sets: dict, prices, reward: str) -> list[str]:
     price = next(p for p in prices if p.name == GOAL_PRICE)
     out = ["### The goal, checked", "",
            f"Under `{GOAL_PRICE}`: does some guided mode reach Best-of-16's {reward} at ≤ ¼ of "
-           f"its cost, and beat Best-of-4's {reward} at ≤ its cost? Differences are paired over the "
-           "(prompt, draw) both settings have.", ""]
+           f"its cost, and beat Best-of-4's {reward} at ≤ its cost? Differences are paired "
+           "over the (prompt, draw) both settings have.", ""]
     bon16, bon4 = sets.get(f"bon N=16 {reward}"), sets.get(f"bon N=4 {reward}")
     guided = [s for s in sets if s.startswith(("vas ", "pbon ", "gbon "))]
     if not bon16 or not bon4 or not guided:
@@ -152,8 +152,8 @@ def goal(sets: dict, prices, reward: str) -> list[str]:
         beat = d4 > 2 * se4 and cost_s <= c4
         out.append(
             f"- {name}: cost {cost_s:.0f} (Best-of-16 {c16:.0f}, ¼ = {c16 / 4:.0f}; Best-of-4 "
-            f"{c4:.0f}); {reward} − Best-of-16 {d16:+.3f} ± {se16:.3f} (n = {n16}), − Best-of-4 "
-            f"{d4:+.3f} ± {se4:.3f} (n = {n4}). Reaches Best-of-16 (within 2 s.e.) at ≤ ¼ its "
+            f"{c4:.0f}); {reward} − Best-of-16 {d16:+.3f} ± {se16:.3f} (n = {n16}), "
+            f"− Best-of-4 {d4:+.3f} ± {se4:.3f} (n = {n4}). Reaches Best-of-16 (within 2 s.e.) at ≤ ¼ its "
             f"cost: **{'yes' if reach else 'no'}**; beats Best-of-4 (by > 2 s.e.) at ≤ its cost: "
             f"**{'yes' if beat else 'no'}**.")
     return out + [""]
