@@ -153,7 +153,8 @@ def goal(sets: dict, prices, reward: str) -> list[str]:
         out.append(
             f"- {name}: cost {cost_s:.0f} (Best-of-16 {c16:.0f}, ¼ = {c16 / 4:.0f}; Best-of-4 "
             f"{c4:.0f}); {reward} − Best-of-16 {d16:+.3f} ± {se16:.3f} (n = {n16}), "
-            f"− Best-of-4 {d4:+.3f} ± {se4:.3f} (n = {n4}). Reaches Best-of-16 (within 2 s.e.) at ≤ ¼ its "
+            f"− Best-of-4 {d4:+.3f} ± {se4:.3f} (n = {n4}). Reaches Best-of-16 (within 2 s.e.) "
+            "at ≤ ¼ its "
             f"cost: **{'yes' if reach else 'no'}**; beats Best-of-4 (by > 2 s.e.) at ≤ its cost: "
             f"**{'yes' if beat else 'no'}**.")
     return out + [""]
