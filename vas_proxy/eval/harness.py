@@ -206,13 +206,12 @@ def work_units(settings: list[Setting], prompts: list[PromptItem], samples: int,
 
 async def generate_pool(rt: Runtime, group: list[Setting], p: PromptItem, seed: int,
                         rewards: dict, stop: list[str], *, max_tokens: int, top_k: int,
-                        prep: Prepared | None = None) -> list[dict]:
+                        prep: Prepared) -> list[dict]:
     """The records of every Best-of-N setting in `group` from one Best-of-max(N) run: each
     Best-of-m is billed its first m calls (a fresh Usage counts them, so shared prefixes are
     priced as if it ran alone) and waits the sum of their seconds (one call at a time: what a
     one-slot server such as llama.cpp does with concurrent calls anyway)."""
     n = max(s.best_of for s in group)
-    prep = prep or await prepare_prompt(rt, p)
     res = await best_of_n(rt.engine.upstream, sample_prompt(prep.text, prep.upstream), n=n,
                           reward=rewards[group[0].bon_reward], reward_prompt=p.text,
                           max_tokens=max_tokens, stop=stop, seed=seed,

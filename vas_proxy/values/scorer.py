@@ -49,6 +49,13 @@ class CheckpointValue:
     non-full-attention layers, whose caches do not fit this scheme.
     """
 
+    # The engine scores a chunk's drafted positions in one call on every device. On an
+    # accelerator a forward costs about the same for 1 or L positions; on this 2-core CPU one
+    # forward over L positions also beat L forwards, despite the positions wasted after a
+    # rejected draft: 0.243 vs 0.263 s/token on llama-cpp-python, ~0.105 vs ~0.155 on
+    # llama-server (benchmarks/bench_latency.py; docs/design.md §3.5).
+    batches_positions = True
+
     def __init__(self, model: ValueModel, tokenizer, name: str = "value", *,
                  use_cache: bool = True, max_prefixes: int = 4):
         self.model = model.eval()
@@ -77,15 +84,6 @@ class CheckpointValue:
 
     def __repr__(self) -> str:
         return f"CheckpointValue({self.name!r})"
-
-    @property
-    def batches_positions(self) -> bool:
-        """Whether the engine should score a chunk's drafted positions in one call: yes on every
-        device. On an accelerator a forward costs about the same for 1 or L positions; on this
-        2-core CPU one forward over L positions also beat L forwards, despite the positions
-        wasted after a rejected draft: 0.243 vs 0.263 s/token on llama-cpp-python, ~0.105 vs
-        ~0.155 on llama-server (benchmarks/bench_latency.py; docs/design.md §3.5)."""
-        return True
 
     def reset(self) -> None:
         """Drop the stored prefix caches."""
