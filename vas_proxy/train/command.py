@@ -21,6 +21,7 @@ from ..options import UpstreamOptions, add_options, from_args
 from .config import TrainConfig
 
 RUN_FILE = "run.json"
+DEFAULT_SAMPLES = 4  # samples per prompt without --samples-per-prompt or --budget
 
 
 def register(sub) -> None:
@@ -41,7 +42,10 @@ async def _main(a: argparse.Namespace) -> int:
 def check_config(cfg: TrainConfig) -> None:
     from ..errors import ConfigError
 
-    rules = [(cfg.samples_per_prompt >= 1, "--samples-per-prompt must be >= 1"),
+    rules = [(cfg.samples_per_prompt is None or cfg.samples_per_prompt >= 1,
+              "--samples-per-prompt must be >= 1"),
+             (cfg.budget is None or cfg.samples_per_prompt is None,
+              "--budget picks --samples-per-prompt: pass one of them"),
              (cfg.max_tokens >= 1, "--max-tokens must be >= 1"),
              (cfg.epochs >= 0, "--epochs must be >= 0"),
              (cfg.batch_size >= 1, "--batch-size must be >= 1"),
@@ -60,6 +64,24 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.backbone not in ("smollm2", "tiny") and not Path(cfg.backbone).expanduser().is_dir():
         raise ConfigError(f"--backbone {cfg.backbone!r}: use smollm2, tiny or a transformers "
                           "model directory")
+
+
+def resolve_samples(cfg: TrainConfig, n_prompts: int) -> TrainConfig:
+    """The config with its samples per prompt settled: given, bought by --budget, or 4."""
+    import dataclasses
+
+    from .budget import parse_budget, plan
+
+    if cfg.samples_per_prompt is not None:
+        return cfg
+    samples = DEFAULT_SAMPLES
+    if cfg.budget is not None:
+        p = plan(parse_budget(cfg.budget), n_prompts, max_tokens=cfg.max_tokens,
+                 epochs=cfg.epochs, heldout_frac=cfg.heldout_frac,
+                 val_completions=cfg.val_completions)
+        _note(p.note, cfg)
+        samples = p.samples_per_prompt
+    return dataclasses.replace(cfg, samples_per_prompt=samples)
 
 
 def prepare_out_dir(path: str, flag: str = "--out") -> Path:
@@ -211,7 +233,11 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
 
     # User errors first, before torch and transformers are even imported.
     check_config(cfg)
+    if cfg.budget is not None:
+        from .budget import parse_budget
+        parse_budget(cfg.budget)  # a bad budget fails before anything loads
     items = read_prompts(cfg.prompts)
+    cfg = resolve_samples(cfg, len(items))
     reward = load_reward(cfg.reward, device=cfg.device, quiet=cfg.quiet)
     out = prepare_out_dir(cfg.out)
     if cfg.export:
@@ -223,6 +249,7 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
     from .td import make_example
     from .trainer import METRICS_FILE, STATE_FILE, Trainer, build_model, export_checkpoint
     from .validation import evaluate
+    from .verdict import Verdict, data_stats, judge
 
     if not cfg.resume and (out / STATE_FILE).exists():
         raise ConfigError(f"{out} already holds a training run: pass --resume to continue it, or "
@@ -252,13 +279,20 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
                 "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std())}
     trainer = Trainer(cfg, model, tokenizer, examples, out, metadata=metadata,
                       evaluate=(lambda m: evaluate(m, tokenizer, held_rollouts, halves, spec))
-                      if held_rollouts else None)
+                      if held_rollouts else None,
+                      judge=lambda metrics, losses: judge(
+                          metrics, data_stats([e.reward for e in examples],
+                                              [r.prompt_index for r in train_rollouts], losses),
+                          samples_per_prompt=cfg.samples_per_prompt).to_dict())
     if cfg.resume and trainer.restore():
         _note(f"resuming at step {trainer.progress.step} (epoch {trainer.progress.epoch})", cfg)
     validation = trainer.train()
     curves = write_curves(out / METRICS_FILE, out / CURVES_FILE)
     exported = export_checkpoint(out, cfg.export) if cfg.export else None
+    verdict = Verdict(**trainer.metadata["verdict"])
+    print(verdict.text(), file=sys.stderr, flush=True)  # the result itself, even with --quiet
     summary = {"out": str(out), "steps": trainer.progress.step, "validation": validation,
+               "verdict": verdict.to_dict(),
                "curves": str(curves) if curves else None,
                "export": str(exported) if exported else None}
     _note(f"value model saved to {out} ({trainer.progress.step} steps); use it with "

@@ -49,7 +49,11 @@ class TrainConfig:
     backbone: str = opt("smollm2", "value-model backbone: smollm2 (the bundled GGUF), a "
                                    "transformers model directory, or tiny (a tiny random model "
                                    "for tests)")
-    samples_per_prompt: int = opt(4, "responses sampled per prompt")
+    samples_per_prompt: int | None = opt(None, "responses sampled per prompt (default: 4, or "
+                                               "what --budget buys)", metavar="N")
+    budget: str | None = opt(None, "spend this on the run: minutes (45m, 1.5h) or rollouts "
+                                   "(2000); picks --samples-per-prompt from this machine's "
+                                   "measured rates and prints the plan", metavar="BUDGET")
     max_tokens: int = opt(48, "tokens per response (the horizon the values predict over)")
     no_logprobs: bool = opt(False, "store rollouts without their tokens' logprobs: ~3x faster on "
                                    "llama-cpp-python (it sorts the whole vocabulary in Python for "
@@ -63,6 +67,9 @@ class TrainConfig:
     head_lr_mult: float = opt(10.0, "the value head's learning rate as a multiple of --lr: the "
                                     "head (zero weights, bias at the mean reward) must learn the "
                                     "reward's scale, which a short CPU run cannot wait for")
+    standardize: bool = opt(False, "fit the rewards' z-scores, (r - mean) / sd, and save the "
+                                   "model in reward units: the head's scale and the learning "
+                                   "rate then suit any reward's spread")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     batch_size: int = opt(8, "rollouts per micro-batch")
     grad_accum: int = opt(1, "micro-batches per optimiser step")

@@ -12,6 +12,8 @@ Run directory files written here:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
 import time
@@ -105,12 +107,22 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, model: ValueModel, tokenizer, examples: list[Example],
                  out: Path, *, evaluate: Callable[[ValueModel], dict] | None = None,
+                 judge: Callable[[dict, list[float]], dict] | None = None,
                  metadata: dict | None = None):
         if not examples:
             raise ConfigError("no training rollouts: add prompts or lower --heldout-frac")
         self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
-        self.examples, self.out = examples, Path(out)
+        self.out = Path(out)
+        # --standardize: fit z-scores; `reward_units` maps the head back for saving/validating
+        rewards = np.array([e.reward for e in examples], dtype=float) if examples else np.zeros(1)
+        self.target_mean, self.target_sd = 0.0, 1.0
+        if cfg.standardize and rewards.std() > 1e-12:
+            self.target_mean, self.target_sd = float(rewards.mean()), float(rewards.std())
+            examples = [dataclasses.replace(e, reward=(e.reward - self.target_mean)
+                                            / self.target_sd) for e in examples]
+        self.examples = examples
         self.evaluate = evaluate
+        self.judge = judge  # (last validation, training losses) -> the verdict, saved with it
         self.metadata = dict(metadata or {})
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
@@ -149,7 +161,7 @@ class Trainer:
                  "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(),
                  "backbone": self.cfg.backbone, "lora_r": self.cfg.lora_r,
-                 "lora_layers": self.cfg.lora_layers}
+                 "lora_layers": self.cfg.lora_layers, "standardize": self.cfg.standardize}
         tmp = self.out / (STATE_FILE + ".tmp")
         torch.save(state, tmp)
         tmp.replace(self.out / STATE_FILE)
@@ -160,11 +172,14 @@ class Trainer:
         if not path.is_file():
             return False
         state = torch.load(path, map_location="cpu", weights_only=True)
-        saved = (state["backbone"], state["lora_r"], state.get("lora_layers", 0))
-        if saved != (self.cfg.backbone, self.cfg.lora_r, self.cfg.lora_layers):
+        saved = (state["backbone"], state["lora_r"], state.get("lora_layers", 0),
+                 state.get("standardize", False))
+        if saved != (self.cfg.backbone, self.cfg.lora_r, self.cfg.lora_layers,
+                     self.cfg.standardize):
             raise ConfigError(f"{self.out} was trained with --backbone {saved[0]} --lora-r "
-                              f"{saved[1]} --lora-layers {saved[2]}; resume with the same, or "
-                              "use another --out")
+                              f"{saved[1]} --lora-layers {saved[2]}"
+                              f"{' --standardize' if saved[3] else ''}; resume with the same, "
+                              "or use another --out")
         names = {n for n, _ in self.params}
         if set(state["trainable"]) != names:
             raise ConfigError(f"{path}: its weights do not match this model; use another --out")
@@ -201,10 +216,18 @@ class Trainer:
         shown = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()  # its "Writing model shards" bar breaks ours
         try:
-            return save_checkpoint(self.model, self.tokenizer, path, metadata=meta)
+            with self.reward_units() as model:
+                return save_checkpoint(model, self.tokenizer, path, metadata=meta)
         finally:
             if shown:
                 hf_logging.enable_progress_bar()
+
+    def train_losses(self) -> list[float]:
+        """The loss of every optimiser step so far, in order (metrics.jsonl survives resumes)."""
+        from .report import read_metrics
+
+        return [r["loss"] for r in read_metrics(self.out / METRICS_FILE)
+                if r.get("kind") == "train" and r.get("loss") is not None]
 
     def log(self, record: dict) -> None:
         with (self.out / METRICS_FILE).open("a", encoding="utf-8") as f:
@@ -217,10 +240,30 @@ class Trainer:
         bs = self.cfg.batch_size
         return [order[i:i + bs].tolist() for i in range(0, len(order), bs)]
 
+    @contextlib.contextmanager
+    def reward_units(self):
+        """The model with its head mapped from z-scores back to reward units (V = sd·z + mean),
+        for saving and validating; the head is restored on exit (training goes on in z)."""
+        head = self.model.head
+        if (self.target_mean, self.target_sd) == (0.0, 1.0):
+            yield self.model
+            return
+        saved = head.weight.detach().clone(), head.bias.detach().clone()
+        with torch.no_grad():
+            head.weight.mul_(self.target_sd)
+            head.bias.mul_(self.target_sd).add_(self.target_mean)
+        try:
+            yield self.model
+        finally:
+            with torch.no_grad():
+                head.weight.copy_(saved[0])
+                head.bias.copy_(saved[1])
+
     def validate(self) -> dict:
         if self.evaluate is None:
             return {}
-        metrics = self.evaluate(self.model)
+        with self.reward_units() as model:
+            metrics = self.evaluate(model)
         self.last_validation = metrics
         self.log({"kind": "validation", "step": self.progress.step,
                   "epoch": self.progress.epoch, **metrics})
@@ -254,6 +297,8 @@ class Trainer:
                 self.save_state()
         finally:
             bar.close()
+        if self.judge is not None:
+            self.metadata["verdict"] = self.judge(self.last_validation, self.train_losses())
         self.save_checkpoint(self.out)
         self.save_state()
         return self.last_validation
@@ -328,9 +373,6 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 def _describe(epoch: int, m: dict) -> str:
-    def f(v):
-        return "n/a" if v is None else f"{v:.4f}"
-    return (f"epoch {epoch}: held-out half-response value MSE {f(m.get('val_half_mse'))} "
-            f"(mean-predictor {f(m.get('val_half_baseline_mse'))}, corr "
-            f"{f(m.get('val_half_corr'))}); final value vs reward MSE "
-            f"{f(m.get('val_final_mse'))} (corr {f(m.get('val_final_corr'))})")
+    from .verdict import describe_quality
+
+    return f"epoch {epoch}, held out: {describe_quality(m)}"

@@ -1,0 +1,106 @@
+"""`train`'s verdict and `--budget` planner: pure functions over validation metrics, data
+statistics and this machine's planning rates."""
+
+import math
+
+import pytest
+
+from vas_proxy.errors import ConfigError
+from vas_proxy.train.budget import (MAX_SAMPLES, MIN_SAMPLES, Budget, minutes_for, parse_budget,
+                                    plan)
+from vas_proxy.train.verdict import (GUIDES, MEAN, UNVALIDATED, WEAK, corr_interval, data_stats,
+                                     describe_quality, judge)
+
+
+def metrics(mse, base, corr, n=160, final=None):
+    m = {"val_half_mse": mse, "val_half_baseline_mse": base, "val_half_corr": corr,
+         "val_half_n": n}
+    if final:
+        m.update({"val_final_mse": final[0], "val_final_baseline_mse": final[1],
+                  "val_final_corr": final[2], "val_final_n": n})
+    return m
+
+
+DENSE = data_stats([0.1 * (i % 7) for i in range(700)], [i % 100 for i in range(700)],
+                   [1.0] * 10 + [0.5] * 90)
+
+
+def test_the_known_models_get_the_verdicts_their_guidance_earned():
+    # bundled positivity: guided > 3 s.e.; bundled plain: weak; the failed personal model
+    assert judge(metrics(0.066, 0.119, 0.71), DENSE).label == GUIDES
+    assert judge(metrics(0.073, 0.082, 0.34, n=60), DENSE).label == WEAK
+    assert judge(metrics(0.077, 0.075, 0.16), DENSE).label == MEAN
+
+
+def test_a_correlation_indistinguishable_from_zero_is_the_mean():
+    # ratio below the bar, but 20 responses cannot tell 0.3 from 0
+    assert corr_interval(0.3, 20)[0] < 0
+    assert judge(metrics(0.08, 0.1, 0.3, n=20), DENSE).label == MEAN
+    assert judge(metrics(0.08, 0.1, 0.3, n=400), DENSE).label == WEAK
+    assert judge(metrics(0.1, 0.1, None), DENSE).label == MEAN  # a constant prediction
+
+
+def test_no_held_out_data_is_said():
+    v = judge({}, DENSE)
+    assert v.label == UNVALIDATED and "--heldout-frac" in v.advice[0]
+
+
+def test_a_sparse_reward_is_named_as_the_cause_with_what_to_do():
+    rewards = [1.0] * 20 + [0.0] * 480  # 4% rewarded, as in the issue's report
+    stats = data_stats(rewards, [i % 32 for i in range(500)], [0.04] * 10 + [0.035] * 90)
+    v = judge(metrics(0.077, 0.075, 0.16, n=48), stats, samples_per_prompt=16)
+    assert v.label == MEAN
+    text = v.text()
+    assert "too few rewarded samples: 20 of 500" in text and "(4.0%)" in text
+    assert "--samples-per-prompt 64" in text
+    assert "too few prompts: 32" in text
+    assert "rest on 48 responses" not in text  # 48 >= the bar
+    # the dense data of a well-sampled run names none of those
+    assert "rewarded samples" not in judge(metrics(0.09, 0.1, 0.3), DENSE).text()
+
+
+def test_the_fit_is_read_from_the_training_loss():
+    flat = data_stats([0.1 * (i % 7) for i in range(700)], [i % 100 for i in range(700)],
+                      [1.0] * 50 + [0.95] * 50)
+    assert "under-fit: the training loss fell only 5%" in judge(metrics(0.1, 0.1, 0.05),
+                                                                flat).text()
+    steep = data_stats([0.1 * (i % 7) for i in range(700)], [i % 100 for i in range(700)],
+                       [1.0] * 50 + [0.2] * 50)
+    assert "over-fit" in judge(metrics(0.1, 0.1, 0.05), steep).text()
+    assert "over-fit" not in judge(metrics(0.09, 0.1, 0.3), steep).text()  # weak, not mean
+
+
+def test_quality_line_shows_ratio_correlation_and_interval_on_both_views():
+    line = describe_quality(metrics(0.066, 0.119, 0.71, final=(0.05, 0.1, 0.66)))
+    assert line.startswith("half-responses (n=160): MSE 0.55× the mean predictor's, corr 0.71 [")
+    assert "final responses (n=160): MSE 0.50×" in line
+    lo, hi = corr_interval(0.71, 160)
+    assert lo < 0.71 < hi and math.isclose(math.atanh(0.71) - math.atanh(lo),
+                                           math.atanh(hi) - math.atanh(0.71))
+
+
+@pytest.mark.parametrize("text, budget", [("45m", Budget(minutes=45)), ("1.5h", Budget(minutes=90)),
+                                          ("30 min", Budget(minutes=30)),
+                                          ("2000", Budget(rollouts=2000)),
+                                          ("500 rollouts", Budget(rollouts=500))])
+def test_budget_parses_minutes_and_rollouts(text, budget):
+    assert parse_budget(text) == budget
+
+
+@pytest.mark.parametrize("text", ["", "soon", "0", "-3m", "10s", "0m"])
+def test_a_bad_budget_says_what_it_takes(text):
+    with pytest.raises(ConfigError, match="minutes .* or a number of rollouts"):
+        parse_budget(text)
+
+
+def test_budget_plan_spends_the_budget_on_samples_per_prompt():
+    cost = dict(max_tokens=48, epochs=3, heldout_frac=0.1, val_completions=4)
+    p = plan(Budget(rollouts=2000), 32, **cost)
+    assert p.samples_per_prompt == 62 and "2000 rollouts over 32 prompts" in p.note
+    p = plan(Budget(minutes=60), 32, **cost)
+    assert minutes_for(p.samples_per_prompt, 32, **cost) <= 60 \
+        < minutes_for(p.samples_per_prompt + 1, 32, **cost)
+    assert plan(Budget(minutes=1), 200, **cost).samples_per_prompt == MIN_SAMPLES
+    assert "raised to that" in plan(Budget(minutes=1), 200, **cost).note
+    big = plan(Budget(rollouts=10**6), 10, **cost)
+    assert big.samples_per_prompt == MAX_SAMPLES and "add prompts" in big.note

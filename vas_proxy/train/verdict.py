@@ -1,0 +1,169 @@
+"""Does the trained value model know anything? Held-out quality against the mean predictor,
+and a plain verdict with its likely cause and what to do.
+
+A value model no better than predicting the mean reward cannot guide: exp(beta * V) then
+re-weights candidates by noise, and guidance pays KL for nothing. So `train` says which case
+it is, every epoch and at the end, instead of leaving the user to find out in an evaluation.
+
+The figures (docs/design.md §1.4): on held-out half-responses, the MSE of V against the mean
+reward of fresh completions of the half, as a ratio to the MSE of the best constant (the
+targets' variance: a ratio of 1 is "knows nothing"), and the Pearson correlation with its 95%
+interval (Fisher z). The same on final responses against their own reward. Half-responses
+decide: guidance acts on partial responses, and a final response's reward is visible in its
+text, which makes the final figures the easier test.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+# Thresholds on the half-response figures, set from the models we know: the bundled
+# positivity model (ratio 0.55, corr 0.71) moves its reward by > 3 s.e. at beta 2 to 4; the
+# bundled plain model (0.89, 0.34) moves its reward by less than Best-of-4; a sparse
+# personalisation model (1.03, 0.16) did not move it at all.
+GUIDES_RATIO, GUIDES_CORR = 0.8, 0.5
+WEAK_RATIO = 0.97  # at or above: indistinguishable from the mean predictor
+GUIDES, WEAK, MEAN = "guides", "weak", "no better than the mean"
+UNVALIDATED = "not validated"
+# Causes' triggers
+SPARSE_SHARE = 0.8  # the most common reward value holds at least this share of rollouts...
+SPARSE_RARE = 200  # ...and fewer rollouts than this score anything else
+FEW_PROMPTS = 50  # training prompts: a value model must generalise across prompts
+FEW_HELDOUT = 40  # held-out half-responses behind the figures
+UNDERFIT_DROP = 0.10  # the training loss fell less than this fraction
+OVERFIT_DROP = 0.50  # the training loss fell more than this while held-out stayed at the mean
+
+
+def corr_interval(r: float | None, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """95% interval of a Pearson correlation (Fisher z; None for n < 4 or no correlation)."""
+    if r is None or n < 4:
+        return None
+    r = min(max(r, -0.999999), 0.999999)
+    centre, half = math.atanh(r), z / math.sqrt(n - 3)
+    return math.tanh(centre - half), math.tanh(centre + half)
+
+
+def quality(metrics: dict, prefix: str) -> dict | None:
+    """MSE ratio, correlation and its interval for `val_half` or `val_final` metrics."""
+    mse, base = metrics.get(f"{prefix}_mse"), metrics.get(f"{prefix}_baseline_mse")
+    n = int(metrics.get(f"{prefix}_n") or 0)
+    if mse is None or not n:
+        return None
+    ratio = mse / base if base and base > 1e-12 else None
+    corr = metrics.get(f"{prefix}_corr")
+    return {"ratio": ratio, "corr": corr, "corr_ci": corr_interval(corr, n), "n": n}
+
+
+def describe_quality(metrics: dict) -> str:
+    """One line: held-out quality on half and final responses, against the mean predictor."""
+    parts = []
+    for prefix, label in (("val_half", "half-responses"), ("val_final", "final responses")):
+        q = quality(metrics, prefix)
+        if q is None:
+            continue
+        ratio = "n/a" if q["ratio"] is None else f"{q['ratio']:.2f}"
+        corr = "n/a" if q["corr"] is None else f"{q['corr']:.2f}"
+        ci = q["corr_ci"]
+        corr += f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+        parts.append(f"{label} (n={q['n']}): MSE {ratio}× the mean predictor's, corr {corr}")
+    return "; ".join(parts) if parts else "no held-out validation"
+
+
+@dataclass
+class DataStats:
+    """What the training data and the fit looked like: the inputs of the causes."""
+
+    rollouts: int
+    prompts: int
+    mode_share: float  # share of rollouts holding the most common reward value
+    mode_value: float
+    rare: int  # rollouts scoring anything but the most common value
+    loss_start: float | None = None  # mean training loss over the first 10% of steps
+    loss_end: float | None = None  # ... and over the last 10%
+
+
+def data_stats(rewards: list[float], prompt_indices: list[int],
+               train_losses: list[float]) -> DataStats:
+    r = np.round(np.asarray(rewards, dtype=float), 9)
+    values, counts = np.unique(r, return_counts=True)
+    top = int(np.argmax(counts)) if len(counts) else 0
+    share = float(counts[top] / len(r)) if len(r) else 0.0
+    start = end = None
+    if train_losses:
+        k = max(1, len(train_losses) // 10)
+        start, end = float(np.mean(train_losses[:k])), float(np.mean(train_losses[-k:]))
+    return DataStats(len(r), len(set(prompt_indices)), share,
+                     float(values[top]) if len(values) else 0.0,
+                     int(len(r) - (counts[top] if len(counts) else 0)), start, end)
+
+
+@dataclass
+class Verdict:
+    label: str
+    quality: str
+    causes: list[str] = field(default_factory=list)
+    advice: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def text(self) -> str:
+        lines = [f"verdict: {self.label} ({self.quality})"]
+        lines += [f"  likely cause: {c}" for c in self.causes]
+        lines += [f"  to do: {a}" for a in self.advice]
+        return "\n".join(lines)
+
+
+def judge(metrics: dict, stats: DataStats, *, samples_per_prompt: int | None = None) -> Verdict:
+    """The verdict on a trained value model from its last held-out validation."""
+    q = quality(metrics, "val_half") or quality(metrics, "val_final")
+    line = describe_quality(metrics)
+    if q is None:
+        return Verdict(UNVALIDATED, line, ["nothing was held out (--heldout-frac 0)"],
+                       ["hold out prompts (--heldout-frac 0.1) to learn whether it can guide"])
+    ratio, corr, ci = q["ratio"], q["corr"], q["corr_ci"]
+    if ratio is None or corr is None or ratio >= WEAK_RATIO or (ci is not None and ci[0] <= 0):
+        label = MEAN
+    elif ratio <= GUIDES_RATIO and corr >= GUIDES_CORR:
+        label = GUIDES
+    else:
+        label = WEAK
+    causes, advice = [], []
+    if label != GUIDES:
+        _causes(stats, q, label, samples_per_prompt, causes, advice)
+    return Verdict(label, line, causes, advice)
+
+
+def _causes(s: DataStats, q: dict, label: str, samples_per_prompt: int | None,
+            causes: list[str], advice: list[str]) -> None:
+    more = (f"--samples-per-prompt {4 * samples_per_prompt}" if samples_per_prompt
+            else "more --samples-per-prompt")
+    if s.mode_share >= SPARSE_SHARE and s.rare < SPARSE_RARE:
+        causes.append(f"too few rewarded samples: {s.rare} of {s.rollouts} training rollouts "
+                      f"({1 - s.mode_share:.1%}) score other than {s.mode_value:g}")
+        advice.append(f"sample more per prompt ({more}, or a larger --budget) until a few "
+                      "hundred rollouts score differently")
+    if s.prompts < FEW_PROMPTS:
+        causes.append(f"too few prompts: {s.prompts} trained on; a value model must generalise "
+                      "to prompts it has not seen")
+        advice.append(f"add prompts (at least {FEW_PROMPTS}, a few hundred is better)")
+    if s.loss_start and s.loss_end is not None:
+        drop = 1 - s.loss_end / s.loss_start
+        if drop < UNDERFIT_DROP:
+            causes.append(f"under-fit: the training loss fell only {drop:.0%} "
+                          f"({s.loss_start:.4g} → {s.loss_end:.4g})")
+            advice.append("train longer (--epochs) or at a higher --lr")
+        elif drop > OVERFIT_DROP and label == MEAN:
+            causes.append(f"over-fit: the training loss fell {drop:.0%} but held-out quality "
+                          "stayed at the mean predictor's")
+            advice.append(f"more data ({more}, more prompts) or fewer --epochs")
+    if q["n"] < FEW_HELDOUT:
+        causes.append(f"the held-out figures rest on {q['n']} responses: they are uncertain")
+        advice.append("hold out more prompts (--heldout-frac) before trusting either verdict")
+    if not causes:
+        causes.append("none of the data's or the fit's usual causes: the reward may depend on "
+                      "what the backbone cannot see in a partial response")
+        advice.append(f"more samples per prompt ({more}) or more prompts")
