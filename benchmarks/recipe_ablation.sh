@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Issue 13's recipe ablations (docs/training/ablation/PLAN.md, written before any ran).
+# One sample of the base policy, reused by every variant: the first 40 prompts of
+# data/prompts/everyday.jsonl, 16 samples each, 48 tokens, 8 prompts held out (their 128
+# responses cut in half and completed 4 times: the validation targets). Each variant trains on
+# a copy of those samples, so variants differ only in what they name. Resumable: a variant
+# whose model exists is skipped; the sampling run resumes with --resume.
+#
+#   bash benchmarks/recipe_ablation.sh sample            # the shared samples
+#   bash benchmarks/recipe_ablation.sh REWARD VARIANT    # one variant (see PLAN.md)
+set -euo pipefail
+ROOT=${ABLATION_DIR:-runs/ablation}
+BASE=(--samples-per-prompt 16 --max-tokens 48 --heldout-frac 0.2 --val-completions 4
+      --seed 0 --no-logprobs --concurrency 4 --quiet)
+RECIPE=(--epochs 3 --lr 5e-4 --lora-r 16 --lora-layers 8 --batch-size 8)  # the README's
+mkdir -p "$ROOT"
+[ -f "$ROOT/prompts.jsonl" ] || head -40 data/prompts/everyday.jsonl > "$ROOT/prompts.jsonl"
+if [ "$1" = sample ]; then
+  echo "== $(date -u +%H:%M:%S) sample"
+  exec vas-proxy train --prompts "$ROOT/prompts.jsonl" --reward vader --out "$ROOT/samples" \
+       "${BASE[@]}" "${RECIPE[@]}" --epochs 0 $([ -f "$ROOT/samples/train_state.pt" ] && echo --resume)
+fi
+REWARD=$1 VARIANT=$2
+case "$VARIANT" in
+  recipe)      EXTRA=() ;;
+  standardize) EXTRA=(--standardize) ;;
+  mc)          EXTRA=(--lambda 1) ;;
+  epochs6)     EXTRA=(--epochs 6) ;;
+  layers16)    EXTRA=(--lora-layers 16) ;;
+  *)           EXTRA=(${VARIANT//+/ }) ;;  # flags joined by +, e.g. --standardize+--lambda+1
+esac
+NAME=$(echo "$REWARD" | tr -c 'A-Za-z0-9\n' _)
+OUT="$ROOT/$NAME/${VARIANT//[^A-Za-z0-9]/_}"
+if [ -f "$OUT/vas_value.json" ]; then echo "== $OUT done"; exit 0; fi
+mkdir -p "$OUT"
+cp "$ROOT/samples/rollouts.jsonl" "$ROOT/samples/validation.jsonl" "$OUT/"
+echo "== $(date -u +%H:%M:%S) $REWARD $VARIANT"
+/usr/bin/time -f "%e s wall, %M KiB peak" \
+  vas-proxy train --prompts "$ROOT/prompts.jsonl" --reward "$REWARD" --out "$OUT" \
+  "${BASE[@]}" "${RECIPE[@]}" "${EXTRA[@]}" 2>&1 | grep -v "^\s*$" | tee "$OUT/train.log"
