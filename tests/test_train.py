@@ -155,6 +155,7 @@ def test_train_flags_become_the_config():
                               dtype="bfloat16")
     assert list(cfg.to_dict()) == [
         "prompts", "reward", "out", "upstream", "model", "provider", "chat_template", "timeout",
+        "embedded",
         "backbone", "samples_per_prompt", "budget", "max_tokens", "no_logprobs", "concurrency", "epochs",
         "lora_r", "lora_layers", "lr", "head_lr_mult", "standardize", "weight_decay", "batch_size",
         "grad_accum", "max_grad_norm", "gamma", "lam", "seed", "heldout_frac",
@@ -366,7 +367,8 @@ def test_cli_unwritable_out_dir(tmp_path, good_prompts):
 
 
 def test_embedded_upstream_is_recycled_between_requests(tmp_path):
-    """The embedded server is restarted every `recycle_every` requests, never mid-request."""
+    """llama-cpp-python (whose memory grows per request) is restarted every `recycle_every`
+    requests, never mid-request; llama-server is not."""
     import contextlib
 
     from vas_proxy.train.command import LazyUpstream
@@ -374,6 +376,8 @@ def test_embedded_upstream_is_recycled_between_requests(tmp_path):
     events = []
 
     class FakeLocal:
+        server = "llama-cpp-python"
+
         def stop(self):
             events.append("stop")
 
@@ -411,6 +415,9 @@ def test_embedded_upstream_is_recycled_between_requests(tmp_path):
         if e == "stop":
             assert 3 <= served <= 4
             served = 0
+    events.clear()
+    FakeLocal.server = "llama-server"
+    assert asyncio.run(go()) == list(range(9)) and "stop" not in events
 
 
 def test_training_starts_from_the_mean_reward(tmp_path):

@@ -41,6 +41,7 @@ async def _main(a: argparse.Namespace) -> int:
 
 def check_config(cfg: TrainConfig) -> None:
     from ..errors import ConfigError
+    from ..upstream.local import SERVERS
 
     rules = [(cfg.samples_per_prompt is None or cfg.samples_per_prompt >= 1,
               "--samples-per-prompt must be >= 1"),
@@ -61,6 +62,8 @@ def check_config(cfg: TrainConfig) -> None:
     for ok, message in rules:
         if not ok:
             raise ConfigError(message)
+    if cfg.embedded is not None and cfg.embedded not in SERVERS:
+        raise ConfigError(f"--embedded {cfg.embedded!r}: use {' or '.join(SERVERS)}")
     if cfg.backbone not in ("smollm2", "tiny") and not Path(cfg.backbone).expanduser().is_dir():
         raise ConfigError(f"--backbone {cfg.backbone!r}: use smollm2, tiny or a transformers "
                           "model directory")
@@ -121,7 +124,7 @@ class LazyUpstream:
     Only `model` and `complete` are used by the samplers; `model` must be known up front: the
     embedded server's alias, --model, or (remote upstream without --model) asked for at once.
 
-    The embedded server's memory grows with every request (measured: +11.7 MiB per call,
+    llama-cpp-python's memory grows with every request (measured: +11.7 MiB per call,
     12.8 GB after ~4,500 calls): its RAM state cache (`--cache true`) bounds only the KV bytes
     of the states it keeps, not the n_tokens x n_vocab float32 logits each state also holds.
     So the server is restarted on the same port after every `recycle_every` requests, once the
@@ -146,18 +149,20 @@ class LazyUpstream:
         if self._client is None:
             from .. import progress
             from ..upstream.client import UpstreamClient
-            from ..upstream.local import LocalUpstream
+            from ..upstream.local import LocalUpstream, default_server
 
-            base_url = self.cfg.upstream
+            base_url, provider = self.cfg.upstream, self.cfg.provider
             if base_url is None:
-                self._local = LocalUpstream(model_alias=self.model)
+                # as many slots as requests in flight: llama-server samples them in parallel
+                self._local = LocalUpstream(server=self.cfg.embedded or default_server(),
+                                            slots=self.cfg.concurrency, model_alias=self.model)
                 with progress.step("starting the embedded SmolLM2 upstream",
                                    enabled=not self.cfg.quiet):
                     self.stack.enter_context(self._local)
-                base_url = self._local.base_url
+                base_url, provider = self._local.base_url, self._local.profile
             # Our JSONL files are the record of what was sampled: no response cache needed.
             client = UpstreamClient(base_url, self.model or "default", api_key=self.api_key,
-                                    profile=self.cfg.provider, timeout=self.cfg.timeout,
+                                    profile=provider, timeout=self.cfg.timeout,
                                     use_cache=False)
             self.stack.push_async_callback(client.aclose)
             self._client = client
@@ -181,7 +186,8 @@ class LazyUpstream:
         finally:
             self._inflight -= 1
             self._served += 1
-            if self._local is not None and self._served >= self.recycle_every:
+            if self._local is not None and self._local.server == "llama-cpp-python" \
+                    and self._served >= self.recycle_every:
                 self._ready.clear()  # new requests wait for the restart
                 if self._inflight == 0:
                     self._local.stop()

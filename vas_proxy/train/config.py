@@ -46,6 +46,7 @@ class TrainConfig:
                                           "dir or a Jinja file (default: the embedded model's "
                                           "own)")
     timeout: float = _upstream("timeout", metavar="X")
+    embedded: str | None = _upstream("embedded", metavar="NAME")
     backbone: str = opt("smollm2", "value-model backbone: smollm2 (the bundled GGUF), a "
                                    "transformers model directory, or tiny (a tiny random model "
                                    "for tests)")

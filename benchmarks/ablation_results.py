@@ -1,0 +1,79 @@
+"""The recipe ablations' table (docs/training/ablation/RESULTS.md) from their run directories.
+
+Reads each finished variant's checkpoint metadata (its last held-out validation and verdict)
+and its train.log's wall time; nothing is re-measured here.
+
+    python benchmarks/ablation_results.py [--root runs/ablation] [--out docs/training/ablation]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+from pathlib import Path
+
+
+def rows(root: Path) -> list[dict]:
+    out = []
+    for config in sorted(root.glob("*/*/vas_value.json")):
+        run = config.parent
+        if run.parent.name == "samples":
+            continue
+        meta = json.loads(config.read_text())["metadata"]
+        v, args = meta.get("validation") or {}, meta.get("args") or {}
+        log = (run / "train.log").read_text() if (run / "train.log").is_file() else ""
+        wall = re.findall(r"([\d.]+) s wall", log)
+        out.append({"reward": args.get("reward"), "variant": run.name,
+                    "half_corr": v.get("val_half_corr"), "half_n": v.get("val_half_n"),
+                    "half_ratio": _ratio(v, "val_half"), "final_corr": v.get("val_final_corr"),
+                    "final_ratio": _ratio(v, "val_final"),
+                    "verdict": (meta.get("verdict") or {}).get("label"),
+                    "steps": meta.get("step"), "minutes": float(wall[-1]) / 60 if wall else None,
+                    "reward_std": meta.get("reward_std"), "dir": str(run)})
+    return out
+
+
+def _ratio(v: dict, prefix: str):
+    mse, base = v.get(f"{prefix}_mse"), v.get(f"{prefix}_baseline_mse")
+    return mse / base if mse is not None and base else None
+
+
+def _f(x, fmt=".3f"):
+    return "–" if x is None else format(x, fmt)
+
+
+def table(rs: list[dict]) -> str:
+    lines = ["| reward | variant | half corr | half MSE ratio | final corr | final MSE ratio | "
+             "verdict | steps | minutes |", "|---|---|---:|---:|---:|---:|---|---:|---:|"]
+    for r in sorted(rs, key=lambda r: (r["reward"], r["variant"] != "recipe", r["variant"])):
+        lines.append(f"| {r['reward']} | {r['variant']} | {_f(r['half_corr'])} | "
+                     f"{_f(r['half_ratio'])} | {_f(r['final_corr'])} | {_f(r['final_ratio'])} | "
+                     f"{r['verdict']} | {r['steps']} | {_f(r['minutes'], '.1f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--root", default="runs/ablation")
+    ap.add_argument("--out", default="docs/training/ablation")
+    a = ap.parse_args()
+    root, out = Path(a.root), Path(a.out)
+    rs = rows(root)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    for r in rs:  # the runs' own logs travel with the table
+        log = Path(r["dir"]) / "train.log"
+        if log.is_file():
+            shutil.copy2(log, out / "logs" / f"{Path(r['dir']).parent.name}__{r['variant']}.log")
+    (out / "results.json").write_text(json.dumps(rs, indent=2) + "\n")
+    (out / "RESULTS.md").write_text(
+        "# Recipe ablations: results\n\nMade by `python benchmarks/ablation_results.py` from the "
+        "runs of `bash benchmarks/recipe_ablation.sh` (plan: PLAN.md). Held-out: 8 prompts' "
+        "responses; half = V(prompt + half) against the mean reward of 4 completions of the "
+        "half; ratio = MSE / the mean predictor's MSE (1 knows nothing).\n\n" + table(rs))
+    print(table(rs))
+
+
+if __name__ == "__main__":
+    main()
