@@ -59,7 +59,10 @@ FRONTIERS = {
                "minimum: so the `openai` column here is not what OpenAI, which reports nothing "
                "below 1024 tokens, would bill), so costs here are not comparable with the vader "
                "frontier's estimates",
-        beside="Nothing else ran beside it (docs/results/frontier_plain.log)."),
+        beside="Beside it ran only a few short unit-test runs (under a minute of CPU in all, "
+               "during the guided Best-of-2 and value-pruned Best-of-16 settings), a pip "
+               "dependency resolution and a duplicate-code scan; it was stopped by hand twice "
+               "and resumed (docs/results/frontier_plain.log says when and why)."),
 }
 
 
