@@ -18,7 +18,7 @@ from .named_specs import parse_reward_specs as parse_rewards
 from .named_specs import parse_value_specs as parse_values
 
 
-REWARD_HELP = "vader, concise, plain, py:module:function or hf:PATH"
+REWARD_HELP = "vader, concise, plain, interests:FILE, py:module:function or hf:PATH"
 
 
 @dataclass

@@ -34,7 +34,8 @@ class TrainConfig:
     prompts: str = opt(None, "prompts JSONL: one object per line with \"prompt\" (raw text, sent "
                              "as is) or \"messages\" (a chat; the chat template is applied)",
                        required=True, metavar="FILE")
-    reward: str = opt(None, "reward SPEC: vader, plain, concise, py:module:function or hf:PATH",
+    reward: str = opt(None, "reward SPEC: vader, plain, concise, interests:FILE, "
+                            "py:module:function or hf:PATH",
                       required=True, metavar="SPEC")
     out: str = opt(None, "run directory: rollouts, metrics, curves, checkpoints; the final "
                          "value model is written at its top (load it with --value NAME=DIR)",
