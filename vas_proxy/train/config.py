@@ -60,7 +60,8 @@ class TrainConfig:
     no_logprobs: bool = opt(False, "store rollouts without their tokens' logprobs: ~3x faster on "
                                    "llama-cpp-python (it sorts the whole vocabulary in Python for "
                                    "each logprob it reports); training reads only the text")
-    concurrency: int = opt(defaults.CONCURRENCY, "upstream requests in flight")
+    concurrency: int = opt(defaults.TRAIN_CONCURRENCY, "upstream requests in flight (and the "
+                                                       "embedded llama-server's slots)")
     epochs: int = opt(2, "passes over the training rollouts")
     lora_r: int = opt(16, "LoRA rank (0: full fine-tune)")
     lora_layers: int = opt(0, "put LoRA on the top N transformer layers only (0: all); the "
