@@ -51,8 +51,8 @@ def write_curves(metrics_path: str | Path, png_path: str | Path) -> Path | None:
         axes[0].plot(steps, losses, alpha=0.3, label="loss")
         axes[0].plot(steps, _ema(losses), label="loss (EMA)")
         axes[1].plot(steps, [r["lr"] for r in train])
+        axes[0].legend()
     axes[0].set(title="TD(λ) loss (0.5·MSE)", xlabel="step")
-    axes[0].legend()
     axes[1].set(title="learning rate", xlabel="step")
     for key, label in (("val_half_mse", "half-response value MSE"),
                        ("val_half_baseline_mse", "mean-predictor MSE"),
