@@ -166,7 +166,7 @@ def test_budget_picks_samples_per_prompt_and_refuses_both(tmp_path):
     from vas_proxy.train.command import check_config, resolve_samples
 
     cfg = TrainConfig(prompts="p", reward="vader", out="o", quiet=True)
-    assert resolve_samples(cfg, 10).samples_per_prompt == 4  # the default
+    assert resolve_samples(cfg, 10).samples_per_prompt == 16  # the default
     assert resolve_samples(TrainConfig(prompts="p", reward="vader", out="o", budget="300",
                                        quiet=True), 10).samples_per_prompt == 30
     both = TrainConfig(prompts="p", reward="vader", out="o", budget="300", samples_per_prompt=8)

@@ -21,7 +21,10 @@ from ..options import UpstreamOptions, add_options, from_args
 from .config import TrainConfig
 
 RUN_FILE = "run.json"
-DEFAULT_SAMPLES = 4  # samples per prompt without --samples-per-prompt or --budget
+# Samples per prompt without --samples-per-prompt or --budget: 6 -> 16 raised the positivity
+# model's held-out correlation from 0.47 to 0.71 (README), and on llama-server 16 x 32 prompts
+# take ~4 minutes
+DEFAULT_SAMPLES = 16
 
 
 def register(sub) -> None:

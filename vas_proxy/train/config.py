@@ -62,11 +62,11 @@ class TrainConfig:
                                    "each logprob it reports); training reads only the text")
     concurrency: int = opt(defaults.TRAIN_CONCURRENCY, "upstream requests in flight (and the "
                                                        "embedded llama-server's slots)")
-    epochs: int = opt(2, "passes over the training rollouts")
+    epochs: int = opt(3, "passes over the training rollouts")
     lora_r: int = opt(16, "LoRA rank (0: full fine-tune)")
-    lora_layers: int = opt(0, "put LoRA on the top N transformer layers only (0: all); the "
+    lora_layers: int = opt(8, "put LoRA on the top N transformer layers only (0: all); the "
                               "backward pass then stops there, which makes CPU training faster")
-    lr: float = opt(2e-4, "AdamW learning rate (peak; linear warm-up, cosine decay to 10%%)")
+    lr: float = opt(5e-4, "AdamW learning rate (peak; linear warm-up, cosine decay to 10%%)")
     head_lr_mult: float = opt(10.0, "the value head's learning rate as a multiple of --lr: the "
                                     "head (zero weights, bias at the mean reward) must learn the "
                                     "reward's scale, which a short CPU run cannot wait for")
