@@ -54,6 +54,37 @@ def table(rs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(rs: list[dict], path: Path) -> None:
+    """Grouped bars: held-out half-response correlation per reward and variant (95% CI)."""
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    from vas_proxy.train.verdict import corr_interval
+
+    rewards = sorted({r["reward"] for r in rs})
+    variants = sorted({r["variant"] for r in rs}, key=lambda v: (v != "recipe", v))
+    width = 0.8 / len(variants)
+    fig, ax = plt.subplots(figsize=(2.2 * len(rewards) + 2, 4))
+    for j, var in enumerate(variants):
+        xs, ys, lo, hi = [], [], [], []
+        for i, rew in enumerate(rewards):
+            hit = [r for r in rs if r["reward"] == rew and r["variant"] == var]
+            if hit and hit[0]["half_corr"] is not None:
+                c = hit[0]["half_corr"]
+                ci = corr_interval(c, hit[0]["half_n"]) or (c, c)
+                xs.append(i + (j - (len(variants) - 1) / 2) * width)
+                ys.append(c)
+                lo.append(c - ci[0])
+                hi.append(ci[1] - c)
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=var)
+    ax.set_xticks(range(len(rewards)), rewards)
+    ax.set(ylabel="held-out half-response correlation", title="recipe ablations (95% CI)")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", default="runs/ablation")
@@ -67,11 +98,13 @@ def main() -> None:
         if log.is_file():
             shutil.copy2(log, out / "logs" / f"{Path(r['dir']).parent.name}__{r['variant']}.log")
     (out / "results.json").write_text(json.dumps(rs, indent=2) + "\n")
+    plot(rs, out / "ablation.png")
     (out / "RESULTS.md").write_text(
         "# Recipe ablations: results\n\nMade by `python benchmarks/ablation_results.py` from the "
         "runs of `bash benchmarks/recipe_ablation.sh` (plan: PLAN.md). Held-out: 8 prompts' "
         "responses; half = V(prompt + half) against the mean reward of 4 completions of the "
-        "half; ratio = MSE / the mean predictor's MSE (1 knows nothing).\n\n" + table(rs))
+        "half; ratio = MSE / the mean predictor's MSE (1 knows nothing).\n\n" + table(rs)
+        + "\n![half-response correlation per variant](ablation.png)\n")
     print(table(rs))
 
 

@@ -163,3 +163,27 @@ def test_interests_spec_errors_name_the_bundled_profiles(spec, fragment, tmp_pat
     empty.write_text("# nothing\n")
     with pytest.raises(RewardSpecError, match="lists no interest"):
         load_reward(f"interests:{empty}")
+
+
+def test_the_bundled_personal_model_knows_its_reward():
+    """bundled:personal (trained on interests:gardener) values continuations the reward
+    prefers higher, on a chat prompt it never saw; and its checkpoint carries its verdict."""
+    from vas_proxy.assets import DATA_DIR, smollm2_gguf
+    from vas_proxy.templates import from_gguf
+    from vas_proxy.values.loader import load_value
+    from vas_proxy.values.store import read_checkpoint_config
+
+    value = load_value("bundled:personal", name="personal")
+    prompt = from_gguf(str(smollm2_gguf())).render(
+        [{"role": "user", "content": "What should I do this weekend?"}])
+    texts = [" You could bake fresh bread and pick tomatoes from the garden.",
+             " You could hike a forest trail and camp by the lake.",
+             " You could file your quarterly tax report and update spreadsheets.",
+             " You could reorganise the invoices in the accounting software."]
+    v = value.score(prompt, "", texts)
+    r = load_reward("interests:gardener")(["q"] * 4, texts)
+    assert min(r[:2]) > max(r[2:])  # the reward's own order
+    assert min(v[:2]) > max(v[2:])
+    meta = read_checkpoint_config(DATA_DIR / "values" / "personal")
+    assert meta["metadata"]["reward"] == "interests:gardener"
+    assert meta["metadata"]["verdict"]["label"] == "guides"
