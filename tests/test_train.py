@@ -464,3 +464,24 @@ def test_standardize_fits_z_scores_and_saves_and_validates_in_reward_units(tmp_p
     assert seen[0][0] == pytest.approx(mean)  # the untrained validation: the mean predictor
     saved = load_value(str(tmp_path), name="z").score("Hello", " there", [""])
     assert abs(saved[0] - seen[-1][0]) < 0.05  # "Hello" + " there" + "": the same text
+
+
+def test_embedded_llama_server_rollouts_do_not_depend_on_its_slots(tmp_path):
+    """Without --upstream, train samples from the embedded default (llama-server where built,
+    as CI builds it) with one slot per request in flight; the seeds alone decide the samples,
+    so 1 slot and 3 slots give the same rollouts."""
+    from vas_proxy.upstream.local import default_server
+
+    assert default_server() == "llama-server"
+    texts = []
+    for slots in (1, 3):
+        cfg = tiny_config(tmp_path, type("U", (), {"base_url": None, "model": None})(),
+                          out=str(tmp_path / f"run{slots}"), concurrency=slots, epochs=0,
+                          val_completions=0, max_tokens=8, samples_per_prompt=2)
+        summary = asyncio.run(run(cfg))
+        assert summary["verdict"]["label"] in ("no better than the mean", "weak", "guides")
+        rollouts = [json.loads(line) for line in
+                    (Path(cfg.out) / "rollouts.jsonl").read_text().splitlines()]
+        texts.append(sorted((r["prompt_index"], r["sample"], r["response"]) for r in rollouts))
+    assert len(texts[0]) == 6 and texts[0] == texts[1]
+    assert len({t[2] for t in texts[0]}) > 1  # real, varied samples
