@@ -162,6 +162,19 @@ def test_train_flags_become_the_config():
         "val_completions", "export", "save_every", "device", "dtype", "resume", "quiet"]
 
 
+def test_within_prompt_correlation_ignores_what_only_tells_prompts_apart():
+    from vas_proxy.train.validation import within_prompt_corr
+
+    # the prediction knows each prompt's level and nothing within it: 1 across, -1 within
+    target = [1.0, 1.2, 1.4, 5.0, 5.2, 5.4]
+    pred = [1.4, 1.2, 1.0, 5.4, 5.2, 5.0]
+    groups = [0, 0, 0, 1, 1, 1]
+    assert np.corrcoef(pred, target)[0, 1] > 0.9
+    got = within_prompt_corr(pred, target, groups, "h")
+    assert got["h_within_corr"] == pytest.approx(-1.0) and got["h_within_n"] == 6
+    assert within_prompt_corr(pred, target, [0, 1, 2, 3, 4, 5], "h") == {}  # one each
+
+
 def test_budget_picks_samples_per_prompt_and_refuses_both(tmp_path):
     from vas_proxy.train.command import check_config, resolve_samples
 

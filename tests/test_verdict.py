@@ -74,6 +74,8 @@ def test_quality_line_shows_ratio_correlation_and_interval_on_both_views():
     line = describe_quality(metrics(0.066, 0.119, 0.71, final=(0.05, 0.1, 0.66)))
     assert line.startswith("half-responses (n=160): MSE 0.55× the mean predictor's, corr 0.71 [")
     assert "final responses (n=160): MSE 0.50×" in line
+    with_within = describe_quality({**metrics(0.066, 0.119, 0.71), "val_half_within_corr": 0.4})
+    assert with_within.endswith("corr 0.71 [0.62, 0.78], within prompts 0.40")
     lo, hi = corr_interval(0.71, 160)
     assert lo < 0.71 < hi and math.isclose(math.atanh(0.71) - math.atanh(lo),
                                            math.atanh(hi) - math.atanh(0.71))

@@ -54,6 +54,26 @@ def regression_metrics(pred: list[float], target: list[float], prefix: str) -> d
             f"{prefix}_baseline_mse": float(np.var(t)), f"{prefix}_n": int(len(t))}
 
 
+def within_prompt_corr(pred: list[float], target: list[float], groups: list[int],
+                       prefix: str) -> dict:
+    """Correlation after removing each prompt's mean from both sides: what guidance uses.
+
+    Guidance compares candidates of one state, so a model that only knows which prompts score
+    high (a cooking question makes any answer "about cooking") can correlate well across
+    prompts and still not guide. Only prompts with at least two responses count."""
+    p, t, g = (np.asarray(x, dtype=float) for x in (pred, target, groups))
+    keep = np.array([np.sum(g == k) >= 2 for k in g], dtype=bool)
+    if keep.sum() < 3:
+        return {}
+    p, t, g = p[keep], t[keep], g[keep]
+    for k in np.unique(g):
+        m = g == k
+        p[m] -= p[m].mean()
+        t[m] -= t[m].mean()
+    corr = float(np.corrcoef(p, t)[0, 1]) if p.std() > 1e-12 and t.std() > 1e-12 else None
+    return {f"{prefix}_within_corr": corr, f"{prefix}_within_n": int(keep.sum())}
+
+
 def evaluate(model: ValueModel, tokenizer, rollouts: list[Rollout],
              halves: list[HalfCompletions], spec: str) -> dict:
     """Validation metrics on held-out rollouts and their half-completions."""
@@ -64,9 +84,13 @@ def evaluate(model: ValueModel, tokenizer, rollouts: list[Rollout],
                              [by_key[h.key].upstream_prompt + h.half for h in halves])
         targets = [float(np.mean(h.rewards[spec])) for h in halves]
         metrics.update(regression_metrics(preds, targets, "val_half"))
+        metrics.update(within_prompt_corr(preds, targets, [h.prompt_index for h in halves],
+                                          "val_half"))
     if rollouts:
         preds = predict_last(model, tokenizer, [r.upstream_prompt + r.response for r in rollouts])
-        metrics.update(regression_metrics(preds, [r.rewards[spec] for r in rollouts],
+        targets = [r.rewards[spec] for r in rollouts]
+        metrics.update(regression_metrics(preds, targets, "val_final"))
+        metrics.update(within_prompt_corr(preds, targets, [r.prompt_index for r in rollouts],
                                           "val_final"))
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
             for k, v in metrics.items()}

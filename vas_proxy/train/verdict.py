@@ -10,7 +10,10 @@ reward of fresh completions of the half, as a ratio to the MSE of the best const
 targets' variance: a ratio of 1 is "knows nothing"), and the Pearson correlation with its 95%
 interval (Fisher z). The same on final responses against their own reward. Half-responses
 decide: guidance acts on partial responses, and a final response's reward is visible in its
-text, which makes the final figures the easier test.
+text, which makes the final figures the easier test. Also shown, not yet judged on: the
+correlation within prompts (each prompt's mean removed), the part guidance uses; the bundled
+personal model scored "guides" on the figures above (0.62 across prompts, 0.40 within) and
+moved its reward by only 0.9 s.e. at beta 4 (README), so a verdict is a floor, not a promise.
 """
 
 from __future__ import annotations
@@ -68,6 +71,8 @@ def describe_quality(metrics: dict) -> str:
         corr = "n/a" if q["corr"] is None else f"{q['corr']:.2f}"
         ci = q["corr_ci"]
         corr += f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+        within = metrics.get(f"{prefix}_within_corr")
+        corr += "" if within is None else f", within prompts {within:.2f}"
         parts.append(f"{label} (n={q['n']}): MSE {ratio}× the mean predictor's, corr {corr}")
     return "; ".join(parts) if parts else "no held-out validation"
 

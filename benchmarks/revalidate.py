@@ -1,0 +1,52 @@
+"""Re-run `train`'s held-out validation on finished run directories (their final checkpoint,
+rollouts and validation halves), printing the current metrics: used to add the within-prompt
+correlation to runs made before it existed.
+
+    python benchmarks/revalidate.py runs/ablation/*/*/ [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+")
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    from vas_proxy.train.command import heldout_prompts
+    from vas_proxy.train.rollouts import (ROLLOUTS_FILE, VALIDATION_FILE, HalfCompletions,
+                                          JsonlStore, Rollout)
+    from vas_proxy.train.validation import evaluate
+    from vas_proxy.values.store import load_value_model
+
+    out = {}
+    for run in map(Path, a.runs):
+        if not (run / "vas_value.json").is_file():
+            continue
+        model, tok, config = load_value_model(run)
+        args = config["metadata"]["args"]
+        spec = config["metadata"]["reward"]
+        rollouts = JsonlStore(run / ROLLOUTS_FILE, Rollout).load()
+        n_prompts = len({k[0] for k in rollouts})
+        held = heldout_prompts(n_prompts, args["heldout_frac"], args["seed"])
+        held_r = [r for k, r in sorted(rollouts.items()) if k[0] in held]
+        halves = [h for k, h in sorted(JsonlStore(run / VALIDATION_FILE, HalfCompletions)
+                                       .load().items()) if k[0] in held]
+        m = evaluate(model, tok, held_r, halves, spec)
+        out[str(run)] = m
+        print(f"{run}: half corr {m.get('val_half_corr'):.3f}, within-prompt "
+              f"{m.get('val_half_within_corr'):.3f} (n={m.get('val_half_within_n')}); final "
+              f"{m.get('val_final_corr'):.3f}, within {m.get('val_final_within_corr'):.3f}",
+              flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
