@@ -73,7 +73,8 @@ def check_config(cfg: TrainConfig) -> None:
 
 
 def resolve_samples(cfg: TrainConfig, n_prompts: int) -> TrainConfig:
-    """The config with its samples per prompt settled: given, bought by --budget, or 4."""
+    """The config with its samples per prompt settled: given, bought by --budget, or
+    DEFAULT_SAMPLES."""
     import dataclasses
 
     from .budget import parse_budget, plan
