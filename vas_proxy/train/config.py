@@ -51,8 +51,9 @@ class TrainConfig:
     backbone: str = opt("smollm2", "value-model backbone: smollm2 (the bundled GGUF), a "
                                    "transformers model directory, or tiny (a tiny random model "
                                    "for tests)")
-    samples_per_prompt: int | None = opt(None, "responses sampled per prompt (default: 16, or "
-                                               "what --budget buys)", metavar="N")
+    samples_per_prompt: int | None = opt(None, "responses sampled per prompt (default: "
+                                               f"{defaults.TRAIN_SAMPLES}, or what --budget "
+                                               "buys)", metavar="N")
     budget: str | None = opt(None, "spend this on the run: minutes (45m, 1.5h) or rollouts "
                                    "(2000); picks --samples-per-prompt from this machine's "
                                    "measured rates and prints the plan", metavar="BUDGET")
