@@ -14,6 +14,8 @@ import re
 import shutil
 from pathlib import Path
 
+from vas_proxy.train.verdict import quality
+
 
 def rows(root: Path) -> list[dict]:
     out = []
@@ -36,8 +38,8 @@ def rows(root: Path) -> list[dict]:
 
 
 def _ratio(v: dict, prefix: str):
-    mse, base = v.get(f"{prefix}_mse"), v.get(f"{prefix}_baseline_mse")
-    return mse / base if mse is not None and base else None
+    q = quality(v, prefix)  # the same figure train's verdict judges
+    return q["ratio"] if q else None
 
 
 def _f(x, fmt=".3f"):
@@ -59,6 +61,7 @@ def plot(rs: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
+
     from vas_proxy.train.verdict import corr_interval
 
     rewards = sorted({r["reward"] for r in rs})

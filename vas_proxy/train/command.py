@@ -62,6 +62,9 @@ def check_config(cfg: TrainConfig) -> None:
     for ok, message in rules:
         if not ok:
             raise ConfigError(message)
+    if cfg.budget is not None:
+        from .budget import parse_budget
+        parse_budget(cfg.budget)  # a bad budget fails before anything loads
     if cfg.embedded is not None and cfg.embedded not in SERVERS:
         raise ConfigError(f"--embedded {cfg.embedded!r}: use {' or '.join(SERVERS)}")
     if cfg.backbone not in ("smollm2", "tiny") and not Path(cfg.backbone).expanduser().is_dir():
@@ -240,9 +243,6 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
 
     # User errors first, before torch and transformers are even imported.
     check_config(cfg)
-    if cfg.budget is not None:
-        from .budget import parse_budget
-        parse_budget(cfg.budget)  # a bad budget fails before anything loads
     items = read_prompts(cfg.prompts)
     cfg = resolve_samples(cfg, len(items))
     reward = load_reward(cfg.reward, device=cfg.device, quiet=cfg.quiet)

@@ -114,7 +114,7 @@ class Trainer:
         self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
         self.out = Path(out)
         # --standardize: fit z-scores; `reward_units` maps the head back for saving/validating
-        rewards = np.array([e.reward for e in examples], dtype=float) if examples else np.zeros(1)
+        rewards = np.array([e.reward for e in examples], dtype=float)
         self.target_mean, self.target_sd = 0.0, 1.0
         if cfg.standardize and rewards.std() > 1e-12:
             self.target_mean, self.target_sd = float(rewards.mean()), float(rewards.std())
