@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	@# CPU torch from local disk for development; the library itself asks only torch>=2.4.
 	$(PY) -m pip install -q torch==2.13.0
-	@echo "installing vas_proxy[local,personal,dev] (llama-cpp-python compiles once, ~4 min)"
-	$(PY) -m pip install -q -e '.[local,personal,dev]'
+	@echo "installing vas_proxy[local,personal,rl,dev] (llama-cpp-python compiles once, ~4 min)"
+	$(PY) -m pip install -q -e '.[local,personal,rl,dev]'
 	@# llama.cpp's C++ server, the embedded default and the second real upstream (tests):
 	@# built once from pinned source, cached outside the checkout
 	PYTHON=$(PY) bash scripts/build-llama-server.sh $(VENV)/bin

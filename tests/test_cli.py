@@ -210,6 +210,11 @@ BEFORE["serve"].update({
     "--limit-body-bytes": ("store", int, 4 * 1024 * 1024),
     "--limit-prompt-chars": ("store", int, 200_000), "--limit-generations": ("store", int, 64),
     "--limit-deadline": ("store", float, 600.0), "--shutdown-grace": ("store", float, 15.0)})
+# Issue 15 (the RL baselines): serve the embedded model with a tuned LoRA adapter; eval rows
+# of tuned models.
+for _cmd in ("generate", "serve"):
+    BEFORE[_cmd]["--adapter"] = ("store", str, None)
+BEFORE["eval"]["--tuned"] = ("append", str, None)
 REQUIRED = {"generate": {"prompt"}, "train": {"--prompts", "--reward", "--out"},
             "eval": {"--prompts", "--reward", "--out"}}
 CHOICES = {"--dtype": ["float32", "bfloat16", "float16"],

@@ -203,7 +203,7 @@ def test_eval_flags_become_the_config():
     assert (cfg.limit, cfg.quiet, cfg.timeout) == (3, True, 120.0)
     assert list(cfg.to_dict()) == [
         "prompts", "rewards", "out", "values", "betas", "best_of", "weights", "bon_reward",
-        "pruned_best_of", "prune_block", "prune_keep", "guided_best_of", "guided_beta",
+        "pruned_best_of", "prune_block", "prune_keep", "guided_best_of", "guided_beta", "tuned",
         "prices", "max_tokens", "top_k", "speculate", "seed", "samples", "limit", "concurrency",
         "upstream", "model", "provider", "chat_template", "continuation", "embedded", "device",
         "dtype", "timeout", "resume", "quiet"]

@@ -146,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     _register_eval(sub)
     from .demo import register as _register_demo
     _register_demo(sub)
+    from .baseline.command import register as _register_baseline
+    _register_baseline(sub)
     return p
 
 

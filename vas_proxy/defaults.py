@@ -77,6 +77,16 @@ EVAL_BEST_OF = (1, 4, 16)
 EVAL_SAMPLES = 1  # responses per prompt and setting
 # Price tables the eval reports costs under (vas_proxy/prices.py; FILE.json for one's own)
 EVAL_PRICES = ("flat", "out4", "out4-prefix", "openai")
+# `vas-proxy baseline rl` (the RL baselines, TRL). Betas as their papers use them: DPO's 0.1
+# (Rafailov et al.; TRL's default), GRPO's KL coefficient 0.04 (DeepSeekMath).
+DPO_BETA = 0.1
+GRPO_BETA = 0.04
+RL_LR = 1e-4  # LoRA adapters take ~10x full fine-tuning's rate
+DPO_EPOCHS = 3
+DPO_BATCH = 8
+GRPO_STEPS = 100
+GRPO_GENERATIONS = 4
+GRPO_PROMPTS_PER_STEP = 2
 DEMO_PROMPTS = 3  # built-in prompts shown
 DEMO_MAX_TOKENS = 32
 DEMO_BETA = 4.0  # the bundled models move their reward clearly only from about here up

@@ -14,6 +14,7 @@ PROXY_API_KEY = "VAS_PROXY_API_KEY"  # the key `serve` requires of its clients
 CACHE_DIR = "VAS_PROXY_CACHE_DIR"  # response cache and dequantized backbones
 TORCH_THREADS = "VAS_PROXY_TORCH_THREADS"  # CPU threads of the value models
 LLAMA_SERVER = "VAS_LLAMA_SERVER"  # path of llama.cpp's llama-server binary
+LLAMA_CONVERT = "VAS_LLAMA_CONVERT"  # path of llama.cpp's convert_lora_to_gguf.py
 
 
 def _get(name: str) -> str | None:
@@ -52,6 +53,19 @@ def llama_server_binary() -> str | None:
     if beside.exists():
         return str(beside)
     return shutil.which("llama-server")
+
+
+def llama_lora_converter() -> str | None:
+    """$VAS_LLAMA_CONVERT, else the `convert/convert_lora_to_gguf.py` that
+    scripts/build-llama-server.sh keeps beside the llama-server binary; None when none is."""
+    given = _get(LLAMA_CONVERT)
+    if given:
+        return given
+    binary = llama_server_binary()
+    if binary is None:
+        return None
+    script = Path(binary).resolve().parent / "convert" / "convert_lora_to_gguf.py"
+    return str(script) if script.is_file() else None
 
 
 def torch_threads() -> str | None:

@@ -118,8 +118,11 @@ async def open_runtime(opts: Options) -> AsyncIterator[Runtime]:
         # (llama.cpp's server: /props), else raw prompts
         template = load_template(up.chat_template) if up.chat_template else None
         provider = up.provider
+        if up.adapter and base_url is not None:
+            raise ConfigError("--adapter applies to the embedded upstream only; a remote "
+                              "upstream serves its own models")
         if base_url is None:
-            local = LocalUpstream(server=up.embedded or default_server())
+            local = LocalUpstream(server=up.embedded or default_server(), lora=up.adapter)
             with progress.step(f"starting the embedded SmolLM2 upstream ({local.server})",
                                enabled=opts.verbose):
                 stack.enter_context(local)

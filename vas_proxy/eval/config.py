@@ -19,6 +19,9 @@ from ..errors import ConfigError
 from ..options import (GuidanceOptions, UpstreamOptions, ValueLoadOptions, comma_list, option,
                        option_like)
 from ..options.groups import REWARD_HELP, parse_rewards, parse_values
+from ..options.named_specs import parse_floats, parse_ints, parse_weights
+
+__all__ = ["EvalConfig", "Setting", "canonical_weights", "parse_weights", "weights_label"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,8 @@ class Setting:
     """One configuration: `base` (the engine at beta 0), `vas` (the engine at `beta` with
     `weights`), `bon` (Best-of-`best_of` by `bon_reward`), `pbon` (value-pruned Best-of-N: the
     value models at `weights` rank partial responses every `prune_block` tokens and keep the top
-    `prune_keep`) or `gbon` (Best-of-N over VAS samples at `beta`, `weights`)."""
+    `prune_keep`), `gbon` (Best-of-N over VAS samples at `beta`, `weights`) or `tuned` (plain
+    sampling from the RL-tuned model `--tuned` names `tuned`)."""
 
     method: str
     beta: float = 0.0
@@ -35,11 +39,14 @@ class Setting:
     bon_reward: str = ""
     prune_block: int = 0
     prune_keep: float = 0.0
+    tuned: str = ""
 
     @property
     def name(self) -> str:
         if self.method == "base":
             return "base"
+        if self.method == "tuned":
+            return f"tuned {self.tuned}"
         if self.method == "bon":
             return f"bon N={self.best_of} {self.bon_reward}"
         if self.method == "pbon":
@@ -72,43 +79,20 @@ def canonical_weights(weights: dict[str, float]) -> tuple[tuple[str, float], ...
     return tuple(sorted((k, float(v)) for k, v in weights.items() if v != 0))
 
 
-def parse_floats(text: str, flag: str) -> list[float]:
-    return [_parse(x, float, flag) for x in _items(text)]
-
-
-def parse_ints(text: str, flag: str) -> list[int]:
-    return [_parse(x, int, flag) for x in _items(text)]
-
-
-def _items(text: str) -> list[str]:
-    if text.strip().lower() in ("", "none"):
-        return []
-    return [x.strip() for x in text.split(",") if x.strip()]
-
-
-def _parse(x: str, kind, flag: str):
-    try:
-        return kind(x)
-    except ValueError:
-        raise ConfigError(f"{flag}: {x!r} is not a{'n integer' if kind is int else ' number'}; "
-                          f"expected a comma-separated list, e.g. {flag} 1,4,16") from None
-
-
-def parse_weights(text: str) -> dict[str, float]:
-    """`a=1,b=-0.5` → {"a": 1.0, "b": -0.5} (negative weights push away from a value)."""
-    out: dict[str, float] = {}
-    for item in _items(text):
-        name, sep, w = item.partition("=")
-        if not sep or not name.strip():
-            raise ConfigError(f"--weights expects NAME=W[,NAME=W...], got {item!r}")
-        out[name.strip()] = _parse(w, float, "--weights")
-    if not out:
-        raise ConfigError("--weights needs at least one NAME=W")
-    return out
-
-
 def _weight_sets(items: list[str] | None) -> list[dict[str, float]] | None:
     return [parse_weights(w) for w in items] if items else None
+
+
+def _named_dirs(items: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ConfigError(f"--tuned expects NAME=DIR, got {item!r}")
+        if name.strip() in out:
+            raise ConfigError(f"--tuned name {name.strip()!r} given twice")
+        out[name.strip()] = path.strip()
+    return out
 
 
 def _upstream(group: type, name: str, **changes):
@@ -157,6 +141,11 @@ class EvalConfig:
                                        show=comma_list)
     guided_beta: float | None = option(None, "the hybrid's beta (default: the largest --beta)",
                                        metavar="B")
+    tuned: dict[str, str] = option(factory=dict, help="an RL-tuned model to sample beside the "
+                                   "rest: NAME=DIR of `vas-proxy baseline rl` (served by the "
+                                   "embedded llama-server with its adapter; KL measured with "
+                                   "the weights); repeatable", flag="--tuned",
+                                   metavar="NAME=DIR", repeat=True, parse=_named_dirs)
     prices: list[str] = option(factory=lambda: list(defaults.EVAL_PRICES),
                                help="price tables the report gives costs under: flat, out4, "
                                     "out4-prefix, openai or FILE.json", metavar="NAME,...",
@@ -195,9 +184,11 @@ class EvalConfig:
                  (self.prune_block >= 1, "--prune-block must be >= 1"),
                  (0 < self.prune_keep <= 1, "--prune-keep must be in (0, 1]"),
                  (bool(self.betas or self.best_of or self.pruned_best_of
-                       or self.guided_best_of),
-                  "nothing to evaluate: give --beta, --best-of, --pruned-best-of or "
-                  "--guided-best-of")]
+                       or self.guided_best_of or self.tuned),
+                  "nothing to evaluate: give --beta, --best-of, --pruned-best-of, "
+                  "--guided-best-of or --tuned"),
+                 (not self.tuned or self.upstream is None,
+                  "--tuned models are served by the embedded upstream: drop --upstream")]
         for ok, message in rules:
             if not ok:
                 raise ConfigError(message)
@@ -237,6 +228,7 @@ class EvalConfig:
                 for n in sorted(set(self.pruned_best_of))]
         out += [Setting("gbon", beta=self.hybrid_beta(), weights=first, best_of=n,
                         bon_reward=reward) for n in sorted(set(self.guided_best_of))]
+        out += [Setting("tuned", tuned=name) for name in self.tuned]
         return list(dict.fromkeys(out))  # same setting twice (e.g. zero weights): run it once
 
     def hybrid_beta(self) -> float:

@@ -43,6 +43,11 @@ def prepare(cfg: EvalConfig) -> tuple[Path, list[dict], dict]:
     """Check the config and the output directory before anything slow; returns the directory,
     the records already there (resume) and the rewards."""
     cfg.check()
+    if cfg.tuned:
+        from ..baseline.export import read_meta
+
+        for path in cfg.tuned.values():
+            read_meta(path)  # not a finished tuned model: fail before anything starts
     items = read_prompts(cfg.prompts)
     rewards = load_rewards(cfg.rewards, device=cfg.device, verbose=not cfg.quiet)
     out = Path(cfg.out).expanduser()
@@ -62,6 +67,7 @@ def prepare(cfg: EvalConfig) -> tuple[Path, list[dict], dict]:
         old = json.loads((out / CONFIG_FILE).read_text())
         saved["values"] = {**old.get("values", {}), **cfg.values}
         saved["rewards"] = {**old.get("rewards", {}), **cfg.rewards}
+        saved["tuned"] = {**old.get("tuned", {}), **cfg.tuned}
     saved["command"] = " ".join(sys.argv)
     (out / CONFIG_FILE).write_text(json.dumps(saved, indent=2) + "\n")
     return out, records, {"items": items[:cfg.limit] if cfg.limit else items, "rewards": rewards}
@@ -77,10 +83,11 @@ def _check_resume(cfg: EvalConfig, out: Path) -> None:
         if key in old and old[key] != new.get(key):  # (absent: a run from before the key)
             raise ConfigError(f"--resume: {key} was {old.get(key)!r} in {out}, now "
                               f"{new.get(key)!r}; results would not be comparable")
-    for kind in ("values", "rewards"):
-        for name, spec in new[kind].items():
+    for kind in ("values", "rewards", "tuned"):
+        for name, spec in new.get(kind, {}).items():
             if name in old.get(kind, {}) and old[kind][name] != spec:
-                raise ConfigError(f"--resume: {kind[:-1]} {name!r} was {old[kind][name]!r} in "
+                what = {"values": "value", "rewards": "reward", "tuned": "tuned model"}[kind]
+                raise ConfigError(f"--resume: {what} {name!r} was {old[kind][name]!r} in "
                                   f"{out}, now {spec!r}; use another name")
 
 
@@ -122,52 +129,81 @@ async def run(cfg: EvalConfig, api_key: str | None = None) -> Path:
                    loading=ValueLoadOptions(device=cfg.device, dtype=cfg.dtype),
                    cache=CacheOptions(use_cache=False),  # cost is what we measure: no cache
                    verbose=not cfg.quiet)
-    async with open_runtime(opts) as rt:
-        # Whole calls: a cancelled stream's bill is not the upstream's to see (docs/design.md
-        # §3.5), and cost is what an evaluation measures.
-        rt.engine.overlap = False
-        for s in settings:  # unknown weights etc. fail now, not after an hour
-            if s.method in ("vas", "pbon", "gbon"):
-                rt.engine.resolve({"beta": s.beta, "weights": s.weights_dict})
-        prompts = render_prompts(items, rt.template)
-        prepared = {p.index: await prepare_prompt(rt, p) for p in prompts}
-        stop = rt.template.stop_strings if rt.template else []
-        units = work_units(settings, prompts, cfg.samples, done,
-                           pool=not rt.engine.upstream.profile.accepts_n)
-        timings = read_json(out / TIMINGS_FILE)
-        bar = _progress(sum(len(u[1]) for u in units), cfg.quiet)
-        try:
-            with (out / RESULTS_FILE).open("a", encoding="utf-8") as f:
-                for label in dict.fromkeys(u[0] for u in units):
-                    mine = [u for u in units if u[0] == label]
-                    bar.set_description(label)
-                    t0 = time.perf_counter()
-                    gate = asyncio.Semaphore(cfg.concurrency)
-
-                    async def one(group: list[Setting], p: PromptItem, j: int, label=label):
-                        seed = seed_for(cfg, p.index, j, len(prompts))
-                        kw = dict(max_tokens=cfg.max_tokens, top_k=cfg.top_k)
-                        async with gate:
-                            kw["prep"] = prepared[p.index]
-                            if label == POOL:
-                                recs = await generate_pool(rt, group, p, seed, rewards, stop,
-                                                           **kw)
-                            else:
-                                recs = [await generate(rt, group[0], p, seed, rewards, stop,
-                                                       **kw)]
-                        for rec in recs:
-                            rec["sample"] = j
-                            f.write(json.dumps(rec) + "\n")
-                        f.flush()
-                        bar.update(len(recs))
-
-                    await asyncio.gather(*(one(group, p, j) for _, group, p, j in mine))
-                    timings[label] = timings.get(label, 0.0) + time.perf_counter() - t0
-                    (out / TIMINGS_FILE).write_text(json.dumps(timings, indent=2) + "\n")
-        finally:
-            bar.close()
+    main = [s for s in settings if s.method != "tuned"]
+    if main:
+        async with open_runtime(opts) as rt:
+            # Whole calls: a cancelled stream's bill is not the upstream's to see
+            # (docs/design.md §3.5), and cost is what an evaluation measures.
+            rt.engine.overlap = False
+            for s in main:  # unknown weights etc. fail now, not after an hour
+                if s.method in ("vas", "pbon", "gbon"):
+                    rt.engine.resolve({"beta": s.beta, "weights": s.weights_dict})
+            await _drive(cfg, rt, main, items, done, rewards, out)
+    for s in settings:
+        if s.method == "tuned" and any(
+                (s.name, i, j) not in done for i in range(len(items)) for j in range(cfg.samples)):
+            await _drive_tuned(cfg, opts, s, items, done, rewards, out)
     write_report(out, quiet=cfg.quiet)
     return out
+
+
+async def _drive_tuned(cfg: EvalConfig, opts: Options, s: Setting, items, done, rewards,
+                       out: Path) -> None:
+    """A tuned model's rows: the embedded llama-server with its adapter, sampled as base is
+    (the engine at beta 0), each response's KL to the base measured with the weights."""
+    from dataclasses import replace
+
+    from ..baseline.export import ADAPTER_DIR, ADAPTER_GGUF
+    from ..baseline.scorer import TunedScorer
+
+    folder = Path(cfg.tuned[s.tuned]).expanduser()
+    scorer = await asyncio.to_thread(TunedScorer, folder / ADAPTER_DIR)
+    tuned_opts = replace(opts, upstream=replace(opts.upstream, adapter=str(folder / ADAPTER_GGUF)),
+                         guidance=replace(opts.guidance, values={}))
+    async with open_runtime(tuned_opts) as rt:
+        rt.engine.overlap = False
+        await _drive(cfg, rt, [s], items, done, rewards, out, scorer=scorer)
+
+
+async def _drive(cfg: EvalConfig, rt: Runtime, settings: list[Setting], items, done: set,
+                 rewards: dict, out: Path, scorer=None) -> None:
+    """Run what is left of `settings` on `rt`, appending records and timings as they finish."""
+    prompts = render_prompts(items, rt.template)
+    prepared = {p.index: await prepare_prompt(rt, p) for p in prompts}
+    stop = rt.template.stop_strings if rt.template else []
+    units = work_units(settings, prompts, cfg.samples, done,
+                       pool=not rt.engine.upstream.profile.accepts_n)
+    timings = read_json(out / TIMINGS_FILE)
+    bar = _progress(sum(len(u[1]) for u in units), cfg.quiet)
+    try:
+        with (out / RESULTS_FILE).open("a", encoding="utf-8") as f:
+            for label in dict.fromkeys(u[0] for u in units):
+                mine = [u for u in units if u[0] == label]
+                bar.set_description(label)
+                t0 = time.perf_counter()
+                gate = asyncio.Semaphore(cfg.concurrency)
+
+                async def one(group: list[Setting], p: PromptItem, j: int, label=label):
+                    seed = seed_for(cfg, p.index, j, len(prompts))
+                    kw = dict(max_tokens=cfg.max_tokens, top_k=cfg.top_k)
+                    async with gate:
+                        kw["prep"] = prepared[p.index]
+                        if label == POOL:
+                            recs = await generate_pool(rt, group, p, seed, rewards, stop, **kw)
+                        else:
+                            recs = [await generate(rt, group[0], p, seed, rewards, stop,
+                                                   scorer=scorer, **kw)]
+                    for rec in recs:
+                        rec["sample"] = j
+                        f.write(json.dumps(rec) + "\n")
+                    f.flush()
+                    bar.update(len(recs))
+
+                await asyncio.gather(*(one(group, p, j) for _, group, p, j in mine))
+                timings[label] = timings.get(label, 0.0) + time.perf_counter() - t0
+                (out / TIMINGS_FILE).write_text(json.dumps(timings, indent=2) + "\n")
+    finally:
+        bar.close()
 
 
 POOL = "bon pool"
@@ -240,7 +276,7 @@ async def generate_pool(rt: Runtime, group: list[Setting], p: PromptItem, seed: 
 
 async def generate(rt: Runtime, s: Setting, p: PromptItem, seed: int, rewards: dict,
                    stop: list[str], *, max_tokens: int, top_k: int,
-                   prep: Prepared | None = None) -> dict:
+                   prep: Prepared | None = None, scorer=None) -> dict:
     """One generation of setting `s` for prompt `p`, scored by every reward: the record that
     `results.jsonl` holds (also what `vas-proxy demo` prints). `prep`: `p` as
     `prepare_prompt` makes it (made here when not given)."""
@@ -281,7 +317,10 @@ async def generate(rt: Runtime, s: Setting, p: PromptItem, seed: int, rewards: d
             guidance=guidance))
         text, finish, usage = g.text, g.finish_reason, g.usage
         kl, kl_kind = g.kl, "estimate"
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0  # (a tuned row's KL below is measurement, not serving)
+    if s.method == "tuned":  # g.kl is against the tuned model itself: measure the base's
+        kl = await asyncio.to_thread(scorer.kl, prep.text, text, finish == "stop")
+        kl_kind = "exact"
     return _record(s, p, seed, text, finish, await _scores(rewards, p, text), kl, kl_kind,
                    usage, seconds, extra)
 

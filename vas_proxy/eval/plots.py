@@ -54,6 +54,9 @@ def curves(rows: list[dict]) -> dict[str, list[dict]]:
         if list(labels.values()).count(label) > 1:  # e.g. two prune settings: say which
             label = f"{label}: {key}"
         out[label] = sorted(rs, key=lambda r: r["best_of"] or 0)
+    for r in rows:  # an RL-tuned model is one point: one strength, one fixed mixture
+        if r["method"] == "tuned":
+            out[f"RL {r['setting'].split(' ', 1)[1]}"] = [r]
     if base and not out:
         out["base"] = base
     return out
@@ -73,6 +76,8 @@ def _family(r: dict) -> str:
 
 
 def _label(r: dict) -> str:
+    if r["method"] == "tuned":
+        return ""
     if r["method"] in ("bon", "pbon", "gbon"):
         return f"N={r['best_of']}"
     return f"β={r['beta']:g}"

@@ -32,7 +32,7 @@ __all__ = ["SUMMARY_CSV", "SUMMARY_MD", "PLOT_KL", "PLOT_COST", "PLOT_LATENCY",
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
 # base, VAS, Best-of-N: plain, value-pruned, of VAS samples
-_METHOD_ORDER = {"base": 0, "vas": 1, "bon": 2, "pbon": 3, "gbon": 4}
+_METHOD_ORDER = {"base": 0, "vas": 1, "bon": 2, "pbon": 3, "gbon": 4, "tuned": 5}
 _BEST_OF = ("bon", "pbon", "gbon")
 
 

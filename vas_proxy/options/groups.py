@@ -47,6 +47,9 @@ class UpstreamOptions:
                                "completions (text, template applied here)")
     embedded: str | None = option(None, "the embedded upstream's server: llama-server or "
                                         "llama-cpp-python (default: llama-server where built)")
+    adapter: str | None = option(None, "a LoRA adapter GGUF the embedded upstream applies to "
+                                       "SmolLM2: a tuned model (`vas-proxy baseline rl`'s "
+                                       "adapter.gguf)", metavar="FILE")
 
 
 @dataclass

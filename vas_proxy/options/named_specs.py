@@ -1,5 +1,6 @@
 """Value and reward SPEC lists as the CLI takes them (`--value NAME=SPEC`, `--reward
-[NAME=]SPEC`) and the default value model. Light (no torch): the parser uses them at every
+[NAME=]SPEC`), weight settings (`--weights a=1,b=-0.5`), number lists, and the default value
+model. Light (no torch): the parser uses them at every
 start, and `runtime`, `wrap` and the demo read the same defaults from here.
 """
 
@@ -54,4 +55,39 @@ def parse_reward_specs(items: Sequence[str] | None) -> dict[str, str]:
         if name in out:
             raise ConfigError(f"reward name {name!r} given twice")
         out[name] = spec
+    return out
+
+
+def parse_floats(text: str, flag: str) -> list[float]:
+    return [_parse(x, float, flag) for x in _items(text)]
+
+
+def parse_ints(text: str, flag: str) -> list[int]:
+    return [_parse(x, int, flag) for x in _items(text)]
+
+
+def _items(text: str) -> list[str]:
+    if text.strip().lower() in ("", "none"):
+        return []
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _parse(x: str, kind, flag: str):
+    try:
+        return kind(x)
+    except ValueError:
+        raise ConfigError(f"{flag}: {x!r} is not a{'n integer' if kind is int else ' number'}; "
+                          f"expected a comma-separated list, e.g. {flag} 1,4,16") from None
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """`a=1,b=-0.5` → {"a": 1.0, "b": -0.5} (negative weights push away from a value)."""
+    out: dict[str, float] = {}
+    for item in _items(text):
+        name, sep, w = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--weights expects NAME=W[,NAME=W...], got {item!r}")
+        out[name.strip()] = _parse(w, float, "--weights")
+    if not out:
+        raise ConfigError("--weights needs at least one NAME=W")
     return out

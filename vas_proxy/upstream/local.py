@@ -52,6 +52,17 @@ def _child_setup() -> None:  # runs in the child between fork and exec
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _digest(path: Path) -> str:
+    """12 hex digits of the file's sha256 ("missing" when there is none: start() says so)."""
+    import hashlib
+
+    try:
+        with path.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()[:12]
+    except OSError:
+        return "missing"
+
+
 class LocalUpstream:
     """Run `server` ("llama-cpp-python": `python -m llama_cpp.server`; "llama-server": llama.cpp's
     binary with `slots` parallel slots) on the bundled GGUF (or `model_path`) for the `with`
@@ -63,7 +74,8 @@ class LocalUpstream:
                  port: int | None = None, n_ctx: int = 2048, n_threads: int | None = None,
                  startup_timeout: float = 120.0, model_alias: str = LOCAL_MODEL_NAME,
                  extra_args: list[str] | None = None, deterministic: bool = True,
-                 server: str = "llama-cpp-python", slots: int = 1):
+                 server: str = "llama-cpp-python", slots: int = 1,
+                 lora: str | Path | None = None):
         if server not in SERVERS:
             raise ConfigError(f"unknown embedded server {server!r}: use {' or '.join(SERVERS)}")
         self.server, self.slots = server, slots
@@ -72,7 +84,10 @@ class LocalUpstream:
         self.host, self.port = host, port
         self.n_ctx, self.n_threads = n_ctx, n_threads
         self.startup_timeout = startup_timeout
-        self.model = model_alias
+        # A LoRA adapter GGUF applied to the model (a tuned model from `vas-proxy baseline rl`).
+        # The alias names it, so no cache or client mistakes the tuned model for the base.
+        self.lora = Path(lora) if lora else None
+        self.model = model_alias if lora is None else f"{model_alias}+lora-{_digest(self.lora)}"
         self.extra_args = list(extra_args or [])
         self.deterministic = deterministic
         self.state_cache_bytes = 1 << 30
@@ -96,6 +111,8 @@ class LocalUpstream:
                "--parallel", str(self.slots), "--no-webui", "--log-disable"]
         if self.n_threads:
             cmd += ["--threads", str(self.n_threads)]
+        if self.lora:
+            cmd += ["--lora", str(self.lora)]
         if self.deterministic:
             # as for llama-cpp-python below: one token per physical batch, so logprobs do not
             # depend on how the prompt was split between the prefix cache and a new batch
@@ -104,6 +121,9 @@ class LocalUpstream:
 
     def start(self) -> "LocalUpstream":
         path = self.model_path or smollm2_gguf()
+        if self.lora and not self.lora.is_file():
+            raise ConfigError(f"adapter {self.lora} does not exist (a LoRA GGUF, e.g. a "
+                              "`vas-proxy baseline rl` run's adapter.gguf)")
         self.port = self.port or free_port(self.host)
         if self.server == "llama-server":
             return self._launch(self._llama_server_cmd(path))
@@ -117,6 +137,8 @@ class LocalUpstream:
                "--n_ctx", str(self.n_ctx)]
         if self.n_threads:
             cmd += ["--n_threads", str(self.n_threads)]
+        if self.lora:
+            cmd += ["--lora_path", str(self.lora)]
         if self.deterministic:
             # llama.cpp's batched prompt evaluation (quantised activations, other kernels) gives
             # logits that differ by up to ~0.1 nat from one-token evaluation, so the reported
