@@ -106,3 +106,20 @@ def test_budget_plan_spends_the_budget_on_samples_per_prompt():
     assert "raised to that" in plan(Budget(minutes=1), 200, **cost).note
     big = plan(Budget(rollouts=10**6), 10, **cost)
     assert big.samples_per_prompt == MAX_SAMPLES and "add prompts" in big.note
+
+
+def test_a_low_within_prompt_correlation_cautions_a_guiding_model():
+    from vas_proxy.train.verdict import GUIDES, WITHIN_CAUTION
+
+    stats = data_stats([0.1, 0.5, 0.9] * 100, list(range(300)), [1.0, 0.5])
+    good = {**metrics(0.066, 0.119, 0.71), "val_half_n": 160}
+    # the personal model's figures: guides across prompts, 0.40 within
+    v = judge({**good, "val_half_within_corr": WITHIN_CAUTION - 0.05}, stats)
+    assert v.label == GUIDES and len(v.cautions) == 1 and "within prompts" in v.cautions[0]
+    assert "caution: within prompts its correlation is only 0.40" in v.text()
+    assert not judge({**good, "val_half_within_corr": 0.6}, stats).cautions
+    assert not judge(good, stats).cautions  # unknown (a model from before the figure)
+    # an old checkpoint's verdict, saved without the field, still loads
+    from vas_proxy.train.verdict import Verdict
+    old = {k: x for k, x in v.to_dict().items() if k != "cautions"}
+    assert Verdict(**old).cautions == []

@@ -37,7 +37,9 @@ def _common(cfg, out: Path) -> dict:
                 logging_steps=1, save_steps=cfg.save_every, save_total_limit=1,
                 report_to=[], disable_tqdm=cfg.quiet, use_cpu=cfg.device == "cpu",
                 lr_scheduler_type="constant_with_warmup", warmup_steps=cfg.warmup,
-                max_grad_norm=1.0, remove_unused_columns=False, dataloader_num_workers=0)
+                max_grad_norm=1.0, remove_unused_columns=False, dataloader_num_workers=0,
+                # TRL turns it on by default; a 135M model on a CPU has the memory, not the time
+                gradient_checkpointing=False)
 
 
 def _quiet(trainer, cfg):

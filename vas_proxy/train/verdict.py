@@ -10,10 +10,12 @@ reward of fresh completions of the half, as a ratio to the MSE of the best const
 targets' variance: a ratio of 1 is "knows nothing"), and the Pearson correlation with its 95%
 interval (Fisher z). The same on final responses against their own reward. Half-responses
 decide: guidance acts on partial responses, and a final response's reward is visible in its
-text, which makes the final figures the easier test. Also shown, not yet judged on: the
-correlation within prompts (each prompt's mean removed), the part guidance uses; the bundled
-personal model scored "guides" on the figures above (0.62 across prompts, 0.40 within) and
-moved its reward by only 0.9 s.e. at beta 4 (README), so a verdict is a floor, not a promise.
+text, which makes the final figures the easier test. Also shown: the correlation within
+prompts (each prompt's mean removed), the part guidance uses. The bundled personal model
+scored "guides" on the figures above (0.62 across prompts, 0.40 within) and moved its reward
+by only 0.9 s.e. at beta 4 (README): one case, enough for a caution on a low within-prompt
+figure (`WITHIN_CAUTION`), not for a threshold of the label. A verdict is a floor, not a
+promise.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ FEW_PROMPTS = 50  # training prompts: a value model must generalise across promp
 FEW_HELDOUT = 40  # held-out half-responses behind the figures
 UNDERFIT_DROP = 0.10  # the training loss fell less than this fraction
 OVERFIT_DROP = 0.50  # the training loss fell more than this while held-out stayed at the mean
+# Within-prompt correlation below this earns a "guides" model a caution, not a lower label:
+# one known case sets it (the bundled personal model, 0.40 within, moved its reward by 0.9
+# s.e. at beta 4), too few to draw the line the label would need.
+WITHIN_CAUTION = 0.45
 
 
 def corr_interval(r: float | None, n: int, z: float = 1.96) -> tuple[float, float] | None:
@@ -111,6 +117,7 @@ class Verdict:
     quality: str
     causes: list[str] = field(default_factory=list)
     advice: list[str] = field(default_factory=list)
+    cautions: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,6 +126,7 @@ class Verdict:
         lines = [f"verdict: {self.label} ({self.quality})"]
         lines += [f"  likely cause: {c}" for c in self.causes]
         lines += [f"  to do: {a}" for a in self.advice]
+        lines += [f"  caution: {c}" for c in self.cautions]
         return "\n".join(lines)
 
 
@@ -136,10 +144,16 @@ def judge(metrics: dict, stats: DataStats, *, samples_per_prompt: int | None = N
         label = GUIDES
     else:
         label = WEAK
-    causes, advice = [], []
+    causes, advice, cautions = [], [], []
     if label != GUIDES:
         _causes(stats, q, label, samples_per_prompt, causes, advice)
-    return Verdict(label, line, causes, advice)
+    within = metrics.get("val_half_within_corr")
+    if label == GUIDES and within is not None and within < WITHIN_CAUTION:
+        cautions.append(f"within prompts its correlation is only {within:.2f}: much of what it "
+                        "knows is which prompt it is, which guidance cannot use (a model at "
+                        "0.62 across and 0.40 within prompts moved its reward by 0.9 s.e. at "
+                        "beta 4); measure it with `vas-proxy eval` before relying on it")
+    return Verdict(label, line, causes, advice, cautions)
 
 
 def _causes(s: DataStats, q: dict, label: str, samples_per_prompt: int | None,
