@@ -4,6 +4,7 @@ what was fixed before they ran) and the tuned models' own records (runs/rl/*/bas
 
     python benchmarks/rl_results.py [--no-forgetting]   # also the README block between markers
 
+--no-forgetting reuses docs/baselines/forgetting.json from the last full run.
 Forgetting needs the tuned adapters (runs/rl/NAME/adapter) and takes ~1 min per model on 2
 cores: the base rows' 128 responses scored under each tuned model and the base.
 """
@@ -39,6 +40,17 @@ MIX = "vas b=4 plain=0.5 positivity=0.5"
 TUNED = ["dpo_b0.1", "dpo_b0.5", "grpo", "dpo_mix"]
 
 
+def _sampling_minutes() -> float:
+    """Wall time of the shared rollouts (runs/rl/sample.log's `N s wall` line)."""
+    for line in (RUNS / "sample.log").read_text().splitlines():
+        if line.endswith("KiB peak") and " s wall" in line:
+            return float(line.split(" s wall")[0]) / 60
+    return float("nan")
+
+
+SAMPLING_MIN = _sampling_minutes() if (RUNS / "sample.log").is_file() else float("nan")
+
+
 def kl_of(r: dict) -> float:
     return float(r["kl"]) if r.get("kl") is not None else float("nan")
 
@@ -62,13 +74,16 @@ def rows_table(sets: dict, metas: dict, forget: dict) -> list[str]:
         if name.startswith("tuned"):
             m = metas[name.split(" ", 1)[1]]
             cost = m["cost"]
-            sampled = (f"{cost['base_rollouts']} rollouts" if cost["base_rollouts"] else "") + \
-                (f" + {cost['policy_samples']} own samples" if cost["policy_samples"] else "")
-            train = f"{cost['train_seconds'] / 60:.1f} min, {sampled.strip(' +')}"
+            if cost["pairs"]:  # DPO: the shared black-box sampling is its cost too
+                train = (f"{cost['train_seconds'] / 60:.1f} min + {SAMPLING_MIN:.1f} min "
+                         f"sampling; {cost['base_rollouts']} rollouts")
+            else:
+                train = (f"{cost['train_seconds'] / 60:.1f} min; {cost['policy_samples']} "
+                         "own samples")
             f = forget.get(name.split(" ", 1)[1])
             fg = pm(*f) if f else "not measured"
         if name.startswith("vas"):
-            train = "value model (see below)"
+            train = "bundled `plain`: 1254 rollouts of 32 tokens (time not recorded)"
         out.append(f"| {name} | {len(rs)} | {pm(*plain)} | {pm(*vader)} | "
                    f"{pm(*kl, 2)}{' (bound)' if kind == 'bound' else ''} | "
                    f"{np.mean([r['upstream_calls'] for r in rs]):.1f} | {pm(*c, 0)} | "
@@ -82,7 +97,7 @@ def versus(sets: dict) -> list[str]:
     out = []
     for t in TUNED:
         name = f"tuned {t}"
-        if name not in sets:
+        if name not in sets or t == "dpo_mix":  # a mixture: the composition plot's, not this
             continue
         kl = float(np.mean([kl_of(r) for r in sets[name].values()]))
         match = max((n for n in VAS if vas_kl[n] <= kl), key=lambda n: vas_kl[n])
@@ -182,7 +197,12 @@ def main() -> None:
     sets = by_setting(read_records(EVAL / RESULTS_FILE))
     metas = {t: json.loads((RUNS / t / "baseline.json").read_text()) for t in TUNED
              if (RUNS / t / "baseline.json").is_file()}
-    forget = {} if a.no_forgetting else forgetting(sets)
+    saved = DOCS / "forgetting.json"  # the slow part, kept so a rerun can skip it
+    if a.no_forgetting:
+        forget = json.loads(saved.read_text()) if saved.is_file() else {}
+    else:
+        forget = forgetting(sets)
+        saved.write_text(json.dumps(forget, indent=1) + "\n")
     DOCS.mkdir(parents=True, exist_ok=True)
     for t, m in metas.items():  # the tuned models' records, kept (the adapters are not)
         keep = DOCS / "models" / t
