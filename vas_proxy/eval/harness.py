@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import progress
 from ..bestof_modes import guided_best_of_n, pruned_best_of_n
 from ..bestofn import base_top_k, best_of_n, kl_bound, pruning_prompt, sample_prompt
 from ..engine import GenerationRequest
@@ -157,7 +158,8 @@ async def _drive_tuned(cfg: EvalConfig, opts: Options, s: Setting, items, done, 
     from ..baseline.scorer import TunedScorer
 
     folder = Path(cfg.tuned[s.tuned]).expanduser()
-    scorer = await asyncio.to_thread(TunedScorer, folder / ADAPTER_DIR)
+    with progress.quiet_third_party(enabled=cfg.quiet):  # nothing else runs yet: block
+        scorer = TunedScorer(folder / ADAPTER_DIR)
     tuned_opts = replace(opts, upstream=replace(opts.upstream, adapter=str(folder / ADAPTER_GGUF)),
                          guidance=replace(opts.guidance, values={}))
     async with open_runtime(tuned_opts) as rt:
