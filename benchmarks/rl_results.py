@@ -84,6 +84,8 @@ def rows_table(sets: dict, metas: dict, forget: dict) -> list[str]:
             fg = pm(*f) if f else "not measured"
         if name.startswith("vas"):
             train = "bundled `plain`: 1254 rollouts of 32 tokens (time not recorded)"
+            if "positivity" in name:
+                train = "bundled `plain` and `positivity` (3184 rollouts)"
         out.append(f"| {name} | {len(rs)} | {pm(*plain)} | {pm(*vader)} | "
                    f"{pm(*kl, 2)}{' (bound)' if kind == 'bound' else ''} | "
                    f"{np.mean([r['upstream_calls'] for r in rs]):.1f} | {pm(*c, 0)} | "
