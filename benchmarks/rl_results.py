@@ -68,9 +68,7 @@ def rows_table(sets: dict, metas: dict, forget: dict) -> list[str]:
         kl = mean_se([kl_of(r) for r in rs])
         kind = rs[0].get("kl_kind")
         c = mean_se([record_cost(r, price) for r in rs])
-        train, fg = "–", "0 (weights untouched)" if name != "base" else "0"
-        if name.startswith("bon"):
-            fg = "0 (weights untouched)"
+        train, fg = "–", "0" if name == "base" else "0 (weights untouched)"
         if name.startswith("tuned"):
             m = metas[name.split(" ", 1)[1]]
             cost = m["cost"]
@@ -142,6 +140,15 @@ def plots(sets: dict) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def save(fig, ax, xlabel: str, ylabel: str, name: str) -> None:
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(DOCS / name, dpi=110)
+        plt.close(fig)
+
     def point(name, key):
         rs = list(sets[name].values())
         return mean_se([r["rewards"][key] for r in rs])
@@ -161,13 +168,7 @@ def plots(sets: dict) -> list[str]:
             continue
         m, s = point(f"tuned {t}", "plain")
         ax.errorbar([kl(f"tuned {t}")], [m], yerr=[s], fmt="D", capsize=3, label=f"RL: {t}")
-    ax.set_xlabel("KL to the base (nats per response)")
-    ax.set_ylabel("plain (mean ± s.e.)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(DOCS / "reward_vs_kl.png", dpi=110)
-    plt.close(fig)
+    save(fig, ax, "KL to the base (nats per response)", "plain (mean ± s.e.)", "reward_vs_kl.png")
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     marks = [("base", "base", "k"), ("vas b=4 plain=1", "VAS β4: plain", "C0"),
@@ -181,13 +182,7 @@ def plots(sets: dict) -> list[str]:
         (px, sx), (vy, sy) = point(name, "plain"), point(name, "vader")
         ax.errorbar([px], [vy], xerr=[sx], yerr=[sy], fmt="o" if "mix" not in name.lower()
                     and "0.5" not in name else "^", color=color, capsize=3, label=label)
-    ax.set_xlabel("plain (mean ± s.e.)")
-    ax.set_ylabel("vader (mean ± s.e.)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(DOCS / "two_objectives.png", dpi=110)
-    plt.close(fig)
+    save(fig, ax, "plain (mean ± s.e.)", "vader (mean ± s.e.)", "two_objectives.png")
     return ["![plain vs KL](docs/baselines/reward_vs_kl.png)",
             "![two objectives](docs/baselines/two_objectives.png)"]
 

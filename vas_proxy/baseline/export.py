@@ -38,10 +38,10 @@ def to_gguf(adapter_dir: Path, config, out_file: Path) -> Path:
     """Convert a saved PEFT adapter to a llama.cpp LoRA GGUF (float32, as trained)."""
     import copy
 
-    from transformers import AutoModelForCausalLM
+    from .policy import causal_lm_class
 
     config = copy.deepcopy(config)  # the converter reads the architecture from config.json
-    config.architectures = [AutoModelForCausalLM._model_mapping[type(config)].__name__]
+    config.architectures = [causal_lm_class(config).__name__]
     with tempfile.TemporaryDirectory() as base:
         config.save_pretrained(base)
         tmp = out_file.with_name(f".{out_file.name}.tmp")

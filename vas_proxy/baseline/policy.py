@@ -23,10 +23,15 @@ def base_gguf() -> Path:
     return smollm2_gguf()
 
 
-def load_policy(gguf: Path | None = None, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """The GGUF's model with its LM head (tied to the embeddings), in eval mode."""
+def causal_lm_class(config) -> type:
+    """The LM-head model class of a config (LlamaConfig → LlamaForCausalLM)."""
     from transformers import AutoModelForCausalLM
 
+    return AutoModelForCausalLM._model_mapping[type(config)]
+
+
+def load_policy(gguf: Path | None = None, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The GGUF's model with its LM head (tied to the embeddings), in eval mode."""
     from ..values.gguf_cache import load_backbone
 
     backbone = load_backbone(Path(gguf or base_gguf()), dtype)
@@ -35,8 +40,8 @@ def load_policy(gguf: Path | None = None, dtype: torch.dtype = torch.float32) ->
         raise ValueError("the policy needs a model whose LM head is tied to its embeddings "
                          f"(SmolLM2 is); {config.model_type} has its own")
     state = {f"model.{k}": v for k, v in backbone.state_dict().items()}
-    cls = AutoModelForCausalLM._model_mapping[type(config)]  # e.g. LlamaForCausalLM
-    model = cls.from_pretrained(None, config=config, state_dict=state, dtype=dtype)
+    model = causal_lm_class(config).from_pretrained(None, config=config, state_dict=state,
+                                                    dtype=dtype)
     model.tie_weights()
     model.generation_config.pad_token_id = config.eos_token_id
     return model.eval()

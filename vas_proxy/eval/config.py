@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..options import (GuidanceOptions, UpstreamOptions, ValueLoadOptions, comma_list, option,
                        option_like)
 from ..options.groups import REWARD_HELP, parse_rewards, parse_values
-from ..options.named_specs import parse_floats, parse_ints, parse_weights
+from ..options.named_specs import parse_floats, parse_ints, parse_named, parse_weights
 
 __all__ = ["EvalConfig", "Setting", "canonical_weights", "parse_weights", "weights_label"]
 
@@ -83,18 +83,6 @@ def _weight_sets(items: list[str] | None) -> list[dict[str, float]] | None:
     return [parse_weights(w) for w in items] if items else None
 
 
-def _named_dirs(items: list[str] | None) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items or []:
-        name, sep, path = item.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise ConfigError(f"--tuned expects NAME=DIR, got {item!r}")
-        if name.strip() in out:
-            raise ConfigError(f"--tuned name {name.strip()!r} given twice")
-        out[name.strip()] = path.strip()
-    return out
-
-
 def _upstream(group: type, name: str, **changes):
     return option_like(group, name, section="upstream", **changes)
 
@@ -145,7 +133,9 @@ class EvalConfig:
                                    "rest: NAME=DIR of `vas-proxy baseline rl` (served by the "
                                    "embedded llama-server with its adapter; KL measured with "
                                    "the weights); repeatable", flag="--tuned",
-                                   metavar="NAME=DIR", repeat=True, parse=_named_dirs)
+                                   metavar="NAME=DIR", repeat=True,
+                                   parse=lambda items: parse_named(items, "--tuned",
+                                                                   "tuned model", "NAME=DIR"))
     prices: list[str] = option(factory=lambda: list(defaults.EVAL_PRICES),
                                help="price tables the report gives costs under: flat, out4, "
                                     "out4-prefix, openai or FILE.json", metavar="NAME,...",

@@ -26,14 +26,20 @@ def parse_value_specs(items: Sequence[str] | None) -> dict[str, str]:
     """`NAME=SPEC` items → {name: spec}; none → the defaults."""
     if not items:
         return default_value_specs()
+    return parse_named(items, "--value", "value model")
+
+
+def parse_named(items: Sequence[str] | None, flag: str, what: str,
+                form: str = "NAME=SPEC") -> dict[str, str]:
+    """`NAME=VALUE` items of a repeatable flag → {name: value}; each name once."""
     out: dict[str, str] = {}
-    for item in items:
-        name, sep, spec = item.partition("=")
-        if not sep or not name or not spec:
-            raise ConfigError(f"--value expects NAME=SPEC, got {item!r}")
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise ConfigError(f"{flag} expects {form}, got {item!r}")
         if name in out:
-            raise ConfigError(f"value model name {name!r} given twice")
-        out[name] = spec
+            raise ConfigError(f"{what} name {name!r} given twice")
+        out[name] = value
     return out
 
 
