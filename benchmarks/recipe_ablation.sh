@@ -18,7 +18,7 @@ mkdir -p "$ROOT"
 if [ "$1" = sample ]; then
   echo "== $(date -u +%H:%M:%S) sample"
   exec vas-proxy train --prompts "$ROOT/prompts.jsonl" --reward vader --out "$ROOT/samples" \
-       "${BASE[@]}" "${RECIPE[@]}" --epochs 0 $([ -f "$ROOT/samples/train_state.pt" ] && echo --resume)
+       "${BASE[@]}" "${RECIPE[@]}" --epochs 0 $([ -f "$ROOT/samples/rollouts.jsonl" ] && echo --resume)
 fi
 REWARD=$1 VARIANT=$2
 case "$VARIANT" in

@@ -1,8 +1,9 @@
 """Re-run `train`'s held-out validation on finished run directories (their final checkpoint,
 rollouts and validation halves), printing the current metrics: used to add the within-prompt
-correlation to runs made before it existed.
+correlation to runs made before it existed. `--value SPEC@RUN` validates another model (e.g.
+bundled:plain) on RUN's held-out halves, so old and new models meet on the same data.
 
-    python benchmarks/revalidate.py runs/ablation/*/*/ [--json OUT]
+    python benchmarks/revalidate.py runs/ablation/*/*/ [--value SPEC@RUN] [--json OUT]
 """
 
 from __future__ import annotations
@@ -15,22 +16,29 @@ from pathlib import Path
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs", nargs="+")
+    ap.add_argument("runs", nargs="*")
+    ap.add_argument("--value", action="append", default=[], metavar="SPEC@RUN")
     ap.add_argument("--json")
     a = ap.parse_args()
     from vas_proxy.train.command import heldout_prompts
     from vas_proxy.train.rollouts import (ROLLOUTS_FILE, VALIDATION_FILE, HalfCompletions,
                                           JsonlStore, Rollout)
     from vas_proxy.train.validation import evaluate
-    from vas_proxy.values.store import load_value_model
+    from vas_proxy.values.loader import checkpoint_dir
+    from vas_proxy.values.store import load_value_model, read_checkpoint_config
 
+    pairs = [(Path(r), Path(r), str(r)) for r in a.runs]
+    for item in a.value:
+        spec, _, run = item.rpartition("@")
+        pairs.append((checkpoint_dir(spec), Path(run), item))
     out = {}
-    for run in map(Path, a.runs):
-        if not (run / "vas_value.json").is_file():
+    for model_dir, run, label in pairs:
+        if not (model_dir / "vas_value.json").is_file() or not (run / "vas_value.json").is_file():
             continue
-        model, tok, config = load_value_model(run)
-        args = config["metadata"]["args"]
-        spec = config["metadata"]["reward"]
+        model, tok, _ = load_value_model(model_dir)
+        # the split, reward and halves are the run's own
+        meta = read_checkpoint_config(run)["metadata"]
+        args, spec = meta["args"], meta["reward"]
         rollouts = JsonlStore(run / ROLLOUTS_FILE, Rollout).load()
         n_prompts = len({k[0] for k in rollouts})
         held = heldout_prompts(n_prompts, args["heldout_frac"], args["seed"])
@@ -38,8 +46,8 @@ def main() -> int:
         halves = [h for k, h in sorted(JsonlStore(run / VALIDATION_FILE, HalfCompletions)
                                        .load().items()) if k[0] in held]
         m = evaluate(model, tok, held_r, halves, spec)
-        out[str(run)] = m
-        print(f"{run}: half corr {m.get('val_half_corr'):.3f}, within-prompt "
+        out[label] = m
+        print(f"{label}: half corr {m.get('val_half_corr'):.3f}, within-prompt "
               f"{m.get('val_half_within_corr'):.3f} (n={m.get('val_half_within_n')}); final "
               f"{m.get('val_final_corr'):.3f}, within {m.get('val_final_within_corr'):.3f}",
               flush=True)

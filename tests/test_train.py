@@ -185,6 +185,8 @@ def test_budget_picks_samples_per_prompt_and_refuses_both(tmp_path):
     both = TrainConfig(prompts="p", reward="vader", out="o", budget="300", samples_per_prompt=8)
     with pytest.raises(ConfigError, match="--budget picks --samples-per-prompt"):
         check_config(both)
+    with pytest.raises(ConfigError, match="--export needs a trained model"):
+        check_config(TrainConfig(prompts="p", reward="vader", out="o", epochs=0, export="x"))
     bad = tmp_path / "prompts.jsonl"
     bad.write_text('{"prompt": "hi"}\n')
     with pytest.raises(ConfigError, match="--budget 'lots'"):  # before anything loads
@@ -492,7 +494,8 @@ def test_embedded_llama_server_rollouts_do_not_depend_on_its_slots(tmp_path):
                           out=str(tmp_path / f"run{slots}"), concurrency=slots, epochs=0,
                           val_completions=0, max_tokens=8, samples_per_prompt=2)
         summary = asyncio.run(run(cfg))
-        assert summary["verdict"]["label"] in ("no better than the mean", "weak", "guides")
+        assert summary["steps"] == 0 and summary["verdict"] is None  # --epochs 0: samples only
+        assert not (Path(cfg.out) / "vas_value.json").exists()
         rollouts = [json.loads(line) for line in
                     (Path(cfg.out) / "rollouts.jsonl").read_text().splitlines()]
         texts.append(sorted((r["prompt_index"], r["sample"], r["response"]) for r in rollouts))

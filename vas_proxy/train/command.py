@@ -49,6 +49,8 @@ def check_config(cfg: TrainConfig) -> None:
               "--budget picks --samples-per-prompt: pass one of them"),
              (cfg.max_tokens >= 1, "--max-tokens must be >= 1"),
              (cfg.epochs >= 0, "--epochs must be >= 0"),
+             (cfg.epochs > 0 or not cfg.export, "--export needs a trained model: --epochs >= 1 "
+                                                "(--epochs 0 only samples and scores)"),
              (cfg.batch_size >= 1, "--batch-size must be >= 1"),
              (cfg.grad_accum >= 1, "--grad-accum must be >= 1"),
              (cfg.lora_r >= 0, "--lora-r must be >= 0 (0: full fine-tune)"),
@@ -276,6 +278,12 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
     _note(f"{len(rollouts)} rollouts ({len(train_rollouts)} train, {len(held_rollouts)} held out): "
           f"reward {rewards.mean():.3f} ± {rewards.std():.3f}, "
           f"{np.mean([len(r.response) for r in rollouts]):.0f} characters on average", cfg)
+
+    if cfg.epochs == 0:  # sampling only: no model, so no verdict on an untrained one
+        print(f"--epochs 0: {len(rollouts)} rollouts sampled and scored in {out}; train on "
+              "them with --epochs N --resume", file=sys.stderr, flush=True)
+        return {"out": str(out), "steps": 0, "validation": None, "verdict": None,
+                "curves": None, "export": None}
 
     with progress.quiet_third_party(enabled=cfg.quiet):  # the backbone's bars and warnings
         model, tokenizer = build_model(cfg)

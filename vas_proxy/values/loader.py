@@ -31,7 +31,7 @@ def load_value(spec: str, *, name: str | None = None, device: str = "cpu",
     spec = spec.strip()
     if spec.startswith(PY_PREFIX):
         return CallableValue(_import_callable(spec), name or spec)
-    path = _checkpoint_dir(spec)
+    path = checkpoint_dir(spec)
     with quiet_third_party(enabled=quiet):
         return _load_checkpoint(spec, path, name=name, device=device, dtype=dtype, pool=pool)
 
@@ -43,7 +43,7 @@ def backbone_of(spec: str) -> str | None:
         return None
     from .store import backbone_identity, read_checkpoint_config
 
-    path = _checkpoint_dir(spec.strip())
+    path = checkpoint_dir(spec.strip())
     return backbone_identity(path, read_checkpoint_config(path))
 
 
@@ -52,7 +52,8 @@ def _import_callable(spec: str):
                            error=ValueSpecError)
 
 
-def _checkpoint_dir(spec: str) -> Path:
+def checkpoint_dir(spec: str) -> Path:
+    """The directory a checkpoint SPEC (bundled:NAME or a path) names, or a clear error."""
     if spec.startswith(BUNDLED_PREFIX):
         name = spec[len(BUNDLED_PREFIX):]
         path = DATA_DIR / "values" / name

@@ -1,0 +1,153 @@
+"""docs/training/retrain64/RESULTS.md and its plot: the value models retrained at 64 tokens
+(`bash benchmarks/retrain64.sh`, plan fixed before: docs/training/retrain64/PLAN.md) against
+the bundled ones, Best-of-N and the RL rows, all in docs/results/frontier_plain.
+
+    python benchmarks/retrain64_results.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from frontier_results import by_setting, paired_diff  # noqa: E402
+
+from vas_proxy.eval.files import RESULTS_FILE, read_records  # noqa: E402
+from vas_proxy.eval.report import mean_se, pm  # noqa: E402
+
+EVAL = ROOT / "docs/results/frontier_plain"
+DOCS = ROOT / "docs/training/retrain64"
+RUNS = ROOT / "runs/retrain64"
+OLD = ["vas b=2 plain=1", "vas b=4 plain=1"]
+NEW = ["vas b=2 plain64=1", "vas b=4 plain64=1"]
+POS = "vas b=4 positivity64=1"
+OTHERS = ["bon N=4 plain", "bon N=16 plain", "tuned dpo_b0.5", "tuned grpo"]
+GOAL = {"plain": 0.6, "vader": 0.85}
+
+
+def kl(rows: dict) -> float:
+    return float(np.mean([r["kl"] for r in rows.values() if r.get("kl") is not None]))
+
+
+def heldout() -> list[str]:
+    """Old and new models on the same 80 held-out half-responses (revalidate.json)."""
+    path = DOCS / "revalidate.json"
+    if not path.is_file():
+        return ["(held-out check not run yet: `bash benchmarks/retrain64.sh revalidate`)"]
+    data = json.loads(path.read_text())
+    out = ["| model | reward | half corr | within-prompt corr | half MSE ratio | final corr | "
+           "goal (half corr) |", "|---|---|---:|---:|---:|---:|---|"]
+    for label, m in data.items():
+        reward = "vader" if "vader" in label else "plain"
+        name = label.split("@")[0] if "@" in label else f"{Path(label).name}64 (new)"
+        name = name.replace("vader64", "positivity64")
+        ratio = m["val_half_mse"] / m["val_half_baseline_mse"]
+        out.append(f"| {name} | {reward} | {m['val_half_corr']:.3f} | "
+                   f"{m['val_half_within_corr']:.3f} | {ratio:.3f} | {m['val_final_corr']:.3f} | "
+                   f"≥ {GOAL[reward]}: {'met' if m['val_half_corr'] >= GOAL[reward] else 'not met'}"
+                   " |")
+    return out
+
+
+def table(sets: dict) -> list[str]:
+    out = ["| setting | n | plain | vader | KL (nats) | s / response |", "|---|---|---|---|---|---|"]
+    for name in ["base"] + OLD + NEW + [POS] + OTHERS:
+        if name not in sets:
+            continue
+        rs = list(sets[name].values())
+        p, v = (mean_se([r["rewards"][k] for r in rs]) for k in ("plain", "vader"))
+        bound = " (bound)" if name.startswith("bon") else ""
+        sec = np.mean([r["seconds"] for r in rs])
+        out.append(f"| {name} | {len(rs)} | {pm(*p)} | {pm(*v)} | {kl(sets[name]):.2f}{bound} | "
+                   f"{sec:.1f} |")
+    return out
+
+
+def comparisons(sets: dict) -> list[str]:
+    plain = lambda r: r["rewards"]["plain"]  # noqa: E731
+    out = []
+    for old, new in zip(OLD, NEW):
+        if new not in sets:
+            continue
+        m, se, n = paired_diff(sets[new], sets[old], plain)
+        out.append(f"- **{new}** − **{old}** (same β): Δ plain {pm(m, se)} over {n} pairs "
+                   f"({m / se:+.1f} s.e.); KL {kl(sets[new]):.2f} vs {kl(sets[old]):.2f}.")
+        for ref in ("bon N=16 plain", "tuned dpo_b0.5", "tuned grpo"):
+            if ref in sets:
+                m, se, n = paired_diff(sets[new], sets[ref], plain)
+                out.append(f"  - − **{ref}** (KL {kl(sets[ref]):.2f}): Δ plain {pm(m, se)} "
+                           f"({m / se:+.1f} s.e.)")
+    b16 = sets.get("bon N=16 plain")
+    if b16 is not None:
+        cands = [n for n in OLD + NEW if n in sets and kl(sets[n]) <= 1.84]
+        ok = [n for n in cands if mean_se([plain(r) for r in sets[n].values()])[0]
+              >= mean_se([plain(r) for r in b16.values()])[0]]
+        out.append(f"- Goal (VAS at KL ≤ 1.84 reaches Best-of-16's mean plain): "
+                   f"{'met by ' + ', '.join(ok) if ok else 'not met'} "
+                   f"(rows at KL ≤ 1.84: {', '.join(cands) or 'none'}).")
+    if POS in sets:
+        m, se, n = paired_diff(sets[POS], sets["base"], lambda r: r["rewards"]["vader"])
+        out.append(f"- **{POS}** − base: Δ vader {pm(m, se)} over {n} pairs ({m / se:+.1f} s.e.), "
+                   f"KL {kl(sets[POS]):.2f}.")
+    if NEW[0] in sets:
+        m, se, _ = paired_diff(sets[NEW[0]], sets[OLD[0]], plain)
+        out.append(f"- Ship rule for `bundled:plain` (plain64 beats it at β 2 by > 2 s.e.): "
+                   f"**{'replace' if m > 2 * se else 'keep'}**.")
+    return out
+
+
+def plot(sets: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    curves = [(["base"] + OLD, "VAS, bundled plain (32-token training)", "o-"),
+              (["base"] + [n for n in NEW if n in sets], "VAS, plain64 (this retrain)", "o-"),
+              ([f"bon N={k} plain" for k in (1, 2, 4, 8, 16)], "Best-of-N (KL: bound)", "s--")]
+    for names, label, style in curves:
+        names = [n for n in names if n in sets]
+        ms = [mean_se([r["rewards"]["plain"] for r in sets[n].values()]) for n in names]
+        ax.errorbar([kl(sets[n]) for n in names], [m for m, _ in ms], yerr=[s for _, s in ms],
+                    fmt=style, capsize=3, label=label)
+    for t in ("tuned dpo_b0.1", "tuned dpo_b0.5", "tuned grpo"):
+        if t in sets:
+            m, s = mean_se([r["rewards"]["plain"] for r in sets[t].values()])
+            ax.errorbar([kl(sets[t])], [m], yerr=[s], fmt="D", capsize=3, label=t)
+    ax.set_xlabel("KL to the base (nats per response)")
+    ax.set_ylabel("plain (mean ± s.e.)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(DOCS / "reward_vs_kl.png", dpi=110)
+    plt.close(fig)
+    return "![plain vs KL](reward_vs_kl.png)"
+
+
+def main() -> None:
+    sets = by_setting(read_records(EVAL / RESULTS_FILE))
+    text = "\n".join([
+        "# Retrained at 64 tokens: results",
+        "",
+        "Made by `python benchmarks/retrain64_results.py` from `bash benchmarks/retrain64.sh` "
+        "(plan: PLAN.md; what ran when and beside what: RUNLOG.md).",
+        "",
+        "## Held out: old and new models on the same 80 half-responses (64 tokens)", "",
+        *heldout(), "",
+        "## Guided: 64 held-out prompts × 2 draws, 64 tokens, llama-server "
+        "(docs/results/frontier_plain)", "",
+        *table(sets), "", *comparisons(sets), "", plot(sets), ""])
+    (DOCS / "RESULTS.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
