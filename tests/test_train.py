@@ -436,14 +436,14 @@ def test_embedded_upstream_is_recycled_between_requests(tmp_path):
 
 
 def test_training_starts_from_the_mean_reward(tmp_path):
-    """Head weights zero, bias = mean training reward: the untrained model is the mean
-    predictor, whatever the reward's offset (-1.5 for `plain`)."""
+    """Without --standardize: head weights zero, bias = mean training reward, so the untrained
+    model is the mean predictor, whatever the reward's offset (-1.5 for `plain`)."""
     from vas_proxy.train.td import Example
     from vas_proxy.train.trainer import Trainer, build_model
     from vas_proxy.train.validation import predict_last
 
     cfg = TrainConfig(prompts="-", reward="plain", out=str(tmp_path), backbone="tiny",
-                      lora_r=4, quiet=True)
+                      lora_r=4, standardize=False, quiet=True)
     model, tok = build_model(cfg)
     ids = tok("Hello there")["input_ids"]
     examples = [Example(ids, 1, r) for r in (-1.0, -2.0, -0.5, -2.5)]
