@@ -241,8 +241,6 @@ def _flags(parser) -> dict:
         name = "/".join(a.option_strings) or a.metavar
         if isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
             out[name] = "switch"
-        elif isinstance(a, argparse.BooleanOptionalAction):  # --name / --no-name, on by default
-            out[name] = ("switch", bool, a.default)
         else:
             kind = "append" if isinstance(a, argparse._AppendAction) else "store"
             out[name] = (kind, a.type or str, a.default)
@@ -285,7 +283,6 @@ class _Sample:
     ratio: float | None = option(None, "an optional float")
     on: bool = option(False, "store_true")
     use_x: bool = option(True, "store_false under a custom name", flag="--no-x")
-    keep: bool = option(True, "on by default, no custom name")
     tag: list[str] | None = option(None, "repeatable", short="-t")
     mode: str = option("a", "choices", choices=["a", "b"])
     lam: float = option(0.5, "custom name", flag="--lambda")
@@ -309,15 +306,12 @@ def test_option_generator():
     assert got == _Sample(name="n", path="f")  # the flags' defaults are the dataclass's
     got = from_args(_Sample, p.parse_args(
         ["n", "--path", "f", "--count", "5", "--ratio", "0.5", "--on", "--no-x", "-t", "a",
-         "--tag", "b", "--mode", "b", "--lambda", "0.25", "--sizes", "2,3", "--pairs", "k=v",
-         "--no-keep"]))
+         "--tag", "b", "--mode", "b", "--lambda", "0.25", "--sizes", "2,3", "--pairs", "k=v"]))
     assert got == _Sample(name="n", path="f", count=5, ratio=0.5, on=True, use_x=False,
-                          keep=False, tag=["a", "b"], mode="b", lam=0.25, sizes=[2, 3],
-                          pairs={"k": "v"})
+                          tag=["a", "b"], mode="b", lam=0.25, sizes=[2, 3], pairs={"k": "v"})
     text = p.format_help()
     for needle in ("sample:", "--count COUNT", "an int (default: 3)", "(default: 1,4)",
-                   "--mode {a,b}", "--lambda LAM", "--no-x", "-t TAG", "--path FILE",
-                   "--keep, --no-keep"):
+                   "--mode {a,b}", "--lambda LAM", "--no-x", "-t TAG", "--path FILE"):
         assert needle in text, needle
     assert "optional float (default" not in text and "store_true (default" not in text
 

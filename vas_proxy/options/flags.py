@@ -35,8 +35,7 @@ def option(default: Any = _MISSING, help: str = "", *, factory: Callable[[], Any
     `help` is an argparse help string (write `%%` for `%`); " (default: X)" is appended unless
     the field has no default, is a switch, or the help already says "(default".
     `flag` replaces `--field-name` (`--lambda`, `--no-cache`), `short` adds an alias (`-q`).
-    A bool field is a switch: store_true when it defaults to False; when it defaults to True,
-    store_false under its own `flag` (`--no-cache`), else both `--name` and `--no-name`.
+    A bool field is a switch: store_true when it defaults to False, store_false when True.
     `list[X]` fields, and `repeat=True` ones, take the flag once per item (`action="append"`).
     `parse` turns what argparse read (text, a list of texts, or None when the flag is absent)
     into the field's value, and is then called even for an absent flag; argparse sees text.
@@ -148,10 +147,7 @@ def _argument(group: type, f: dataclasses.Field, hint: Any, meta: dict,
         default = _default(f)
         if default not in (True, False):
             raise TypeError(f"{where}: a switch needs a False or True default")
-        if default and not meta.get("flag"):  # on by default: --name and --no-name
-            kwargs.update(action=argparse.BooleanOptionalAction, default=True)
-        else:
-            kwargs["action"] = "store_false" if default else "store_true"
+        kwargs["action"] = "store_false" if default else "store_true"
         return names, kwargs
 
     if parse is not None:
