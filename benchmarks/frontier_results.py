@@ -62,7 +62,11 @@ FRONTIERS = {
         beside="Beside it ran only a few short unit-test runs (under a minute of CPU in all, "
                "during the guided Best-of-2 and value-pruned Best-of-16 settings), a pip "
                "dependency resolution and a duplicate-code scan; it was stopped by hand twice "
-               "and resumed (docs/results/frontier_plain.log says when and why)."),
+               "and resumed (docs/results/frontier_plain.log says when and why).",
+        added="Rows added later with `--resume`, same prompts, seeds and settings: `tuned ...` "
+              "and the mixed VAS row (the RL baselines, `bash benchmarks/rl_baselines.sh`), and "
+              "`plain64` (the value model retrained at 64 tokens, `bash "
+              "benchmarks/retrain64.sh`; docs/training/retrain64/)."),
 }
 
 
@@ -98,7 +102,8 @@ def render(records: list[dict], command: str, f: dict) -> str:
         "tokens** per response, top-20, the default adaptive exact speculation, whole upstream "
         "calls (the eval's bills are the upstream's own), no response cache, two generations in "
         f"flight on the 2-core CPU. {f['beside']} Upstream: {f['upstream']}. Value model: "
-        f"{f['value']}. Best-of-N picks by {f['title']}; Best-of-1..16 come from one pool of 16 "
+        f"{f['value']}.{' ' + f['added'] if 'added' in f else ''} Best-of-N picks by "
+        f"{f['title']}; Best-of-1..16 come from one pool of 16 "
         "samples per prompt and draw (Best-of-m = its first m samples, §1.5 of "
         "docs/design.md). Pruned: value-pruned Best-of-N, a pruning every 16 tokens keeping the "
         "best half. Made by `bash benchmarks/run_frontier.sh` (the settings and their order "

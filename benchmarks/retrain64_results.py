@@ -84,6 +84,19 @@ def comparisons(sets: dict) -> list[str]:
                 m, se, n = paired_diff(sets[new], sets[ref], plain)
                 out.append(f"  - − **{ref}** (KL {kl(sets[ref]):.2f}): Δ plain {pm(m, se)} "
                            f"({m / se:+.1f} s.e.)")
+    # Added after the plan, once beta 2 had shown the two models at very different KL: each new
+    # row against the row of each family with the largest KL not above its own (the RL
+    # comparison's rule, docs/baselines/PLAN.md).
+    for new in NEW:
+        if new not in sets:
+            continue
+        for family in (["base"] + OLD, [f"bon N={k} plain" for k in (1, 2, 4, 8, 16)]):
+            below = [n for n in family if n in sets and kl(sets[n]) <= kl(sets[new])]
+            if below:
+                ref = max(below, key=lambda n: kl(sets[n]))
+                m, se, n = paired_diff(sets[new], sets[ref], plain)
+                out.append(f"- At no less KL: **{new}** (KL {kl(sets[new]):.2f}) − **{ref}** "
+                           f"(KL {kl(sets[ref]):.2f}): Δ plain {pm(m, se)} ({m / se:+.1f} s.e.)")
     b16 = sets.get("bon N=16 plain")
     if b16 is not None:
         cands = [n for n in OLD + NEW if n in sets and kl(sets[n]) <= 1.84]
