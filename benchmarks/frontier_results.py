@@ -65,7 +65,7 @@ FRONTIERS = {
                "and resumed (docs/results/frontier_plain.log says when and why).",
         added="Rows added later with `--resume`, same prompts, seeds and settings: `tuned ...` "
               "and the mixed VAS row (the RL baselines, `bash benchmarks/rl_baselines.sh`), and "
-              "`plain64` (the value model retrained at 64 tokens, `bash "
+              "`plain64` and `positivity64` (the value models retrained at 64 tokens, `bash "
               "benchmarks/retrain64.sh`; docs/training/retrain64/)."),
 }
 
