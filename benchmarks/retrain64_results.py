@@ -17,10 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from frontier_results import by_setting, paired_diff  # noqa: E402
+from frontier_results import by_setting, paired_diff
 
-from vas_proxy.eval.files import RESULTS_FILE, read_records  # noqa: E402
-from vas_proxy.eval.report import mean_se, pm  # noqa: E402
+from vas_proxy.eval.files import RESULTS_FILE, read_records
+from vas_proxy.eval.report import mean_se, pm
 
 EVAL = ROOT / "docs/results/frontier_plain"
 DOCS = ROOT / "docs/training/retrain64"
@@ -42,22 +42,23 @@ def heldout() -> list[str]:
     if not path.is_file():
         return ["(held-out check not run yet: `bash benchmarks/retrain64.sh revalidate`)"]
     data = json.loads(path.read_text())
-    out = ["| model | reward | half corr | within-prompt corr | half MSE ratio | final corr | "
-           "goal (half corr) |", "|---|---|---:|---:|---:|---:|---|"]
+    out = [("| model | reward | half corr | within-prompt corr | half MSE ratio | final corr | "
+            "goal (half corr) |"), "|---|---|---:|---:|---:|---:|---|"]
     for label, m in data.items():
         reward = "vader" if "vader" in label else "plain"
         name = label.split("@")[0] if "@" in label else f"{Path(label).name}64 (new)"
         name = name.replace("vader64", "positivity64")
         ratio = m["val_half_mse"] / m["val_half_baseline_mse"]
+        met = "met" if m["val_half_corr"] >= GOAL[reward] else "not met"
         out.append(f"| {name} | {reward} | {m['val_half_corr']:.3f} | "
-                   f"{m['val_half_within_corr']:.3f} | {ratio:.3f} | {m['val_final_corr']:.3f} | "
-                   f"≥ {GOAL[reward]}: {'met' if m['val_half_corr'] >= GOAL[reward] else 'not met'}"
-                   " |")
+                   f"{m['val_half_within_corr']:.3f} | {ratio:.3f} | "
+                   f"{m['val_final_corr']:.3f} | ≥ {GOAL[reward]}: {met} |")
     return out
 
 
 def table(sets: dict) -> list[str]:
-    out = ["| setting | n | plain | vader | KL (nats) | s / response |", "|---|---|---|---|---|---|"]
+    out = ["| setting | n | plain | vader | KL (nats) | s / response |",
+           "|---|---|---|---|---|---|"]
     for name in ["base"] + OLD + NEW + [POS] + OTHERS:
         if name not in sets:
             continue
@@ -71,7 +72,7 @@ def table(sets: dict) -> list[str]:
 
 
 def comparisons(sets: dict) -> list[str]:
-    plain = lambda r: r["rewards"]["plain"]  # noqa: E731
+    plain = lambda r: r["rewards"]["plain"]
     out = []
     for old, new in zip(OLD, NEW):
         if new not in sets:
@@ -107,8 +108,8 @@ def comparisons(sets: dict) -> list[str]:
                    f"(rows at KL ≤ 1.84: {', '.join(cands) or 'none'}).")
     if POS in sets:
         m, se, n = paired_diff(sets[POS], sets["base"], lambda r: r["rewards"]["vader"])
-        out.append(f"- **{POS}** − base: Δ vader {pm(m, se)} over {n} pairs ({m / se:+.1f} s.e.), "
-                   f"KL {kl(sets[POS]):.2f}.")
+        out.append(f"- **{POS}** − base: Δ vader {pm(m, se)} over {n} pairs "
+                   f"({m / se:+.1f} s.e.), KL {kl(sets[POS]):.2f}.")
     if NEW[0] in sets:
         m, se, _ = paired_diff(sets[NEW[0]], sets[OLD[0]], plain)
         out.append(f"- Ship rule for `bundled:plain` (plain64 beats it at β 2 by > 2 s.e.): "
@@ -150,13 +151,13 @@ def main() -> None:
     text = "\n".join([
         "# Retrained at 64 tokens: results",
         "",
-        "Made by `python benchmarks/retrain64_results.py` from `bash benchmarks/retrain64.sh` "
-        "(plan: PLAN.md; what ran when and beside what: RUNLOG.md).",
+        ("Made by `python benchmarks/retrain64_results.py` from `bash benchmarks/retrain64.sh` "
+         "(plan: PLAN.md; what ran when and beside what: RUNLOG.md)."),
         "",
         "## Held out: old and new models on the same 80 half-responses (64 tokens)", "",
         *heldout(), "",
-        "## Guided: 64 held-out prompts × 2 draws, 64 tokens, llama-server "
-        "(docs/results/frontier_plain)", "",
+        ("## Guided: 64 held-out prompts × 2 draws, 64 tokens, llama-server "
+         "(docs/results/frontier_plain)"), "",
         *table(sets), "", *comparisons(sets), "", plot(sets), ""])
     (DOCS / "RESULTS.md").write_text(text)
     print(text)
