@@ -21,13 +21,8 @@ def main() -> int:
     ap.add_argument("--json")
     a = ap.parse_args()
     from vas_proxy.train.command import heldout_prompts
-    from vas_proxy.train.rollouts import (
-        ROLLOUTS_FILE,
-        VALIDATION_FILE,
-        HalfCompletions,
-        JsonlStore,
-        Rollout,
-    )
+    from vas_proxy.train.rollouts import (ROLLOUTS_FILE, VALIDATION_FILE, HalfCompletions,
+                                          JsonlStore, Rollout)
     from vas_proxy.train.validation import evaluate
     from vas_proxy.values.loader import checkpoint_dir
     from vas_proxy.values.store import load_value_model, read_checkpoint_config
