@@ -18,6 +18,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from frontier_results import by_setting, paired_diff
+from rl_results import BON, closest_below, plain_vs_kl
+from rl_results import mean_kl as kl
 
 from vas_proxy.eval.files import RESULTS_FILE, read_records
 from vas_proxy.eval.report import mean_se, pm
@@ -30,10 +32,6 @@ NEW = ["vas b=2 plain64=1", "vas b=4 plain64=1"]
 POS = "vas b=4 positivity64=1"
 OTHERS = ["bon N=4 plain", "bon N=16 plain", "tuned dpo_b0.5", "tuned grpo"]
 GOAL = {"plain": 0.6, "vader": 0.85}
-
-
-def kl(rows: dict) -> float:
-    return float(np.mean([r["kl"] for r in rows.values() if r.get("kl") is not None]))
 
 
 def heldout() -> list[str]:
@@ -91,13 +89,13 @@ def comparisons(sets: dict) -> list[str]:
     for new in NEW:
         if new not in sets:
             continue
-        for family in (["base"] + OLD, [f"bon N={k} plain" for k in (1, 2, 4, 8, 16)]):
-            below = [n for n in family if n in sets and kl(sets[n]) <= kl(sets[new])]
-            if below:
-                ref = max(below, key=lambda n: kl(sets[n]))
+        for family in (["base"] + OLD, BON):
+            ref = closest_below(sets, family, kl(sets[new]))
+            if ref is not None:
                 m, se, n = paired_diff(sets[new], sets[ref], plain)
-                out.append(f"- At no less KL: **{new}** (KL {kl(sets[new]):.2f}) − **{ref}** "
-                           f"(KL {kl(sets[ref]):.2f}): Δ plain {pm(m, se)} ({m / se:+.1f} s.e.)")
+                out.append(f"- At no less KL: **{new}** (KL {kl(sets[new]):.2f}) − "
+                           f"**{ref}** (KL {kl(sets[ref]):.2f}): Δ plain {pm(m, se)} "
+                           f"({m / se:+.1f} s.e.)")
     b16 = sets.get("bon N=16 plain")
     if b16 is not None:
         cands = [n for n in OLD + NEW if n in sets and kl(sets[n]) <= 1.84]
@@ -118,31 +116,11 @@ def comparisons(sets: dict) -> list[str]:
 
 
 def plot(sets: dict) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    curves = [(["base"] + OLD, "VAS, bundled plain (32-token training)", "o-"),
-              (["base"] + [n for n in NEW if n in sets], "VAS, plain64 (this retrain)", "o-"),
-              ([f"bon N={k} plain" for k in (1, 2, 4, 8, 16)], "Best-of-N (KL: bound)", "s--")]
-    for names, label, style in curves:
-        names = [n for n in names if n in sets]
-        ms = [mean_se([r["rewards"]["plain"] for r in sets[n].values()]) for n in names]
-        ax.errorbar([kl(sets[n]) for n in names], [m for m, _ in ms], yerr=[s for _, s in ms],
-                    fmt=style, capsize=3, label=label)
-    for t in ("tuned dpo_b0.1", "tuned dpo_b0.5", "tuned grpo"):
-        if t in sets:
-            m, s = mean_se([r["rewards"]["plain"] for r in sets[t].values()])
-            ax.errorbar([kl(sets[t])], [m], yerr=[s], fmt="D", capsize=3, label=t)
-    ax.set_xlabel("KL to the base (nats per response)")
-    ax.set_ylabel("plain (mean ± s.e.)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(DOCS / "reward_vs_kl.png", dpi=110)
-    plt.close(fig)
+    plain_vs_kl(sets, [(["base"] + OLD, "VAS, bundled plain (32-token training)", "o-"),
+                       (["base"] + NEW, "VAS, plain64 (this retrain)", "o-"),
+                       (BON, "Best-of-N (KL: bound)", "s--")],
+                [(t, t) for t in ("tuned dpo_b0.1", "tuned dpo_b0.5", "tuned grpo")],
+                DOCS / "reward_vs_kl.png")
     return "![plain vs KL](reward_vs_kl.png)"
 
 

@@ -55,6 +55,55 @@ def kl_of(r: dict) -> float:
     return float(r["kl"]) if r.get("kl") is not None else float("nan")
 
 
+def mean_kl(rows: dict) -> float:
+    """A setting's mean KL per response (its rows: {(prompt, draw): record})."""
+    return float(np.mean([kl_of(r) for r in rows.values()]))
+
+
+def closest_below(sets: dict, names: list[str], kl: float) -> str | None:
+    """The setting among `names` with the largest mean KL not above `kl` (the plan's rule for
+    comparing at equal KL), or None."""
+    below = [n for n in names if n in sets and mean_kl(sets[n]) <= kl]
+    return max(below, key=lambda n: mean_kl(sets[n])) if below else None
+
+
+def plain_vs_kl(sets: dict, curves: list[tuple[list[str], str, str]],
+                points: list[tuple[str, str]], path: Path) -> None:
+    """Mean plain ± s.e. against mean KL: `curves` (setting names, label, style) as lines,
+    `points` (setting, label) as diamonds; settings not in `sets` are skipped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def plain(name):
+        return mean_se([r["rewards"]["plain"] for r in sets[name].values()])
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for names, label, style in curves:
+        names = [n for n in names if n in sets]
+        ms = [plain(n) for n in names]
+        ax.errorbar([mean_kl(sets[n]) for n in names], [m for m, _ in ms],
+                    yerr=[s for _, s in ms], fmt=style, capsize=3, label=label)
+    for name, label in points:
+        if name in sets:
+            m, s = plain(name)
+            ax.errorbar([mean_kl(sets[name])], [m], yerr=[s], fmt="D", capsize=3, label=label)
+    save_figure(fig, ax, "KL to the base (nats per response)", "plain (mean ± s.e.)", path)
+
+
+def save_figure(fig, ax, xlabel: str, ylabel: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def rows_table(sets: dict, metas: dict, forget: dict) -> list[str]:
     price = parse_prices(PRICE)[0]
     names = VAS + ["bon N=4 plain", "bon N=16 plain"] + ([MIX] if MIX in sets else []) + \
@@ -93,19 +142,19 @@ def rows_table(sets: dict, metas: dict, forget: dict) -> list[str]:
 
 def versus(sets: dict) -> list[str]:
     """Per RL row: the VAS row with the largest KL not above its KL, paired Δ plain."""
-    vas_kl = {n: float(np.mean([kl_of(r) for r in sets[n].values()])) for n in VAS}
     out = []
     for t in TUNED:
         name = f"tuned {t}"
         if name not in sets or t == "dpo_mix":  # a mixture: the composition plot's, not this
             continue
-        kl = float(np.mean([kl_of(r) for r in sets[name].values()]))
-        match = max((n for n in VAS if vas_kl[n] <= kl), key=lambda n: vas_kl[n])
+        kl = mean_kl(sets[name])
+        match = closest_below(sets, VAS, kl)
         m, se, n = paired_diff(sets[match], sets[name], lambda r: r["rewards"]["plain"])
         verdict = ("VAS > RL" if m > 2 * se else "VAS ≥ RL (not significantly worse)"
                    if m >= -2 * se else "RL > VAS")
-        out.append(f"- **{t}** (KL {kl:.2f}) against **{match}** (KL {vas_kl[match]:.2f}): "
-                   f"Δ plain (VAS − RL) = {pm(m, se)} over {n} pairs: {verdict}.")
+        out.append(f"- **{t}** (KL {kl:.2f}) against **{match}** "
+                   f"(KL {mean_kl(sets[match]):.2f}): Δ plain (VAS − RL) = {pm(m, se)} "
+                   f"over {n} pairs: {verdict}.")
     return out
 
 
@@ -135,40 +184,15 @@ def forgetting(sets: dict) -> dict[str, tuple[float, float]]:
 
 
 def plots(sets: dict) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def save(fig, ax, xlabel: str, ylabel: str, name: str) -> None:
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(DOCS / name, dpi=110)
-        plt.close(fig)
+    plain_vs_kl(sets, [(VAS, "VAS (β 0, 2, 4; one value model)", "o-"),
+                       (BON, "Best-of-N (KL: bound)", "s--")],
+                [(f"tuned {t}", f"RL: {t}") for t in TUNED if t != "dpo_mix"],
+                DOCS / "reward_vs_kl.png")
+    import matplotlib.pyplot as plt  # after plain_vs_kl chose the Agg backend
 
     def point(name, key):
         rs = list(sets[name].values())
         return mean_se([r["rewards"][key] for r in rs])
-
-    def kl(name):
-        return float(np.mean([kl_of(r) for r in sets[name].values()]))
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for names, label, style in ((VAS, "VAS (β 0, 2, 4; one value model)", "o-"),
-                                (BON, "Best-of-N (KL: bound)", "s--")):
-        xs = [kl(n) for n in names]
-        ms = [point(n, "plain") for n in names]
-        ax.errorbar(xs, [m for m, _ in ms], yerr=[s for _, s in ms], fmt=style, capsize=3,
-                    label=label)
-    for t in TUNED:
-        if t == "dpo_mix" or f"tuned {t}" not in sets:
-            continue
-        m, s = point(f"tuned {t}", "plain")
-        ax.errorbar([kl(f"tuned {t}")], [m], yerr=[s], fmt="D", capsize=3, label=f"RL: {t}")
-    save(fig, ax, "KL to the base (nats per response)", "plain (mean ± s.e.)", "reward_vs_kl.png")
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     marks = [("base", "base", "k"), ("vas b=4 plain=1", "VAS β4: plain", "C0"),
@@ -182,7 +206,8 @@ def plots(sets: dict) -> list[str]:
         (px, sx), (vy, sy) = point(name, "plain"), point(name, "vader")
         ax.errorbar([px], [vy], xerr=[sx], yerr=[sy], fmt="o" if "mix" not in name.lower()
                     and "0.5" not in name else "^", color=color, capsize=3, label=label)
-    save(fig, ax, "plain (mean ± s.e.)", "vader (mean ± s.e.)", "two_objectives.png")
+    save_figure(fig, ax, "plain (mean ± s.e.)", "vader (mean ± s.e.)",
+                DOCS / "two_objectives.png")
     return ["![plain vs KL](docs/baselines/reward_vs_kl.png)",
             "![two objectives](docs/baselines/two_objectives.png)"]
 
