@@ -130,7 +130,7 @@ class JsonlStore:
         os.replace(tmp, self.path)
 
 
-async def _run_jobs(jobs: list, work: Callable[[Any], Awaitable[None]], concurrency: int,
+async def run_jobs(jobs: list, work: Callable[[Any], Awaitable[None]], concurrency: int,
                     desc: str, progress: bool) -> None:
     """Run `work(job)` for all jobs with at most `concurrency` in flight; the first failure
     cancels the rest and propagates."""
@@ -187,7 +187,7 @@ async def sample_rollouts(client: Completer, prompts: list[PromptItem], *, sampl
         store.append(r)
         wanted[r.key] = r
 
-    await _run_jobs(todo, work, concurrency, "rollouts", progress)
+    await run_jobs(todo, work, concurrency, "rollouts", progress)
     return [wanted[(item.index, j)] for item in prompts for j in range(samples)]
 
 
@@ -222,7 +222,7 @@ async def sample_half_completions(client: Completer, rollouts: list[Rollout], *,
         store.append(h)
         out[h.key] = h
 
-    await _run_jobs(todo, work, concurrency, "validation halves", progress)
+    await run_jobs(todo, work, concurrency, "validation halves", progress)
     return [out[r.key] for r in rollouts]
 
 

@@ -1,0 +1,108 @@
+"""The one-step check: what a value model's ranking of one state's top-k candidates buys.
+
+By the performance-difference lemma, guidance q gains over the base p the sum, over the states q
+visits, of Σ_a (q(a|s) − p(a|s)) Q_p(s, a), and pays the sum of KL(q(·|s) ‖ p(·|s)). At base
+states (small beta) both are estimated from `candidates.CandidateState`s: the KL from the value
+model and the logprobs alone, the gain from the Monte-Carlo Q̂ of the completed candidates.
+A state cut uniformly from a response of n tokens stands for its n positions, so a response's
+predicted total is n × the state's term, averaged over states (docs/design.md §1.7).
+
+q and p are `sampling.target_probs`, exactly the engine's target; the KL runs over every listed
+candidate (top-k, as the engine), the gain over the completed ones, renormalised (the tail
+beyond them is left out: an approximation that the design doc states).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..sampling import target_probs
+from .candidates import CandidateState
+from .validation import within_prompt_corr
+
+
+def kl(q: np.ndarray, p: np.ndarray) -> float:
+    keep = q > 0
+    return float(np.sum(q[keep] * (np.log(q[keep]) - np.log(p[keep]))))
+
+
+def step_terms(logprobs: Sequence[float], values: Sequence[float], q_hat: Sequence[float],
+               beta: float) -> tuple[float, float, float]:
+    """(gain over the completed candidates, KL over all listed, KL over the completed) of one
+    state; `values` are already in the engine's units (beta multiplies them)."""
+    v = np.asarray(values, dtype=np.float64)
+    lp = np.asarray(logprobs, dtype=np.float64)
+    c = len(q_hat)
+    full = kl(target_probs(lp, v - v.mean(), beta), target_probs(lp))
+    qc, pc = target_probs(lp[:c], v[:c] - v[:c].mean(), beta), target_probs(lp[:c])
+    gain = float(np.dot(qc - pc, np.asarray(q_hat, dtype=np.float64)))
+    return gain, full, kl(qc, pc)
+
+
+def _mean_se(x: list[float]) -> tuple[float, float]:
+    a = np.asarray(x, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else 0.0
+
+
+def reward_sd(states: list[CandidateState], spec: str) -> float:
+    """The spread of the sample's full-response rewards: the unit of gains and of the oracle's
+    beta."""
+    flat = [r for s in states for per in s.rewards[spec] for r in per]
+    return float(np.std(flat)) or 1.0
+
+
+def predict(states: list[CandidateState], values: list[list[float]], spec: str,
+            betas: Sequence[float]) -> dict:
+    """Predicted response-level gain and KL per beta for one value model (`values[i]`: its
+    scores of states[i]'s listed candidates), its within-state correlation with Q̂, and the
+    cross-fitted oracle's gain and KL at the same betas."""
+    usable = [(s, v) for s, v in zip(states, values) if len(s.completions) >= 2]
+    if not usable:
+        raise ValueError("no state has two or more completed candidates")
+    out: dict = {"reward": spec, "n_states": len(usable), "reward_sd": reward_sd(states, spec),
+                 "betas": {}}
+    preds, targets, groups = [], [], []
+    for i, (s, v) in enumerate(usable):
+        q_hat = [float(np.mean(r)) for r in s.rewards[spec]]
+        preds += v[:len(q_hat)]
+        targets += q_hat
+        groups += [i] * len(q_hat)
+    out.update(within_prompt_corr(preds, targets, groups, "candidates"))
+    for beta in betas:
+        gains, kls, kls_c, o_gains, o_kls = [], [], [], [], []
+        for s, v in usable:
+            q_hat = [float(np.mean(r)) for r in s.rewards[spec]]
+            g, k, kc = step_terms(s.logprobs, v, q_hat, beta)
+            gains.append(s.n_tokens * g)
+            kls.append(s.n_tokens * k)
+            kls_c.append(s.n_tokens * kc)
+            og, ok = _oracle(s, spec, beta, out["reward_sd"])
+            o_gains.append(s.n_tokens * og)
+            o_kls.append(s.n_tokens * ok)
+        row = {}
+        for name, xs in (("gain", gains), ("kl", kls), ("kl_completed", kls_c),
+                         ("oracle_gain", o_gains), ("oracle_kl", o_kls)):
+            row[name], row[name + "_se"] = _mean_se(xs)
+        out["betas"][f"{beta:g}"] = row
+    return out
+
+
+def _oracle(s: CandidateState, spec: str, beta: float, sd: float) -> tuple[float, float]:
+    """Gain and KL of guidance by the Monte-Carlo Q̂ itself, cross-fitted: weights from one half
+    of each candidate's completions, the gain scored on the other half (and vice versa), so the
+    noise that picks a candidate does not also score it."""
+    r = np.asarray(s.rewards[spec], dtype=np.float64)  # (candidates, m)
+    m = r.shape[1]
+    if m < 2:
+        return float("nan"), float("nan")
+    lp = np.asarray(s.logprobs[:len(r)], dtype=np.float64)
+    p = target_probs(lp)
+    halves = (r[:, :m // 2].mean(axis=1), r[:, m // 2:].mean(axis=1))
+    gain = kls = 0.0
+    for pick, score in (halves, halves[::-1]):
+        q = target_probs(lp, (pick - pick.mean()) / sd, beta)
+        gain += float(np.dot(q - p, score)) / 2
+        kls += kl(q, p) / 2
+    return gain, kls
