@@ -24,13 +24,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from vas_proxy.train.candidates import STATES_FILE, CandidateState, sample_states, score_states
+from vas_proxy.train.candidates import (
+    STATES_FILE,
+    CandidateState,
+    sample_states,
+    score_states,
+)
 from vas_proxy.train.rollouts import JsonlStore
 
 RUN = ROOT / "runs/candidates"
 DOCS = ROOT / "docs/training/candidates"
 PROMPTS = ROOT / "data/prompts/everyday_heldout.jsonl"
-SETTINGS = dict(draws=2, k=20, complete=6, m=4, max_tokens=64, seed=0)
+SETTINGS = {"draws": 2, "k": 20, "complete": 6, "m": 4, "max_tokens": 64, "seed": 0}
 N_PROMPTS = 64
 REWARDS = ["vader", "plain", "interests:gardener", "py:unseen_rewards:asks",
            "py:unseen_rewards:diversity"]
@@ -94,7 +99,7 @@ def sample() -> None:
 
 
 def measured(point) -> dict:
-    label, _, reward, where, setting, _ = point
+    _, _, reward, where, setting, _ = point
     with open(ROOT / where / "summary.csv", newline="") as f:
         row = next(r for r in csv.DictReader(f) if r["setting"] == setting)
     return {"gain": float(row[f"{reward}_gain"]), "gain_se": float(row[f"{reward}_gain_se"]),
@@ -129,8 +134,8 @@ def report(out: dict) -> None:
     from scipy.stats import pearsonr, spearmanr
 
     pts = out["points"]
-    lines = ["| point | predicted KL | measured KL | predicted gain | measured gain | "
-             "oracle gain (its KL) |", "|---|---|---|---|---|---|"]
+    lines = [("| point | predicted KL | measured KL | predicted gain | measured gain | "
+              "oracle gain (its KL) |"), "|---|---|---|---|---|---|"]
     for p in pts:
         pr, me = p["predicted"], p["measured"]
         lines.append(f"| {p['label']} | {pr['kl']:.2f} ± {pr['kl_se']:.2f} | {me['kl']:.2f} | "
@@ -147,22 +152,50 @@ def report(out: dict) -> None:
     hit = sum(p["predicted"]["gain"] > 2 * p["predicted"]["gain_se"] for p in strong)
     miss = sum(p["predicted"]["gain"] > 2 * p["predicted"]["gain_se"] for p in weak)
     claims = [
-        f"- Claim 1 (KL): Pearson of log KLs {pearsonr(pk, mk)[0]:.2f} (needs ≥ 0.9); "
-        f"within ×1.5 for {within} of {len(low)} points measured ≤ 3 nats (needs all).",
-        f"- Claim 2 (gain, in reward sd): Spearman {spearmanr(pg, mg)[0]:.2f} (needs ≥ 0.7); "
-        f"predicted > 2 s.e. for {hit} of {len(strong)} strong points (needs all) and for "
-        f"{miss} of {len(weak)} null points (needs 0).",
+        (f"- Claim 1 (KL): Pearson of log KLs {pearsonr(pk, mk)[0]:.2f} (needs ≥ 0.9); "
+         f"within ×1.5 for {within} of {len(low)} points measured ≤ 3 nats (needs all)."),
+        (f"- Claim 2 (gain, in reward sd): Spearman {spearmanr(pg, mg)[0]:.2f} (needs ≥ 0.7); "
+         f"predicted > 2 s.e. for {hit} of {len(strong)} strong points (needs all) and for "
+         f"{miss} of {len(weak)} null points (needs 0)."),
     ]
     models = ["| model | reward | within-state corr (n) |", "|---|---|---|"]
     for spec, m in out["models"].items():
         models.append(f"| {spec} | {m['reward']} | {m.get('candidates_within_corr') or 0:.3f} "
                       f"({m.get('candidates_within_n')}) |")
-    text = "\n".join(["# One-step candidate check: predictions against guided rows", "",
-                      "Made by `python benchmarks/candidate_check.py predict` from "
-                      "runs/candidates/states.jsonl (plan: PLAN.md).", ""] + lines + [""]
-                     + claims + [""] + models) + "\n"
+    head = ["# One-step candidate check: predictions against guided rows", "",
+            ("Made by `python benchmarks/candidate_check.py predict` from "
+             "runs/candidates/states.jsonl (plan: PLAN.md)."), ""]
+    text = "\n".join(head + lines + [""] + claims + [""] + models) + "\n"
     (DOCS / "RESULTS.md").write_text(text)
     print(text)
+    plot(pts)
+
+
+def plot(pts: list[dict]) -> None:
+    """Predicted against measured: KL (log scale) and gain in reward sd, with ±1 s.e. bars."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    for ax, key, unit in ((axes[0], "kl", 1), (axes[1], "gain", None)):
+        for p in pts:
+            sd = 1 if unit else p["sd"]
+            x, y = p["measured"][key] / sd, p["predicted"][key] / sd
+            xe = p["measured"].get(key + "_se", 0) / sd
+            ax.errorbar(x, y, xerr=xe, yerr=p["predicted"][key + "_se"] / sd, fmt="o", ms=4,
+                        capsize=2)
+            ax.annotate(p["label"], (x, y), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+        lo, hi = ax.get_xlim()
+        ax.plot([lo, hi], [lo, hi], "k:", lw=1)
+    axes[0].set(xscale="log", yscale="log", xlabel="measured KL per response (nats)",
+                ylabel="predicted KL (one-step, base states)")
+    axes[1].set(xlabel="measured gain (reward sd)", ylabel="predicted gain (reward sd)")
+    axes[1].axhline(0, color="grey", lw=0.5)
+    fig.suptitle("One-step candidate check against guided evaluation (64 tokens)")
+    fig.tight_layout()
+    fig.savefig(DOCS / "predicted_vs_measured.png", dpi=120)
 
 
 def main() -> int:

@@ -11,8 +11,13 @@ import pytest
 from vas_proxy.protocol import Candidate
 from vas_proxy.rewards import load_reward
 from vas_proxy.sampling import target_probs
-from vas_proxy.train.candidates import (STATES_FILE, CandidateState, pick_state, sample_states,
-                                        score_states)
+from vas_proxy.train.candidates import (
+    STATES_FILE,
+    CandidateState,
+    pick_state,
+    sample_states,
+    score_states,
+)
 from vas_proxy.train.onestep import predict, step_terms
 from vas_proxy.train.prompts import render_prompts
 from vas_proxy.train.rollouts import JsonlStore
@@ -96,8 +101,8 @@ def test_states_from_llama_server_are_seeded_complete_and_resumable(llama_server
     prompts = render_prompts([{"messages": [{"role": "user", "content": text}]}
                               for text in ("Name three fruits.", "Describe a sunny day.")],
                              chat_template)
-    settings = dict(draws=1, k=5, complete=2, m=2, max_tokens=12, seed=3,
-                    stop=chat_template.stop_strings, concurrency=2, progress=False)
+    settings = {"draws": 1, "k": 5, "complete": 2, "m": 2, "max_tokens": 12, "seed": 3,
+                "stop": chat_template.stop_strings, "concurrency": 2, "progress": False}
 
     async def run(path):
         client = UpstreamClient(llama_server.base_url, "m", profile=llama_server.profile,

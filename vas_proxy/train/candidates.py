@@ -1,5 +1,5 @@
 """States with their top-k candidates and Monte-Carlo completions: what a one-step check of a
-value model needs (the math is in `onestep`; docs/design.md §1.7).
+value model needs (the math is in `onestep`; docs/design.md §1.9).
 
 Guidance uses a value model for one thing: to rank the top-k candidates of one state against
 each other. This samples exactly that situation from the base model, once, for any number of
@@ -19,7 +19,7 @@ import numpy as np
 from ..protocol import Candidate
 from ..rewards import Reward
 from .prompts import PromptItem
-from .rollouts import Completer, JsonlStore, run_jobs, derive_seed
+from .rollouts import Completer, JsonlStore, derive_seed, run_jobs
 
 STATES_FILE = "states.jsonl"
 _STATE_STREAM = 2_000_003  # seed streams apart from rollouts' and validation's

@@ -5,7 +5,7 @@ visits, of Σ_a (q(a|s) − p(a|s)) Q_p(s, a), and pays the sum of KL(q(·|s) �
 states (small beta) both are estimated from `candidates.CandidateState`s: the KL from the value
 model and the logprobs alone, the gain from the Monte-Carlo Q̂ of the completed candidates.
 A state cut uniformly from a response of n tokens stands for its n positions, so a response's
-predicted total is n × the state's term, averaged over states (docs/design.md §1.7).
+predicted total is n × the state's term, averaged over states (docs/design.md §1.9).
 
 q and p are `sampling.target_probs`, exactly the engine's target; the KL runs over every listed
 candidate (top-k, as the engine), the gain over the completed ones, renormalised (the tail
