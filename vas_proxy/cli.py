@@ -22,10 +22,14 @@ from .options import (CacheOptions, GenerateOptions, GuidanceOptions, LimitOptio
 RUNTIME_GROUPS = (UpstreamOptions, GuidanceOptions, CacheOptions, ValueLoadOptions)
 
 
-def add_runtime_options(p: argparse.ArgumentParser, upstream_key_flag: str | None = None) -> None:
+def add_runtime_options(p: argparse.ArgumentParser, upstream_key_flag: str | None = None,
+                        guidance: list[str] | None = None) -> None:
+    """The runtime groups' flags; `guidance` keeps only those of GuidanceOptions' fields (a
+    command that takes no --beta must not accept one it would ignore)."""
     for group in RUNTIME_GROUPS:
         renamed = {"api_key": upstream_key_flag} if upstream_key_flag else None
-        add_options(p, group, flags=renamed if group is UpstreamOptions else None)
+        add_options(p, group, flags=renamed if group is UpstreamOptions else None,
+                    only=guidance if group is GuidanceOptions else None)
 
 
 def runtime_options(a: argparse.Namespace, *, rewards: dict[str, str] | None = None,
@@ -88,6 +92,15 @@ def _best_of_rewards(gen: GenerateOptions) -> dict[str, str]:
     return parse_reward_specs([gen.reward])
 
 
+async def _calibrate(a: argparse.Namespace) -> int:
+    from .calibrate import CalibrateOptions, calibrate, check, report
+
+    o = from_args(CalibrateOptions, a)
+    betas, weights = check(o)
+    print(report(await calibrate(o, runtime_options(a, verbose=not o.quiet), betas, weights)))
+    return 0
+
+
 async def _serve(a: argparse.Namespace) -> int:
     import ipaddress
     import logging
@@ -138,6 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(srv, LimitOptions)
     add_runtime_options(srv, upstream_key_flag="--upstream-api-key")
     srv.set_defaults(func=_serve)
+
+    from .calibrate import CalibrateOptions
+    cal = sub.add_parser("calibrate", help="predict the KL each beta pays; find the beta for a "
+                                           "KL budget", description=(
+        "Predict, before any guided run, the KL to the base that each beta pays per response "
+        "(the value models and the upstream's top-k logprobs at base states), and the beta "
+        "that spends a KL budget."))
+    add_options(cal, CalibrateOptions)
+    add_runtime_options(cal, guidance=["values", "top_k"])
+    cal.set_defaults(func=_calibrate)
 
     # Subcommands owned by other modules register here (each adds its own parser).
     from .train.command import register as _register_train

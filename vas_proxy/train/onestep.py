@@ -46,6 +46,36 @@ def _mean_se(x: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else 0.0
 
 
+def predicted_kl(states: list[CandidateState], values: Sequence[Sequence[float]],
+                 beta: float) -> tuple[float, float]:
+    """Predicted KL per response at `beta` (mean over states of n × the one-step KL over all
+    listed candidates) ± its s.e.; needs no completions."""
+    terms = []
+    for s, v in zip(states, values):
+        arr = np.asarray(v, dtype=np.float64)
+        lp = np.asarray(s.logprobs, dtype=np.float64)
+        terms.append(s.n_tokens * kl(target_probs(lp, arr - arr.mean(), beta),
+                                     target_probs(lp)))
+    return _mean_se(terms)
+
+
+def beta_for_kl(states: list[CandidateState], values: Sequence[Sequence[float]],
+                budget: float, *, tol: float = 1e-3) -> float | None:
+    """The beta >= 0 whose predicted KL per response is `budget` (bisection: the KL of an
+    exponential tilt grows with beta); None when even the largest beta stays below it."""
+    from ..defaults import MAX_BETA
+
+    if predicted_kl(states, values, MAX_BETA)[0] < budget:
+        return None
+    lo, hi = 0.0, 1.0
+    while predicted_kl(states, values, hi)[0] < budget:
+        lo, hi = hi, min(hi * 2, MAX_BETA)
+    while hi - lo > tol * max(hi, 1e-9):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if predicted_kl(states, values, mid)[0] < budget else (lo, mid)
+    return (lo + hi) / 2
+
+
 def reward_sd(states: list[CandidateState], spec: str) -> float:
     """The spread of the sample's full-response rewards: the unit of gains and of the oracle's
     beta."""
