@@ -1,0 +1,89 @@
+"""`vas-proxy calibrate`: the predicted KL per beta and the beta for a budget, its errors, and a
+run on the real llama-server with a real value model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vas_proxy.cli import main
+from vas_proxy.train.candidates import CandidateState
+from vas_proxy.train.onestep import beta_for_kl, predicted_kl
+
+
+def _states(n: int = 30, k: int = 5):
+    rng = np.random.default_rng(0)
+    states, values = [], []
+    for i in range(n):
+        lp = np.sort(np.log(rng.dirichlet(np.ones(k))))[::-1]
+        states.append(CandidateState(i, 0, i, 64, "p", "p", 40, 3, "x", ["a"] * k, list(lp),
+                                     [False] * k))
+        values.append(list(rng.normal(size=k)))
+    return states, values
+
+
+def test_predicted_kl_grows_with_beta_and_the_budget_beta_spends_the_budget():
+    states, values = _states()
+    kls = [predicted_kl(states, values, b)[0] for b in (0, 0.5, 1, 2, 4)]
+    assert kls[0] == 0 and all(a < b for a, b in zip(kls, kls[1:]))
+    beta = beta_for_kl(states, values, 1.84)
+    assert predicted_kl(states, values, beta)[0] == pytest.approx(1.84, rel=1e-2)
+    # n tokens per response: a state stands for its response's positions
+    assert predicted_kl(states, values, 1.0)[0] == pytest.approx(
+        40 * np.mean([predicted_kl([s], [v], 1.0)[0] / 40 for s, v in zip(states, values)]))
+
+
+def test_no_beta_spends_a_budget_the_values_cannot_reach():
+    states, values = _states()
+    flat = [[0.5] * len(v) for v in values]
+    assert predicted_kl(states, flat, 100.0)[0] == 0
+    assert beta_for_kl(states, flat, 1.0) is None
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--limit", "0"], "--limit must be >= 1"),
+    (["--kl", "-1"], "--kl must be > 0"),
+    (["--betas", "1,-2"], "--betas must be >= 0"),
+    (["--betas", "1,x"], "--betas"),
+])
+def test_bad_flags_fail_before_anything_starts(flags, message, tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "hi"}\n')
+    assert main(["calibrate", "--prompts", str(prompts), *flags]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_a_flag_it_would_ignore_is_refused(tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        main(["calibrate", "--prompts", "p.jsonl", "--speculate", "2"])
+    assert exit_.value.code == 2
+
+
+def test_calibrate_on_llama_server_with_a_real_value_model(llama_server, tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"messages": [{"role": "user", "content": t}]}) + "\n"
+                               for t in ("Describe your morning.", "What is a good book?")))
+    out = tmp_path / "cal"
+    args = ["calibrate", "--prompts", str(prompts), "--upstream", llama_server.base_url,
+            "--provider", "llama-server", "--value", "plain=bundled:plain", "--samples", "2",
+            "--max-tokens", "16", "--kl", "0.3", "--out", str(out), "--no-cache", "--quiet"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    result = json.loads((out / "calibration.json").read_text())
+    assert result["states"] == 4 and result["top_k"] == 20
+    kls = [row["kl"] for row in result["betas"].values()]
+    assert all(a < b for a, b in zip(kls, kls[1:]))
+    budget = result["budget"]
+    assert budget["predicted"]["kl"] == pytest.approx(0.3, rel=1e-2)
+    assert f"--beta {budget['beta']:.3g}" in text
+    states = (out / "states.jsonl").read_text()
+    assert all(len(json.loads(line)["texts"]) <= 20 for line in states.splitlines())
+    # a rerun reuses the stored states and predicts the same
+    assert main(args) == 0
+    assert (out / "states.jsonl").read_text() == states
+    assert json.loads((out / "calibration.json").read_text()) == result
+    # an unknown weight name is a clear error
+    assert main([*args, "--weights", "nope=1"]) == 1
+    assert "--weights names nope" in capsys.readouterr().err
