@@ -66,7 +66,9 @@ FRONTIERS = {
         added="Rows added later with `--resume`, same prompts, seeds and settings: `tuned ...` "
               "and the mixed VAS row (the RL baselines, `bash benchmarks/rl_baselines.sh`), and "
               "`plain64` and `positivity64` (the value models retrained at 64 tokens, `bash "
-              "benchmarks/retrain64.sh`; docs/training/retrain64/)."),
+              "benchmarks/retrain64.sh`; docs/training/retrain64/; `plain64` at β 3.1 is the "
+              "beta `vas-proxy calibrate` chose for Best-of-16's 1.84 nats, "
+              "docs/training/candidates/)."),
 }
 
 

@@ -34,6 +34,7 @@ def main() -> int:
     out = {}
     for model_dir, run, label in pairs:
         if not (model_dir / "vas_value.json").is_file() or not (run / "vas_value.json").is_file():
+            print(f"{label}: skipped, no finished model in {model_dir} or {run}", file=sys.stderr)
             continue
         model, tok, _ = load_value_model(model_dir)
         # the split, reward and halves are the run's own

@@ -4,6 +4,7 @@ run on the real llama-server with a real value model."""
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ def _states(n: int = 30, k: int = 5):
 def test_predicted_kl_grows_with_beta_and_the_budget_beta_spends_the_budget():
     states, values = _states()
     kls = [predicted_kl(states, values, b)[0] for b in (0, 0.5, 1, 2, 4)]
-    assert kls[0] == 0 and all(a < b for a, b in zip(kls, kls[1:]))
+    assert kls[0] == 0 and all(a < b for a, b in pairwise(kls))
     beta = beta_for_kl(states, values, 1.84)
     assert predicted_kl(states, values, beta)[0] == pytest.approx(1.84, rel=1e-2)
     # n tokens per response: a state stands for its response's positions
@@ -74,7 +75,7 @@ def test_calibrate_on_llama_server_with_a_real_value_model(llama_server, tmp_pat
     result = json.loads((out / "calibration.json").read_text())
     assert result["states"] == 4 and result["top_k"] == 20
     kls = [row["kl"] for row in result["betas"].values()]
-    assert all(a < b for a, b in zip(kls, kls[1:]))
+    assert all(a < b for a, b in pairwise(kls))
     budget = result["budget"]
     assert budget["predicted"]["kl"] == pytest.approx(0.3, rel=1e-2)
     assert f"--beta {budget['beta']:.3g}" in text

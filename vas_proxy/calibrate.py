@@ -119,9 +119,10 @@ async def calibrate(o: CalibrateOptions, opts, betas: list[float],
 
 
 def report(result: dict) -> str:
-    lines = [f"predicted KL to the base per response ({result['states']} states, "
-             f"{result['mean_tokens']:.1f} tokens per response on average, top-{result['top_k']}):",
-             "  beta   KL (nats)"]
+    head = (f"predicted KL to the base per response ({result['states']} states, "
+            f"{result['mean_tokens']:.1f} tokens per response on average, "
+            f"top-{result['top_k']}):")
+    lines = [head, "  beta   KL (nats)"]
     for b, row in result["betas"].items():
         lines.append(f"  {b:>5}  {row['kl']:.2f} ± {row['kl_se']:.2f}"
                      + ("  (beyond the checked range)" if row["kl"] > TRUSTED_KL else ""))

@@ -311,5 +311,7 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
                "curves": str(curves) if curves else None,
                "export": str(exported) if exported else None}
     _note(f"value model saved to {out} ({trainer.progress.step} steps); use it with "
-          f"--value NAME={out}" + ("" if curves else " (matplotlib missing: no curves.png)"), cfg)
+          f"--value NAME={out}" + ("" if curves else " (matplotlib missing: no curves.png)")
+          + f"; the beta for a KL budget: vas-proxy calibrate --value NAME={out} --prompts "
+          "HELDOUT.jsonl --kl 2", cfg)
     return summary
