@@ -158,10 +158,19 @@ def report(out: dict) -> None:
          f"predicted > 2 s.e. for {hit} of {len(strong)} strong points (needs all) and for "
          f"{miss} of {len(weak)} null points (needs 0)."),
     ]
-    models = ["| model | reward | within-state corr (n) |", "|---|---|---|"]
+    models = [("| model | reward | within-state corr (n) | noise ceiling (split-half r) | "
+               "corr / ceiling |"), "|---|---|---|---|---|"]
     for spec, m in out["models"].items():
-        models.append(f"| {spec} | {m['reward']} | {m.get('candidates_within_corr') or 0:.3f} "
-                      f"({m.get('candidates_within_n')}) |")
+        corr, noise = m.get("candidates_within_corr") or 0.0, m["noise"]
+        ceiling = noise["ceiling"] or 0.0
+        models.append(f"| {spec} | {m['reward']} | {corr:.3f} ({m.get('candidates_within_n')}) "
+                      f"| {ceiling:.2f} ({noise['split_half']:+.3f}) | "
+                      + (f"{corr / ceiling:.2f} |" if ceiling > 0.05 else "– |"))
+    models += ["", ("Noise ceiling: the within-state correlation of two halves of each "
+                    "candidate's completions (2 and 2), stepped up to 4 (Spearman-Brown); its "
+                    "square root caps any model's within-state correlation with Q̂. Its s.e. is "
+                    "about ±0.04 on the split-half r, so a ceiling near 0 means 'not resolved', "
+                    "not 'no signal'.")]
     head = ["# One-step candidate check: predictions against guided rows", "",
             ("Made by `python benchmarks/candidate_check.py predict` from "
              "runs/candidates/states.jsonl (plan: PLAN.md)."), ""]

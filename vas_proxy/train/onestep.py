@@ -76,6 +76,28 @@ def beta_for_kl(states: list[CandidateState], values: Sequence[Sequence[float]],
     return (lo + hi) / 2
 
 
+def noise_ceiling(states: list[CandidateState], spec: str) -> dict:
+    """How much of the within-state spread of Q̂ is signal: the within-state correlation of two
+    halves of each candidate's completions, stepped up to all m (Spearman-Brown). Its square
+    root caps the within-state correlation any value model can reach against Q̂, so a model's
+    figure over it is its correlation with the true Q (disattenuated)."""
+    first, second, groups = [], [], []
+    for i, s in enumerate(states):
+        r = np.asarray(s.rewards[spec], dtype=np.float64)
+        if r.ndim != 2 or r.shape[0] < 2 or r.shape[1] < 2:
+            continue
+        half = r.shape[1] // 2
+        first += list(r[:, :half].mean(axis=1))
+        second += list(r[:, half:].mean(axis=1))
+        groups += [i] * r.shape[0]
+    half_r = within_prompt_corr(first, second, groups, "h").get("h_within_corr")
+    if half_r is None:
+        return {"split_half": None, "reliability": None, "ceiling": None}
+    full = 2 * half_r / (1 + half_r) if half_r > -1 else -1.0
+    return {"split_half": half_r, "reliability": full,
+            "ceiling": float(np.sqrt(full)) if full > 0 else 0.0}
+
+
 def reward_sd(states: list[CandidateState], spec: str) -> float:
     """The spread of the sample's full-response rewards: the unit of gains and of the oracle's
     beta."""
@@ -100,6 +122,7 @@ def predict(states: list[CandidateState], values: list[list[float]], spec: str,
         targets += q_hat
         groups += [i] * len(q_hat)
     out.update(within_prompt_corr(preds, targets, groups, "candidates"))
+    out["noise"] = noise_ceiling([s for s, _ in usable], spec)
     for beta in betas:
         gains, kls, kls_c, o_gains, o_kls = [], [], [], [], []
         for s, v in usable:
