@@ -18,7 +18,7 @@ from vas_proxy.train.candidates import (
     sample_states,
     score_states,
 )
-from vas_proxy.train.onestep import predict, step_terms
+from vas_proxy.train.onestep import noise_ceiling, predict, step_terms
 from vas_proxy.train.prompts import render_prompts
 from vas_proxy.train.rollouts import JsonlStore
 from vas_proxy.upstream.client import UpstreamClient
@@ -72,6 +72,19 @@ def test_the_oracle_is_cross_fitted_so_pure_noise_buys_nothing():
     signal = [_state(i, [1.0, 0.0, 0.0, 0.0], noise=1.0, seed=7) for i in range(400)]
     row = predict(signal, [[0.0] * 4 for _ in signal], "r", [4.0])["betas"]["4"]
     assert row["oracle_gain"] > 5 * row["oracle_gain_se"]
+
+
+def test_the_noise_ceiling_tells_signal_from_noise():
+    rng = np.random.default_rng(3)
+    noise = [_state(i, [0.0] * 4, noise=1.0, seed=1) for i in range(300)]
+    signal = [_state(i, list(rng.normal(size=4)), noise=0.3, seed=1) for i in range(300)]
+    pure, clear = noise_ceiling(noise, "r"), noise_ceiling(signal, "r")
+    assert abs(pure["split_half"]) < 0.1 and pure["ceiling"] < 0.35
+    # within a state Q varies by 3/4 (4 draws of sd 1, mean removed); a half's mean of 2
+    # completions adds noise of variance 0.09 / 2: r = 0.75 / (0.75 + 0.045) ~ 0.94
+    assert clear["split_half"] == pytest.approx(0.75 / (0.75 + 0.045), abs=0.03)
+    assert clear["ceiling"] > 0.97
+    assert predict(signal, [[0.0] * 4] * 300, "r", [1.0])["noise"] == clear
 
 
 def test_a_cut_never_splits_a_character():
