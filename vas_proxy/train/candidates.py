@@ -94,8 +94,10 @@ async def sample_states(client: Completer, prompts: list[PromptItem], *, draws: 
                         complete: int, m: int, max_tokens: int, seed: int, stop: list[str],
                         store: JsonlStore, concurrency: int = 2,
                         progress: bool = True) -> list[CandidateState]:
-    """One state per (prompt, draw) with `k` candidates, the first `complete` printable ones
-    completed `m` times; stored states made with the same settings are reused."""
+    """One state per (prompt, draw) with up to `k` candidates (pieces of a character dropped),
+    the first `complete` completed `m` times; stored states made with the same settings are
+    reused. A response too short to cut, or a state with fewer than 2 candidates, gives no
+    state."""
     stored = store.load()
     out: dict[tuple[int, int], CandidateState] = {}
     todo = []
@@ -120,6 +122,8 @@ async def sample_states(client: Completer, prompts: list[PromptItem], *, draws: 
             return
         t, prefix = cut
         cands = [c for c in res.positions[t].candidates if _printable(c) or c.special][:k]
+        if len(cands) < 2:  # nothing to rank: no state (sampled again by a rerun, the same)
+            return
         terminal = [c.special or c.text in stop for c in cands]
         state = CandidateState(item.index, d, s, max_tokens, item.text, item.upstream,
                                len(sampled), t, prefix, [c.text for c in cands],
