@@ -18,7 +18,7 @@ from vas_proxy.train.candidates import (
     sample_states,
     score_states,
 )
-from vas_proxy.train.onestep import noise_ceiling, predict, step_terms
+from vas_proxy.train.onestep import noise_ceiling, oracle_at_kl, predict, step_terms
 from vas_proxy.train.prompts import render_prompts
 from vas_proxy.train.rollouts import JsonlStore
 from vas_proxy.upstream.client import UpstreamClient
@@ -66,12 +66,17 @@ def test_the_oracle_is_cross_fitted_so_pure_noise_buys_nothing():
     """Candidates of equal true value, completions that differ only by noise: an oracle that
     picked and scored on the same completions would 'gain'; the cross-fitted one does not."""
     states = [_state(i, [0.0] * 4, noise=1.0, seed=7) for i in range(400)]
-    row = predict(states, [[0.0] * 4 for _ in states], "r", [4.0])["betas"]["4"]
-    assert row["oracle_kl"] > 0.5  # it does tilt
+    row = oracle_at_kl(states, "r", 2.0, sd=1.0)
+    assert row["oracle_kl"] == pytest.approx(2.0, rel=1e-3)  # it does tilt, to the budget
     assert abs(row["oracle_gain"]) < 3 * row["oracle_gain_se"] + 1e-9
     signal = [_state(i, [1.0, 0.0, 0.0, 0.0], noise=1.0, seed=7) for i in range(400)]
-    row = predict(signal, [[0.0] * 4 for _ in signal], "r", [4.0])["betas"]["4"]
+    row = oracle_at_kl(signal, "r", 2.0, sd=1.0)
     assert row["oracle_gain"] > 5 * row["oracle_gain_se"]
+    # predict() puts the oracle at the KL the model pays over the completed candidates
+    truth = [[1.0, 0.0, 0.0, 0.0]] * 400
+    pred = predict(signal, truth, "r", [2.0])["betas"]["2"]
+    assert pred["oracle_kl"] == pytest.approx(pred["kl_completed"], rel=1e-3)
+    assert predict(signal, [[0.0] * 4] * 400, "r", [2.0])["betas"]["2"]["oracle_gain"] == 0
 
 
 def test_the_noise_ceiling_tells_signal_from_noise():

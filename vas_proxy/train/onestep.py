@@ -109,7 +109,7 @@ def predict(states: list[CandidateState], values: list[list[float]], spec: str,
             betas: Sequence[float]) -> dict:
     """Predicted response-level gain and KL per beta for one value model (`values[i]`: its
     scores of states[i]'s listed candidates), its within-state correlation with Q̂, and the
-    cross-fitted oracle's gain and KL at the same betas."""
+    cross-fitted oracle's gain at the KL the model pays over the completed candidates."""
     usable = [(s, v) for s, v in zip(states, values) if len(s.completions) >= 2]
     if not usable:
         raise ValueError("no state has two or more completed candidates")
@@ -123,23 +123,47 @@ def predict(states: list[CandidateState], values: list[list[float]], spec: str,
         groups += [i] * len(q_hat)
     out.update(within_prompt_corr(preds, targets, groups, "candidates"))
     out["noise"] = noise_ceiling([s for s, _ in usable], spec)
+    usable_states = [s for s, _ in usable]
     for beta in betas:
-        gains, kls, kls_c, o_gains, o_kls = [], [], [], [], []
+        gains, kls, kls_c = [], [], []
         for s, v in usable:
             q_hat = [float(np.mean(r)) for r in s.rewards[spec]]
             g, k, kc = step_terms(s.logprobs, v, q_hat, beta)
             gains.append(s.n_tokens * g)
             kls.append(s.n_tokens * k)
             kls_c.append(s.n_tokens * kc)
-            og, ok = _oracle(s, spec, beta, out["reward_sd"])
-            o_gains.append(s.n_tokens * og)
-            o_kls.append(s.n_tokens * ok)
         row = {}
-        for name, xs in (("gain", gains), ("kl", kls), ("kl_completed", kls_c),
-                         ("oracle_gain", o_gains), ("oracle_kl", o_kls)):
+        for name, xs in (("gain", gains), ("kl", kls), ("kl_completed", kls_c)):
             row[name], row[name + "_se"] = _mean_se(xs)
+        # the oracle at the KL the model pays over the same (completed) candidates
+        row.update(oracle_at_kl(usable_states, spec, row["kl_completed"], out["reward_sd"]))
         out["betas"][f"{beta:g}"] = row
     return out
+
+
+def oracle_totals(states: list[CandidateState], spec: str, beta: float,
+                  sd: float) -> tuple[float, float, float]:
+    """The cross-fitted oracle's predicted gain ± s.e. and KL per response at `beta` (in units
+    of `sd`)."""
+    terms = [_oracle(s, spec, beta, sd) for s in states]
+    gain, se = _mean_se([s.n_tokens * g for s, (g, _) in zip(states, terms)])
+    return gain, se, float(np.mean([s.n_tokens * k for s, (_, k) in zip(states, terms)]))
+
+
+def oracle_at_kl(states: list[CandidateState], spec: str, budget: float, sd: float) -> dict:
+    """The oracle at the beta where its KL over the completed candidates is `budget`
+    (bisection; its KL grows with beta): what guidance by Q̂ itself buys for the same KL."""
+    lo, hi = 0.0, 1.0
+    if budget <= 0:
+        return {"oracle_beta": 0.0, "oracle_gain": 0.0, "oracle_gain_se": 0.0, "oracle_kl": 0.0}
+    while oracle_totals(states, spec, hi, sd)[2] < budget and hi < 1e4:
+        lo, hi = hi, hi * 2
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if oracle_totals(states, spec, mid, sd)[2] < budget else (lo, mid)
+    beta = (lo + hi) / 2
+    gain, se, kl_ = oracle_totals(states, spec, beta, sd)
+    return {"oracle_beta": beta, "oracle_gain": gain, "oracle_gain_se": se, "oracle_kl": kl_}
 
 
 def _oracle(s: CandidateState, spec: str, beta: float, sd: float) -> tuple[float, float]:
