@@ -501,3 +501,48 @@ def test_embedded_llama_server_rollouts_do_not_depend_on_its_slots(tmp_path):
         texts.append(sorted((r["prompt_index"], r["sample"], r["response"]) for r in rollouts))
     assert len(texts[0]) == 6 and texts[0] == texts[1]
     assert len({t[2] for t in texts[0]}) > 1  # real, varied samples
+
+
+def test_extra_rollouts_from_an_eval_are_trained_on_except_held_out_prompts(tiny_run, upstream,
+                                                                            tmp_path):
+    """An on-policy round's data: the responses of a `vas-proxy eval` results.jsonl on the same
+    prompts join the training set (scored, kept beside the run), held-out prompts' left out."""
+    import shutil
+
+    from vas_proxy.errors import ConfigError
+    from vas_proxy.train.command import heldout_prompts
+    from vas_proxy.values.store import read_checkpoint_config
+
+    cfg, _ = tiny_run
+    out = tmp_path / "round2"
+    out.mkdir()
+    for name in ("rollouts.jsonl", "validation.jsonl"):
+        shutil.copy(Path(cfg.out) / name, out / name)
+    base = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    prompt_of = {r["prompt_index"]: r["prompt"] for r in base}
+    records = [{"setting": "vas b=2 v=1", "prompt_index": i, "prompt": prompt_of[i], "seed": i,
+                "response": f" what a lovely answer number {i}", "finish_reason": "length",
+                "tokens": 6, "rewards": {}} for i in range(3) for _ in range(2)]
+    records[0]["rewards"] = {"vader": 0.123}  # computed by the eval already: kept
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = asyncio.run(run(tiny_config(tmp_path, upstream, out=str(out),
+                                          extra_rollouts=str(results))))
+    held = heldout_prompts(3, cfg.heldout_frac, cfg.seed)
+    used = sum(r["prompt_index"] not in held for r in records)
+    n_base = sum(r["prompt_index"] not in held for r in base)
+    meta = read_checkpoint_config(out)["metadata"]
+    assert summary["steps"] > 0 and meta["train_rollouts"] == n_base + used
+    extra = [json.loads(line) for line in (out / "extra_rollouts.jsonl").read_text().splitlines()]
+    assert len(extra) == 6 and extra[0]["rewards"]["vader"] == 0.123
+    assert all(isinstance(r["rewards"]["vader"], float) for r in extra)
+    assert {r["upstream_prompt"] for r in extra} <= {r["upstream_prompt"] for r in base}
+
+    records[3]["prompt"] = "another prompt file's prompt"
+    results.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(ConfigError, match=r"results.jsonl:4: prompt 1 is not this run's"):
+        asyncio.run(run(tiny_config(tmp_path, upstream, out=str(tmp_path / "r3"),
+                                    extra_rollouts=str(results))))
+    with pytest.raises(ConfigError, match="--extra-rollouts .*no such file"):
+        asyncio.run(run(tiny_config(tmp_path, upstream, out=str(tmp_path / "r4"),
+                                    extra_rollouts=str(tmp_path / "missing.jsonl"))))

@@ -67,6 +67,8 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.budget is not None:
         from .budget import parse_budget
         parse_budget(cfg.budget)  # a bad budget fails before anything loads
+    if cfg.extra_rollouts is not None and not Path(cfg.extra_rollouts).expanduser().is_file():
+        raise ConfigError(f"--extra-rollouts {cfg.extra_rollouts}: no such file")
     if cfg.embedded is not None and cfg.embedded not in SERVERS:
         raise ConfigError(f"--embedded {cfg.embedded!r}: use {' or '.join(SERVERS)}")
     if cfg.backbone not in ("smollm2", "tiny") and not Path(cfg.backbone).expanduser().is_dir():
@@ -253,8 +255,8 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
         prepare_out_dir(cfg.export, "--export")
 
     from .report import CURVES_FILE, write_curves
-    from .rollouts import (ROLLOUTS_FILE, VALIDATION_FILE, HalfCompletions, JsonlStore, Rollout,
-                           score_halves, score_rollouts)
+    from .rollouts import (EXTRA_FILE, ROLLOUTS_FILE, VALIDATION_FILE, HalfCompletions,
+                           JsonlStore, Rollout, read_eval_responses, score_halves, score_rollouts)
     from .td import make_example
     from .trainer import METRICS_FILE, STATE_FILE, Trainer, build_model, export_checkpoint
     from .validation import evaluate
@@ -274,6 +276,16 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
     score_halves(halves, by_key, reward, spec, JsonlStore(out / VALIDATION_FILE, HalfCompletions))
     train_rollouts = [r for r in rollouts if r.prompt_index not in held]
     held_rollouts = [r for r in rollouts if r.prompt_index in held]
+    if cfg.extra_rollouts:
+        extra = read_eval_responses(Path(cfg.extra_rollouts).expanduser(), rollouts)
+        store = JsonlStore(out / EXTRA_FILE, Rollout)
+        score_rollouts(extra, reward, spec, store, progress=not cfg.quiet)
+        store.rewrite(extra)
+        used = [r for r in extra if r.prompt_index not in held]
+        train_rollouts += used
+        _note(f"--extra-rollouts: {len(used)} responses trained on (reward "
+              f"{np.mean([r.rewards[spec] for r in used]) if used else float('nan'):.3f} on "
+              f"average), {len(extra) - len(used)} of held-out prompts left out", cfg)
     rewards = np.array([r.rewards[spec] for r in rollouts])
     _note(f"{len(rollouts)} rollouts ({len(train_rollouts)} train, {len(held_rollouts)} held out): "
           f"reward {rewards.mean():.3f} ± {rewards.std():.3f}, "

@@ -58,6 +58,10 @@ class TrainConfig:
                                    "(2000); picks --samples-per-prompt from this machine's "
                                    "measured rates and prints the plan", metavar="BUDGET")
     max_tokens: int = opt(48, "tokens per response (the horizon the values predict over)")
+    extra_rollouts: str | None = opt(None, "also train on the responses of a `vas-proxy eval` "
+                                           "results.jsonl run on the same --prompts (e.g. "
+                                           "guided ones: an on-policy round); those of held-out "
+                                           "prompts are left out", metavar="FILE")
     no_logprobs: bool = opt(False, "store rollouts without their tokens' logprobs: ~3x faster on "
                                    "llama-cpp-python (it sorts the whole vocabulary in Python for "
                                    "each logprob it reports); training reads only the text")

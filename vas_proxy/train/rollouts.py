@@ -31,6 +31,7 @@ from .prompts import PromptItem
 
 ROLLOUTS_FILE = "rollouts.jsonl"
 VALIDATION_FILE = "validation.jsonl"
+EXTRA_FILE = "extra_rollouts.jsonl"
 
 
 class Completer(Protocol):
@@ -224,6 +225,36 @@ async def sample_half_completions(client: Completer, rollouts: list[Rollout], *,
 
     await run_jobs(todo, work, concurrency, "validation halves", progress)
     return [out[r.key] for r in rollouts]
+
+
+def read_eval_responses(path: str | Path, base: list[Rollout]) -> list[Rollout]:
+    """Every response of a `vas-proxy eval` results.jsonl as a rollout, for training beside the
+    base samples (e.g. guided ones: an on-policy round). The eval must have run on the same
+    prompts file: a record's prompt index and text must match a base rollout's, whose exact
+    upstream text it takes. Rewards the eval already computed are kept."""
+    from ..errors import ConfigError
+
+    upstream = {r.prompt_index: (r.prompt, r.upstream_prompt) for r in base}
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"--extra-rollouts {path}: {exc.strerror or exc}") from None
+    out = []
+    for i, line in enumerate(lines, 1):
+        try:
+            rec = json.loads(line)
+            index, prompt, response = rec["prompt_index"], rec["prompt"], rec["response"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ConfigError(f"{path}:{i}: not a `vas-proxy eval` result") from None
+        if upstream.get(index, (None,))[0] != prompt:
+            raise ConfigError(f"{path}:{i}: prompt {index} is not this run's prompt {index}; "
+                              "run the eval on the same --prompts file")
+        out.append(Rollout(index, i, int(rec.get("seed") or 0), f"eval:{rec.get('setting')}",
+                           int(rec.get("tokens") or 0), prompt, upstream[index][1], response,
+                           finish_reason=rec.get("finish_reason"),
+                           rewards={k: float(v) for k, v in (rec.get("rewards") or {}).items()}))
+    return out
 
 
 def score_rollouts(rollouts: list[Rollout], reward: Reward, spec: str, store: JsonlStore,
