@@ -116,12 +116,13 @@ async def sample_states(client: Completer, prompts: list[PromptItem], *, draws: 
         item, d, s = job
         res = await client.complete(item.upstream, max_tokens=max_tokens, top_k=k,
                                     temperature=1.0, seed=s, stop=stop or None)
-        sampled = [p.sampled for p in res.positions if p.sampled is not None]
+        positions = [p for p in res.positions if p.sampled is not None]
+        sampled = [p.sampled for p in positions]
         cut = pick_state(sampled, np.random.default_rng(s))
         if cut is None:
             return
         t, prefix = cut
-        cands = [c for c in res.positions[t].candidates if _printable(c) or c.special][:k]
+        cands = [c for c in positions[t].candidates if _printable(c) or c.special][:k]
         if len(cands) < 2:  # nothing to rank: no state (sampled again by a rerun, the same)
             return
         terminal = [c.special or c.text in stop for c in cands]
