@@ -215,6 +215,8 @@ BEFORE["serve"].update({
 for _cmd in ("generate", "serve"):
     BEFORE[_cmd]["--adapter"] = ("store", str, None)
 BEFORE["eval"]["--tuned"] = ("append", str, None)
+# Issue 13 (value models that know): train on an eval's responses too (an on-policy round).
+BEFORE["train"]["--extra-rollouts"] = ("store", str, None)
 REQUIRED = {"generate": {"prompt"}, "train": {"--prompts", "--reward", "--out"},
             "eval": {"--prompts", "--reward", "--out"}}
 CHOICES = {"--dtype": ["float32", "bfloat16", "float16"],

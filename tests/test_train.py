@@ -156,7 +156,8 @@ def test_train_flags_become_the_config():
     assert list(cfg.to_dict()) == [
         "prompts", "reward", "out", "upstream", "model", "provider", "chat_template", "timeout",
         "embedded",
-        "backbone", "samples_per_prompt", "budget", "max_tokens", "no_logprobs", "concurrency", "epochs",
+        "backbone", "samples_per_prompt", "budget", "max_tokens", "extra_rollouts",
+        "no_logprobs", "concurrency", "epochs",
         "lora_r", "lora_layers", "lr", "head_lr_mult", "standardize", "weight_decay", "batch_size",
         "grad_accum", "max_grad_norm", "gamma", "lam", "seed", "heldout_frac",
         "val_completions", "export", "save_every", "device", "dtype", "resume", "quiet"]
