@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..defaults import MAX_BETA
 from ..sampling import target_probs
 from .candidates import CandidateState
 from .validation import within_prompt_corr
@@ -35,10 +36,16 @@ def step_terms(logprobs: Sequence[float], values: Sequence[float], q_hat: Sequen
     v = np.asarray(values, dtype=np.float64)
     lp = np.asarray(logprobs, dtype=np.float64)
     c = len(q_hat)
-    full = kl(target_probs(lp, v - v.mean(), beta), target_probs(lp))
     qc, pc = target_probs(lp[:c], v[:c] - v[:c].mean(), beta), target_probs(lp[:c])
     gain = float(np.dot(qc - pc, np.asarray(q_hat, dtype=np.float64)))
-    return gain, full, kl(qc, pc)
+    return gain, state_kl(lp, v, beta), kl(qc, pc)
+
+
+def state_kl(logprobs: Sequence[float], values: Sequence[float], beta: float) -> float:
+    """KL(q ‖ p) at one state over every listed candidate: the engine's target (§1.1)."""
+    v = np.asarray(values, dtype=np.float64)
+    lp = np.asarray(logprobs, dtype=np.float64)
+    return kl(target_probs(lp, v - v.mean(), beta), target_probs(lp))
 
 
 def _mean_se(x: list[float]) -> tuple[float, float]:
@@ -50,29 +57,31 @@ def predicted_kl(states: list[CandidateState], values: Sequence[Sequence[float]]
                  beta: float) -> tuple[float, float]:
     """Predicted KL per response at `beta` (mean over states of n × the one-step KL over all
     listed candidates) ± its s.e.; needs no completions."""
-    terms = []
-    for s, v in zip(states, values):
-        arr = np.asarray(v, dtype=np.float64)
-        lp = np.asarray(s.logprobs, dtype=np.float64)
-        terms.append(s.n_tokens * kl(target_probs(lp, arr - arr.mean(), beta),
-                                     target_probs(lp)))
-    return _mean_se(terms)
+    return _mean_se([s.n_tokens * state_kl(s.logprobs, v, beta)
+                     for s, v in zip(states, values)])
 
 
 def beta_for_kl(states: list[CandidateState], values: Sequence[Sequence[float]],
                 budget: float, *, tol: float = 1e-3) -> float | None:
     """The beta >= 0 whose predicted KL per response is `budget` (bisection: the KL of an
     exponential tilt grows with beta); None when even the largest beta stays below it."""
-    from ..defaults import MAX_BETA
+    def kl_at(beta: float) -> float:
+        return predicted_kl(states, values, beta)[0]
 
-    if predicted_kl(states, values, MAX_BETA)[0] < budget:
+    if kl_at(MAX_BETA) < budget:
         return None
+    return _solve_beta(kl_at, budget, tol)
+
+
+def _solve_beta(kl_at, budget: float, tol: float) -> float:
+    """The beta in [0, MAX_BETA] where the increasing `kl_at` reaches `budget`: doubling, then
+    bisection to a relative width `tol` (MAX_BETA when it never does)."""
     lo, hi = 0.0, 1.0
-    while predicted_kl(states, values, hi)[0] < budget:
+    while kl_at(hi) < budget and hi < MAX_BETA:
         lo, hi = hi, min(hi * 2, MAX_BETA)
     while hi - lo > tol * max(hi, 1e-9):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if predicted_kl(states, values, mid)[0] < budget else (lo, mid)
+        lo, hi = (mid, hi) if kl_at(mid) < budget else (lo, mid)
     return (lo + hi) / 2
 
 
@@ -115,19 +124,18 @@ def predict(states: list[CandidateState], values: list[list[float]], spec: str,
         raise ValueError("no state has two or more completed candidates")
     out: dict = {"reward": spec, "n_states": len(usable), "reward_sd": reward_sd(states, spec),
                  "betas": {}}
+    usable_states = [s for s, _ in usable]
+    q_hats = [[float(np.mean(r)) for r in s.rewards[spec]] for s in usable_states]
     preds, targets, groups = [], [], []
-    for i, (s, v) in enumerate(usable):
-        q_hat = [float(np.mean(r)) for r in s.rewards[spec]]
-        preds += v[:len(q_hat)]
+    for i, ((_, v), q_hat) in enumerate(zip(usable, q_hats)):
+        preds += list(v[:len(q_hat)])
         targets += q_hat
         groups += [i] * len(q_hat)
     out.update(within_prompt_corr(preds, targets, groups, "candidates"))
-    out["noise"] = noise_ceiling([s for s, _ in usable], spec)
-    usable_states = [s for s, _ in usable]
+    out["noise"] = noise_ceiling(usable_states, spec)
     for beta in betas:
         gains, kls, kls_c = [], [], []
-        for s, v in usable:
-            q_hat = [float(np.mean(r)) for r in s.rewards[spec]]
+        for (s, v), q_hat in zip(usable, q_hats):
             g, k, kc = step_terms(s.logprobs, v, q_hat, beta)
             gains.append(s.n_tokens * g)
             kls.append(s.n_tokens * k)
@@ -153,15 +161,9 @@ def oracle_totals(states: list[CandidateState], spec: str, beta: float,
 def oracle_at_kl(states: list[CandidateState], spec: str, budget: float, sd: float) -> dict:
     """The oracle at the beta where its KL over the completed candidates is `budget`
     (bisection; its KL grows with beta): what guidance by Q̂ itself buys for the same KL."""
-    lo, hi = 0.0, 1.0
     if budget <= 0:
         return {"oracle_beta": 0.0, "oracle_gain": 0.0, "oracle_gain_se": 0.0, "oracle_kl": 0.0}
-    while oracle_totals(states, spec, hi, sd)[2] < budget and hi < 1e4:
-        lo, hi = hi, hi * 2
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if oracle_totals(states, spec, mid, sd)[2] < budget else (lo, mid)
-    beta = (lo + hi) / 2
+    beta = _solve_beta(lambda b: oracle_totals(states, spec, b, sd)[2], budget, 1e-12)
     gain, se, kl_ = oracle_totals(states, spec, beta, sd)
     return {"oracle_beta": beta, "oracle_gain": gain, "oracle_gain_se": se, "oracle_kl": kl_}
 
