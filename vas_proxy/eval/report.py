@@ -21,6 +21,7 @@ import numpy as np
 
 from ..prices import PriceModel, cost, parse_prices, record_calls
 from .config import weights_label
+from .efficiency import bon_pools, effective_rho, exact_bon_kl, kl_to_reach, within_sd
 from .files import CONFIG_FILE, RESULTS_FILE, TIMINGS_FILE, read_json, read_records
 from .plots import (PLOT_COMPOSITION, PLOT_COST, PLOT_KL, PLOT_LATENCY, composition_rows,
                     cost_plot_name, plot)
@@ -55,6 +56,7 @@ def summarise(records: list[dict], reward_names: list[str],
     for r in records:
         groups[r["setting"]].append(r)
     base = {(r["prompt_index"], r["sample"]): r for r in groups.get("base", [])}
+    sds = {reward: within_sd(records, reward) for reward in reward_names}
     rows = []
     for name, rs in groups.items():
         first = rs[0]
@@ -79,6 +81,12 @@ def summarise(records: list[dict], reward_names: list[str],
         if first.get("kl_kind") == "bound":
             row["kl_se"] = math.nan
         row["kl_kind"] = first.get("kl_kind") or "none"
+        for reward in reward_names:  # reward per nat, for the rows with an own KL figure
+            row[f"{reward}_rho"] = effective_rho(row[f"{reward}_gain"], row["kl_mean"],
+                                                 sds[reward]) \
+                if method in ("vas", "bon") else math.nan
+        row["kl_exact"] = exact_bon_kl(bon_pools(records, first.get("bon_reward")),
+                                       first["best_of"]) if method == "bon" else math.nan
         tokens = sum(r.get("tokens") or 0 for r in rs)
         for key in ("tokens", "upstream_calls", "billed_tokens", "upstream_prompt_tokens",
                     "upstream_completion_tokens", "rejected_draft_tokens",
@@ -228,9 +236,41 @@ def write_markdown(rows: list[dict], names: list[str], path: Path, plots: list[s
                  "the upstream reported; where it reported none they are estimated from the "
                  "prompt prefix an earlier call of the response sent (marked est.). s / "
                  "response: seconds per response.", ""]
+    text += per_nat_lines(rows, names)
     text += [f"![{p}]({p})" for p in plots]
     path.write_text("\n".join(text) + "\n")
     return path
+
+
+def per_nat_lines(rows: list[dict], names: list[str]) -> list[str]:
+    """summary.md's "reward per nat" section (efficiency.py): for each reward whose
+    within-prompt sd the eval can tell, the effective ρ of the VAS rows that raise it (by > 2 s.e.) and of the
+    Best-of-N rows that pick by it, and the KL each VAS row would need for the largest
+    Best-of-N's gain."""
+    lines = []
+    for name in names:
+        vas = [r for r in rows if r["method"] == "vas" and r[f"{name}_rho"] > 0
+               and r[f"{name}_gain"] > 2 * r[f"{name}_gain_se"]]
+        bon = [r for r in rows if r["method"] == "bon" and r["bon_reward"] == name
+               and not math.isnan(r[f"{name}_rho"])]
+        if not vas:
+            continue
+        best = max(bon, default=None, key=lambda r: r["best_of"])
+        for r in bon:
+            lines.append(f"- {name}, {r['setting']}: ρ {r[f'{name}_rho']:.2f} at its bound "
+                         f"{r['kl_mean']:.2f} nats (its pool's distribution, ties counted: "
+                         f"{r['kl_exact']:.2f})")
+        for r in vas:
+            need = "" if best is None else f"; at this ρ it reaches Best-of-{best['best_of']}'s " \
+                f"gain at about {kl_to_reach(best[f'{name}_gain'], r[f'{name}_gain'], r['kl_mean']):.1f} nats"
+            lines.append(f"- {name}, {r['setting']}: ρ {r[f'{name}_rho']:.2f} at "
+                         f"{r['kl_mean']:.2f} nats{need}")
+    if not lines:
+        return []
+    return [("Reward per nat (docs/design.md §1.10): effective ρ = gain / (sd_w · √(2·KL)), "
+             "sd_w the reward's standard deviation within a prompt. A value model's ρ changes "
+             "little with beta; 1 would be perfect values; a guided row beats Best-of-N at "
+             "equal KL only with a larger ρ than Best-of-N's."), "", *lines, ""]
 
 
 def _rule(p: PriceModel) -> str:
