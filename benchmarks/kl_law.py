@@ -63,7 +63,8 @@ def tilt_curve(pool: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 def at_kl(curve: tuple[np.ndarray, np.ndarray], kl: float) -> float:
-    """The tilt's gain at `kl`; nan beyond the largest KL the pools can show (log 16, less with ties)."""
+    """The tilt's gain at `kl`; nan beyond the largest KL the pools can show (log 16, less
+    with ties)."""
     order = np.argsort(curve[0])
     if kl > curve[0].max():
         return math.nan
@@ -107,7 +108,8 @@ def table(results: list[dict]) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     for res in results:
         for r in res["rows"]:
-            kl = (f"≤ {r['kl']:.2f} (bound; {r['exact_kl']:.2f} on the pool)" if r["kind"] == "BoN"
+            bon = r["kind"] == "BoN"
+            kl = (f"≤ {r['kl']:.2f} (bound; {r['exact_kl']:.2f} on the pool)" if bon
                   else pm(r["kl"], r["kl_se"], 2))
             t = at_kl(res["tilt"], r["kl"])
             tilt = "beyond the pool" if math.isnan(t) else f"{t:+.3f}"

@@ -244,9 +244,9 @@ def write_markdown(rows: list[dict], names: list[str], path: Path, plots: list[s
 
 def per_nat_lines(rows: list[dict], names: list[str]) -> list[str]:
     """summary.md's "reward per nat" section (efficiency.py): for each reward whose
-    within-prompt sd the eval can tell, the effective ρ of the VAS rows that raise it (by > 2 s.e.) and of the
-    Best-of-N rows that pick by it, and the KL each VAS row would need for the largest
-    Best-of-N's gain."""
+    within-prompt sd the eval can tell, the effective ρ of the VAS rows that raise it by more
+    than 2 s.e. and of the Best-of-N rows that pick by it, and the KL each of those VAS rows
+    would need for the largest Best-of-N's gain."""
     lines = []
     for name in names:
         vas = [r for r in rows if r["method"] == "vas" and r[f"{name}_rho"] > 0
@@ -261,8 +261,9 @@ def per_nat_lines(rows: list[dict], names: list[str]) -> list[str]:
                          f"{r['kl_mean']:.2f} nats (its pool's distribution, ties counted: "
                          f"{r['kl_exact']:.2f})")
         for r in vas:
-            need = "" if best is None else f"; at this ρ it reaches Best-of-{best['best_of']}'s " \
-                f"gain at about {kl_to_reach(best[f'{name}_gain'], r[f'{name}_gain'], r['kl_mean']):.1f} nats"
+            need = "" if best is None else (
+                f"; at this ρ it reaches Best-of-{best['best_of']}'s gain at about "
+                f"{kl_to_reach(best[f'{name}_gain'], r[f'{name}_gain'], r['kl_mean']):.1f} nats")
             lines.append(f"- {name}, {r['setting']}: ρ {r[f'{name}_rho']:.2f} at "
                          f"{r['kl_mean']:.2f} nats{need}")
     if not lines:
