@@ -79,8 +79,8 @@ def rows_of(directory: str, reward: str, values: list[str]) -> dict:
     f = lambda r: r["rewards"][reward]
     out = {"reward": short(reward), "sd": sd, "tilt": tilt_curve(pool), "rows": []}
     for name, rows in sets.items():
-        guided = name.startswith("vas ") and len(name.split()) == 3 \
-            and name.split()[2].split("=")[0] in values
+        guided = name.startswith("vas ") and all(  # every value model of the row is the reward's
+            w.split("=")[0] in values for w in name.split()[2:])
         if not (guided or (name.startswith("bon N=") and name.split()[1] in ("N=4", "N=16"))):
             continue
         kl = mean_kl(rows)
