@@ -68,7 +68,8 @@ FRONTIERS = {
               "`plain64` and `positivity64` (the value models retrained at 64 tokens, `bash "
               "benchmarks/retrain64.sh`; docs/training/retrain64/; `plain64` at β 3.1 is the "
               "beta `vas-proxy calibrate` chose for Best-of-16's 1.84 nats, "
-              "docs/training/candidates/)."),
+              "docs/training/candidates/), and the two plain models averaged at the beta "
+              "calibrated for the same budget (docs/training/ensemble/)."),
 }
 
 

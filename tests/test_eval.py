@@ -272,6 +272,9 @@ def test_eval_writes_every_artefact(upstream, prompts_file, tmp_path, capsys):
     assert rc == 0
     records = (out / "results.jsonl").read_text().splitlines()
     assert len(records) == 2 * (len(settings) + 1)
+    saved = json.loads((out / "eval.json").read_text())  # every command that added is kept
+    assert len(saved["commands"]) == 2 and saved["command"] == saved["commands"][-1]
+    assert set(saved["values"]) == {"h", "short"}
     capsys.readouterr()
     assert main(_eval_args(upstream, prompts_file, out, "--beta", "0", "--best-of",
                            "none")) == 1

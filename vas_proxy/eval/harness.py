@@ -64,12 +64,15 @@ def prepare(cfg: EvalConfig) -> tuple[Path, list[dict], dict]:
         _check_resume(cfg, out)
         records = read_records(out / RESULTS_FILE)
     saved = cfg.to_dict()
-    if cfg.resume and (out / CONFIG_FILE).exists():  # keep every value/reward ever used
-        old = json.loads((out / CONFIG_FILE).read_text())
-        saved["values"] = {**old.get("values", {}), **cfg.values}
-        saved["rewards"] = {**old.get("rewards", {}), **cfg.rewards}
-        saved["tuned"] = {**old.get("tuned", {}), **cfg.tuned}
+    old = json.loads((out / CONFIG_FILE).read_text()) \
+        if cfg.resume and (out / CONFIG_FILE).exists() else {}
+    # keep every value/reward ever used, and every command that added to the directory
+    saved["values"] = {**old.get("values", {}), **cfg.values}
+    saved["rewards"] = {**old.get("rewards", {}), **cfg.rewards}
+    saved["tuned"] = {**old.get("tuned", {}), **cfg.tuned}
     saved["command"] = " ".join(sys.argv)
+    saved["commands"] = [*old.get("commands", [old["command"]] if "command" in old else []),
+                         saved["command"]]
     (out / CONFIG_FILE).write_text(json.dumps(saved, indent=2) + "\n")
     return out, records, {"items": items[:cfg.limit] if cfg.limit else items, "rewards": rewards}
 
