@@ -22,13 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from frontier_results import by_setting, paired_diff
-from rl_results import mean_kl
-
-from vas_proxy.eval.efficiency import (bon_pools, effective_rho, exact_bon_kl, kl_to_reach,
-                                       within_sd)
+from vas_proxy.eval.efficiency import bon_pools, kl_to_reach, within_sd
 from vas_proxy.eval.files import RESULTS_FILE, read_records
-from vas_proxy.eval.report import mean_se, pm
+from vas_proxy.eval.report import pm, summarise
 
 OUT = ROOT / "docs/training/kl_law"
 BUDGET = 1.84  # Best-of-16's KL bound, log 16 − 15/16
@@ -72,28 +68,24 @@ def at_kl(curve: tuple[np.ndarray, np.ndarray], kl: float) -> float:
 
 
 def rows_of(directory: str, reward: str, values: list[str]) -> dict:
+    """The eval's own summary rows (gain, KL, effective ρ, Best-of-N's exact KL) for the guided
+    rows whose value models were all trained on `reward`, and Best-of-4 and -16."""
     records = read_records(ROOT / directory / RESULTS_FILE)
-    sets = by_setting(records)
-    pool = bon_pools(records, reward)
-    sd = within_sd(records, reward)
-    f = lambda r: r["rewards"][reward]
-    out = {"reward": short(reward), "sd": sd, "tilt": tilt_curve(pool), "rows": []}
-    for name, rows in sets.items():
-        guided = name.startswith("vas ") and all(  # every value model of the row is the reward's
-            w.split("=")[0] in values for w in name.split()[2:])
-        if not (guided or (name.startswith("bon N=") and name.split()[1] in ("N=4", "N=16"))):
+    out = {"reward": short(reward), "sd": within_sd(records, reward),
+           "tilt": tilt_curve(bon_pools(records, reward)), "rows": []}
+    for row in summarise(records, [reward]):
+        name = row["setting"]
+        guided = row["method"] == "vas" and all(w.split("=")[0] in values
+                                                for w in name.split()[2:])
+        if not (guided or (row["method"] == "bon" and row["best_of"] in (4, 16))):
             continue
-        kl = mean_kl(rows)
-        _, kl_se = mean_se([r["kl"] for r in rows.values()])
-        g, g_se, n = paired_diff(rows, sets["base"], f)
-        rho = effective_rho(g, kl, sd)
-        rho_se = abs(rho) * math.hypot(g_se / g if g else math.inf,
-                                       (kl_se / (2 * kl)) if guided else 0.0)
-        exact = math.nan if guided else exact_bon_kl(pool, rows[next(iter(rows))]["best_of"])
+        g, g_se, kl, rho = (row[f"{reward}_gain"], row[f"{reward}_gain_se"], row["kl_mean"],
+                            row[f"{reward}_rho"])
+        rel_kl = row["kl_se"] / (2 * kl) if guided else 0.0
         out["rows"].append({"name": name.replace("py:unseen_rewards:", ""),
-                            "kind": "VAS" if guided else "BoN", "kl": kl, "kl_se": kl_se,
-                            "exact_kl": exact, "gain": g, "gain_se": g_se, "n": n, "rho": rho,
-                            "rho_se": rho_se})
+                            "kind": "VAS" if guided else "BoN", "kl": kl, "kl_se": row["kl_se"],
+                            "exact_kl": row["kl_exact"], "gain": g, "gain_se": g_se, "rho": rho,
+                            "rho_se": abs(rho) * math.hypot(g_se / g if g else math.inf, rel_kl)})
     bon16 = next((r for r in out["rows"] if r["name"].startswith("bon N=16")), None)
     for r in out["rows"]:
         r["kl_needed"] = (kl_to_reach(bon16["gain"], r["gain"], r["kl"])
