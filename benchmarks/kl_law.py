@@ -155,12 +155,12 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     plot(results, OUT / "gain_vs_kl.png")
     head = ["# Reward per nat: every guided row measured", "",
-            "Made by `python benchmarks/kl_law.py` from the eval directories' results.jsonl (no "
+            ("Made by `python benchmarks/kl_law.py` from the eval directories' results.jsonl (no "
             "new generation); the law and its terms: docs/design.md §1.10. Effective ρ = gain / "
             "(sd_w·√(2·KL)); Best-of-N's at its bound, with its exact KL on the pools (ties "
             "counted) beside it. 'KL to reach Best-of-16' extrapolates by the same law. 'Perfect "
             "values': the exact tilt π0·exp(r/τ) on each prompt's 16 base samples at the row's "
-            "KL ('beyond the pool' past what 16 samples can show).", "",
+            "KL ('beyond the pool' past what 16 samples can show)."), "",
             "![gain vs KL](gain_vs_kl.png)", ""]
     text = "\n".join(head + table(results)) + "\n"
     (OUT / "RESULTS.md").write_text(text)
