@@ -325,5 +325,6 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
     _note(f"value model saved to {out} ({trainer.progress.step} steps); use it with "
           f"--value NAME={out}" + ("" if curves else " (matplotlib missing: no curves.png)")
           + f"; the beta for a KL budget: vas-proxy calibrate --value NAME={out} --prompts "
-          "HELDOUT.jsonl --kl 2", cfg)
+          "HELDOUT.jsonl --kl 2; what it is worth: one `vas-proxy eval` at that beta (summary.md's "
+          "reward per nat; held-out figures do not predict it)", cfg)
     return summary
