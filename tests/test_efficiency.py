@@ -113,6 +113,13 @@ def test_summary_rates_each_row_per_nat():
     assert "r, vas b=2 v=1: ρ" in text and "r, bon N=4 r: ρ" in text
     need = kl_to_reach(rows["bon N=4 r"]["r_gain"], vas["r_gain"], 1.0)
     assert f"reaches Best-of-4's gain at about {need:.1f} nats" in text
+    # records without pools (an eval from before they were kept): sd_w from the base's two
+    # draws, and no exact KL claimed
+    bare = [{k: v for k, v in r.items() if k not in ("bon_scores", "bon_pool")} for r in records]
+    rows = summarise(bare, ["r"])
+    assert all(math.isnan(r["kl_exact"]) for r in rows)
+    text = "\n".join(per_nat_lines(rows, ["r"]))
+    assert "r, bon N=4 r: ρ" in text and "nan" not in text
     # a guided row that does not raise the reward is not rated
     flat = [dict(r, rewards={"r": r["rewards"]["r"] - 0.2}) if r["method"] == "vas" else r
             for r in records]

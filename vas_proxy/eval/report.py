@@ -257,9 +257,10 @@ def per_nat_lines(rows: list[dict], names: list[str]) -> list[str]:
             continue
         best = max(bon, default=None, key=lambda r: r["best_of"])
         for r in bon:
+            exact = "" if math.isnan(r["kl_exact"]) else \
+                f" (its pool's distribution, ties counted: {r['kl_exact']:.2f})"
             lines.append(f"- {name}, {r['setting']}: ρ {r[f'{name}_rho']:.2f} at its bound "
-                         f"{r['kl_mean']:.2f} nats (its pool's distribution, ties counted: "
-                         f"{r['kl_exact']:.2f})")
+                         f"{r['kl_mean']:.2f} nats{exact}")
         for r in vas:
             need = "" if best is None else (
                 f"; at this ρ it reaches Best-of-{best['best_of']}'s gain at about "
