@@ -87,9 +87,9 @@ def main() -> None:
     states = sorted(JsonlStore(ROOT / "runs/candidates" / STATES_FILE, CandidateState)
                     .load().values(), key=lambda s: s.key)
     lines = ["# A beta schedule against one beta (one-step, cross-fitted)", "",
-             "Plan: SCHEDULE_PLAN.md. Made by `python benchmarks/beta_schedule.py` on the "
+             ("Plan: SCHEDULE_PLAN.md. Made by `python benchmarks/beta_schedule.py` on the "
              f"candidate check's {len(states)} states. Ratio: the schedule's one-step reward per "
-             "nat over one beta's (1 = no better); ± bootstrap s.e. over states (1000, seed 0).",
+             "nat over one beta's (1 = no better); ± bootstrap s.e. over states (1000, seed 0)."),
              "", "| model | reward | resolved | states | position ratio | dispersion ratio |",
              "|---|---|---|---|---|---|"]
     rng = np.random.default_rng(0)

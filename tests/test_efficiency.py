@@ -10,8 +10,13 @@ import numpy as np
 import pytest
 
 from vas_proxy.bestofn import kl_bound
-from vas_proxy.eval.efficiency import (bon_pools, effective_rho, exact_bon_kl, kl_to_reach,
-                                       within_sd)
+from vas_proxy.eval.efficiency import (
+    bon_pools,
+    effective_rho,
+    exact_bon_kl,
+    kl_to_reach,
+    within_sd,
+)
 from vas_proxy.eval.report import per_nat_lines, summarise
 
 
