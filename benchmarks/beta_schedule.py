@@ -1,7 +1,7 @@
 """Could a beta schedule raise reward per nat? (plan fixed before the run:
 docs/training/kl_law/SCHEDULE_PLAN.md)
 
-    python benchmarks/beta_schedule.py     # needs runs/candidates/states.jsonl (candidate_check.py sample)
+    python benchmarks/beta_schedule.py   # needs candidate_check.py sample's states
 
 For each model, on the candidate check's states: the one-step reward per nat of one beta for
 every state, Σ_b C_b / √(Σ_b V_b), against a beta per quartile group b of states fitted as
