@@ -279,8 +279,9 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
     if cfg.extra_rollouts:
         extra = read_eval_responses(Path(cfg.extra_rollouts).expanduser(), rollouts)
         store = JsonlStore(out / EXTRA_FILE, Rollout)
+        if all(spec in r.rewards for r in extra):  # nothing to score: score_rollouts won't write
+            store.rewrite(extra)
         score_rollouts(extra, reward, spec, store, progress=not cfg.quiet)
-        store.rewrite(extra)
         used = [r for r in extra if r.prompt_index not in held]
         train_rollouts += used
         _note(f"--extra-rollouts: {len(used)} responses trained on (reward "
