@@ -40,7 +40,7 @@ async def one_setup(server, slots, concurrency, items, template, a) -> dict:
                     rs = await sample_rollouts(client, items, samples=1, max_tokens=a.max_tokens,
                                                seed=2000 + rep, stop=template.stop_strings,
                                                store=store, concurrency=concurrency,
-                                               progress=False, logprobs=logprobs)
+                                               progress=False, top_k=int(logprobs))
                     out[logprobs].append(60 * len(rs) / (time.perf_counter() - t0))
         finally:
             await client.aclose()

@@ -79,7 +79,7 @@ async def bench_rollouts(a) -> tuple[dict, list]:
                                                max_tokens=a.max_tokens, seed=1000 + rep,
                                                stop=template.stop_strings, store=store,
                                                concurrency=2, progress=False,
-                                               logprobs=logprobs)
+                                               top_k=int(logprobs))
                     dt = time.perf_counter() - t0
                     per_s[logprobs].append(len(rs) / dt)
                     if logprobs:

@@ -312,14 +312,14 @@ def test_rollouts_are_reproducible_from_their_seed(tiny_run, upstream):
     stored = next(r for r in map(json.loads, (Path(cfg.out) / "rollouts.jsonl").read_text()
                                  .splitlines()) if r["sample"] == 0)
 
-    async def resample(tmp, logprobs=True):
+    async def resample(tmp, top_k=1):
         client = UpstreamClient(upstream.base_url, upstream.model, use_cache=False)
         try:
             item = PromptItem(stored["prompt_index"], stored["prompt"], stored["upstream_prompt"])
             return await sample_rollouts(client, [item], samples=1, max_tokens=cfg.max_tokens,
                                          seed=cfg.seed, stop=["<|im_end|>"],
                                          store=JsonlStore(tmp, Rollout), progress=False,
-                                         logprobs=logprobs)
+                                         top_k=top_k)
         finally:
             await client.aclose()
 
@@ -327,11 +327,19 @@ def test_rollouts_are_reproducible_from_their_seed(tiny_run, upstream):
     assert again[0].response == stored["response"]
     assert again[0].seed == stored["seed"]
     # --no-logprobs: the same sample, stored without tokens; its half is cut by characters
-    text_only = asyncio.run(resample(Path(cfg.out).parent / "text_only.jsonl", logprobs=False))
+    text_only = asyncio.run(resample(Path(cfg.out).parent / "text_only.jsonl", top_k=0))
     assert text_only[0].response == stored["response"]
     assert text_only[0].tokens == text_only[0].logprobs == []
     r = text_only[0].response
     assert text_only[0].half() == (r[:len(r) // 2], cfg.max_tokens // 2)
+    # --consistency's rollouts: the same sample again, with each position's top-k stored
+    with_top = asyncio.run(resample(Path(cfg.out).parent / "top.jsonl", top_k=4))[0]
+    assert with_top.response == stored["response"] and with_top.tokens == again[0].tokens
+    assert len(with_top.top) == len(with_top.tokens)
+    assert all(1 <= len(cands) <= 4 for cands in with_top.top)
+    assert sum(tok in (text for text, _ in cands)
+               for tok, cands in zip(with_top.tokens, with_top.top)) >= len(with_top.tokens) // 2
+    assert all(lp <= 0 for cands in with_top.top for _, lp in cands)
 
 
 # --------------------------------------------------------------------------- CLI errors

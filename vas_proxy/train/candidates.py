@@ -19,7 +19,7 @@ import numpy as np
 from ..protocol import Candidate
 from ..rewards import Reward
 from .prompts import PromptItem
-from .rollouts import Completer, JsonlStore, derive_seed, run_jobs
+from .rollouts import Completer, JsonlStore, derive_seed, printable, run_jobs
 
 STATES_FILE = "states.jsonl"
 _STATE_STREAM = 2_000_003  # seed streams apart from rollouts' and validation's
@@ -59,10 +59,6 @@ class CandidateState:
         """The full response text of every completion, per completed candidate."""
         return [[self.prefix + ("" if self.terminal[a] else self.texts[a] + c) for c in comps]
                 for a, comps in enumerate(self.completions)]
-
-
-def _printable(c: Candidate) -> bool:
-    return bool(c.bytes) and not c.partial_utf8 and not c.ambiguous_empty
 
 
 def pick_state(sampled: list[Candidate], rng: np.random.Generator) -> tuple[int, str] | None:
@@ -122,7 +118,7 @@ async def sample_states(client: Completer, prompts: list[PromptItem], *, draws: 
         if cut is None:
             return
         t, prefix = cut
-        cands = [c for c in positions[t].candidates if _printable(c) or c.special][:k]
+        cands = [c for c in positions[t].candidates if printable(c) or c.special][:k]
         if len(cands) < 2:  # nothing to rank: no state (sampled again by a rerun, the same)
             return
         terminal = [c.special or c.text in stop for c in cands]

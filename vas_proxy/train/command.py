@@ -60,7 +60,13 @@ def check_config(cfg: TrainConfig) -> None:
              (cfg.val_completions >= 0, "--val-completions must be >= 0"),
              (cfg.concurrency >= 1, "--concurrency must be >= 1"),
              (cfg.save_every >= 0, "--save-every must be >= 0"),
-             (0 <= cfg.lam <= 1 and 0 <= cfg.gamma <= 1, "--lambda and --gamma must be in [0, 1]")]
+             (0 <= cfg.lam <= 1 and 0 <= cfg.gamma <= 1, "--lambda and --gamma must be in [0, 1]"),
+             (cfg.rare_weight >= 0, "--rare-weight must be >= 0 (0: off)"),
+             (cfg.consistency >= 0, "--consistency must be >= 0 (0: off)"),
+             (cfg.consistency_k >= 2 and cfg.consistency_states >= 1,
+              "--consistency-k must be >= 2 and --consistency-states >= 1"),
+             (not (cfg.consistency and cfg.no_logprobs),
+              "--consistency needs the rollouts' top-k logprobs: drop --no-logprobs")]
     for ok, message in rules:
         if not ok:
             raise ConfigError(message)
@@ -226,7 +232,8 @@ async def collect(cfg: TrainConfig, out: Path, items: list[dict], api_key: str |
         rollouts = await sample_rollouts(
             upstream, prompts, samples=cfg.samples_per_prompt, max_tokens=cfg.max_tokens,
             seed=cfg.seed, stop=stop, store=JsonlStore(out / ROLLOUTS_FILE, Rollout),
-            concurrency=cfg.concurrency, progress=not cfg.quiet, logprobs=not cfg.no_logprobs)
+            concurrency=cfg.concurrency, progress=not cfg.quiet,
+            top_k=cfg.consistency_k if cfg.consistency else int(not cfg.no_logprobs))
         held = heldout_prompts(len(prompts), cfg.heldout_frac, cfg.seed)
         held_rollouts = [r for r in rollouts if r.prompt_index in held]
         halves = []
@@ -302,6 +309,12 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
         model, tokenizer = build_model(cfg)
     examples = [make_example(tokenizer, r.upstream_prompt, r.response, r.rewards[spec])
                 for r in train_rollouts]
+    if cfg.consistency:
+        from .consistency import add_states
+        examples = add_states(tokenizer, examples, train_rollouts, k=cfg.consistency_k,
+                              states=cfg.consistency_states, seed=cfg.seed)
+        _note(f"--consistency: {sum(len(e.states) for e in examples)} candidate states in "
+              f"{len(examples)} rollouts", cfg)
     metadata = {"reward": spec, "trained_with": "vas-proxy train", "upstream_model": upstream_model,
                 "train_rollouts": len(train_rollouts), "heldout_rollouts": len(held_rollouts),
                 "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std())}

@@ -78,6 +78,19 @@ class TrainConfig:
     standardize: bool = opt(False, "fit the rewards' z-scores, (r - mean) / sd, and save the "
                                    "model in reward units: the head's scale and the learning "
                                    "rate then suit any reward's spread")
+    rare_weight: float = opt(0.0, "weight each training rollout's loss by its reward bin's "
+                                  "frequency to the power -X (the values of a reward with <= 10 "
+                                  "of them, else 10 equal-width bins; mean 1, capped at 10x): a "
+                                  "sparse reward's rare hits count more; 0.5 is inverse-sqrt, 0 "
+                                  "off")
+    consistency: float = opt(0.0, "weight of the top-k consistency term: at a few states per "
+                                  "rollout, the base-probability-weighted value of the top-k "
+                                  "candidate states is fitted to the state's value, so the "
+                                  "candidates guidance ranks are trained on (rollouts then store "
+                                  "their top-k; 0 off)")
+    consistency_k: int = opt(6, "candidates per state the consistency term uses (and rollouts "
+                                "store)")
+    consistency_states: int = opt(8, "states per rollout the consistency term uses (seeded)")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     batch_size: int = opt(8, "rollouts per micro-batch")
     grad_accum: int = opt(1, "micro-batches per optimiser step")

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..protocol import UpstreamResult
+from ..protocol import Candidate, UpstreamResult
 from ..rewards import Reward
 from .prompts import PromptItem
 
@@ -43,6 +43,11 @@ class Completer(Protocol):
                        temperature: float = 1.0, seed: int | None = None,
                        stop: list[str] | None = None) -> UpstreamResult:
         ...
+
+
+def printable(c: Candidate) -> bool:
+    """A candidate that is whole text: not a control token, not a piece of a character."""
+    return bool(c.bytes) and not c.partial_utf8 and not c.ambiguous_empty
 
 
 def derive_seed(*parts: int) -> int:
@@ -66,6 +71,9 @@ class Rollout:
     logprobs: list[float] = field(default_factory=list)
     finish_reason: str | None = None
     rewards: dict[str, float] = field(default_factory=dict)
+    # per token, the upstream's top-k [text, logprob] at that position (printable ones only;
+    # stored for `--consistency`, else empty)
+    top: list[list[list]] = field(default_factory=list)
 
     @property
     def key(self) -> tuple[int, int]:
@@ -159,9 +167,10 @@ async def run_jobs(jobs: list, work: Callable[[Any], Awaitable[None]], concurren
 async def sample_rollouts(client: Completer, prompts: list[PromptItem], *, samples: int,
                           max_tokens: int, seed: int, stop: list[str], store: JsonlStore,
                           concurrency: int = 2, progress: bool = True,
-                          logprobs: bool = True) -> list[Rollout]:
+                          top_k: int = 1) -> list[Rollout]:
     """`samples` responses per prompt, reusing the stored ones made with the same settings.
-    `logprobs=False` stores no tokens or logprobs (faster; training uses the text only)."""
+    `top_k=0` stores no tokens or logprobs (faster; TD training uses the text only); `top_k >
+    1` also stores each position's top-k candidates (`Rollout.top`, for `--consistency`)."""
     stored = store.load()
     wanted, todo = {}, []
     for item in prompts:
@@ -169,7 +178,8 @@ async def sample_rollouts(client: Completer, prompts: list[PromptItem], *, sampl
             s = derive_seed(seed, item.index, j)
             old = stored.get((item.index, j))
             if old is not None and (old.seed, old.model, old.max_tokens, old.upstream_prompt) \
-                    == (s, client.model, max_tokens, item.upstream):
+                    == (s, client.model, max_tokens, item.upstream) \
+                    and (top_k <= 1 or len(old.top) == len(old.tokens) > 0):
                 wanted[old.key] = old
             else:
                 todo.append((item, j, s))
@@ -178,13 +188,15 @@ async def sample_rollouts(client: Completer, prompts: list[PromptItem], *, sampl
 
     async def work(job):
         item, j, s = job
-        res = await client.complete(item.upstream, max_tokens=max_tokens,
-                                    top_k=1 if logprobs else 0,
+        res = await client.complete(item.upstream, max_tokens=max_tokens, top_k=top_k,
                                     temperature=1.0, seed=s, stop=stop or None)
-        sampled = [p.sampled for p in res.positions if p.sampled is not None]
+        positions = [p for p in res.positions if p.sampled is not None]
+        sampled = [p.sampled for p in positions]
+        top = [[[c.text, c.logprob] for c in p.candidates if printable(c)][:top_k]
+               for p in positions] if top_k > 1 else []
         r = Rollout(item.index, j, s, client.model, max_tokens, item.text, item.upstream,
                     res.text, [c.text for c in sampled], [c.logprob for c in sampled],
-                    res.finish_reason)
+                    res.finish_reason, top=top)
         store.append(r)
         wanted[r.key] = r
 

@@ -12,8 +12,9 @@ state is the whole response and whose target is the reward itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..values.model import encode
@@ -44,10 +45,39 @@ def lambda_returns(values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tens
         return (advantages + values) * mask
 
 
-def td_loss(values: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """0.5 * mean squared error over the masked-in positions."""
+def td_loss(values: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+            weights: torch.Tensor | None = None) -> torch.Tensor:
+    """0.5 * mean squared error over the masked-in positions; `weights` (B,) weight each row's
+    positions (the mean is then weighted: rows count by weight x length)."""
     mask = mask.to(values.dtype)
-    return 0.5 * (((values - targets) ** 2) * mask).sum() / mask.sum().clamp(min=1.0)
+    if weights is not None:
+        mask = mask * weights.to(values.dtype)[:, None]
+    return 0.5 * (((values - targets) ** 2) * mask).sum() / mask.sum().clamp(min=1e-12)
+
+
+def rare_weights(rewards: list[float], power: float, *, bins: int = 10,
+                 cap: float = 10.0) -> list[float]:
+    """Per-rollout loss weights frequency(reward bin) ** -power, averaged to 1, capped at `cap`
+    times the mean (`--rare-weight`; the inverse-frequency weighting of imbalanced regression,
+    without its smoothing kernel). A reward with at most `bins` distinct values is binned by
+    value (a sparse reward's hits form one bin), others in `bins` equal-width bins. A sparse
+    reward's few hits then shape the values as much as its many misses."""
+    r = np.asarray(rewards, dtype=float)
+    if power == 0 or len(r) == 0:
+        return [1.0] * len(r)
+    values, labels = np.unique(r, return_inverse=True)
+    if len(values) > bins:
+        edges = np.linspace(r.min(), r.max(), bins + 1)[1:-1]
+        labels = np.searchsorted(edges, r, side="right")
+    freq = np.bincount(labels)[labels] / len(r)
+    raw = freq ** -float(power)
+    capped = np.zeros(len(r), dtype=bool)
+    while True:  # mean 1 with the capped ones at `cap`: scale the rest, cap any that pass it
+        scale = (len(r) - cap * capped.sum()) / raw[~capped].sum()
+        over = ~capped & (raw * scale > cap)
+        if not over.any():
+            return np.where(capped, cap, raw * scale).tolist()
+        capped |= over
 
 
 # --------------------------------------------------------------------------- batches
@@ -59,6 +89,12 @@ class Example:
     ids: list[int]
     start: int  # first position whose state holds response text
     reward: float
+    weight: float = 1.0  # the row's loss weight (`rare_weights`)
+    # Candidate states (`consistency`): tokens packed after `ids`, each one's parent (an index
+    # in ids + extra), and per state (its node, its candidates' nodes, their base probabilities).
+    extra: list[int] = field(default_factory=list)
+    extra_parent: list[int] = field(default_factory=list)
+    states: list[tuple[int, list[int], list[float]]] = field(default_factory=list)
 
 
 def response_start(tokenizer, prompt: str, response: str, ids: list[int]) -> int:
@@ -99,6 +135,7 @@ class Batch:
     attention_mask: torch.Tensor
     response_mask: torch.Tensor
     rewards: torch.Tensor
+    weights: torch.Tensor  # (B,) each row's loss weight
 
     @property
     def n_tokens(self) -> int:
@@ -106,7 +143,7 @@ class Batch:
 
     def to(self, device) -> "Batch":
         return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask,
-                                               self.response_mask, self.rewards)))
+                                               self.response_mask, self.rewards, self.weights)))
 
 
 def collate(examples: list[Example], pad_id: int) -> Batch:
@@ -122,4 +159,5 @@ def collate(examples: list[Example], pad_id: int) -> Batch:
         attention[row, :n] = 1
         response[row, e.start:n] = 1.0
         rewards[row, n - 1] = e.reward
-    return Batch(input_ids, attention, response, rewards)
+    weights = torch.tensor([e.weight for e in examples], dtype=torch.float32)
+    return Batch(input_ids, attention, response, rewards, weights)

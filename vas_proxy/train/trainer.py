@@ -30,7 +30,8 @@ from ..errors import ConfigError
 from ..values.model import LORA_TARGETS, ValueModel, build_value_model, tiny_value_model
 from ..values.store import save_checkpoint
 from .config import TrainConfig
-from .td import Example, collate, lambda_returns, td_loss
+from .consistency import collate_tree, consistency_loss
+from .td import Example, collate, lambda_returns, rare_weights, td_loss
 
 STATE_FILE = "train_state.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -120,6 +121,9 @@ class Trainer:
             self.target_mean, self.target_sd = float(rewards.mean()), float(rewards.std())
             examples = [dataclasses.replace(e, reward=(e.reward - self.target_mean)
                                             / self.target_sd) for e in examples]
+        if cfg.rare_weight:
+            weights = rare_weights([e.reward for e in examples], cfg.rare_weight)
+            examples = [dataclasses.replace(e, weight=w) for e, w in zip(examples, weights)]
         self.examples = examples
         self.evaluate = evaluate
         self.judge = judge  # (last validation, training losses) -> the verdict, saved with it
@@ -303,18 +307,32 @@ class Trainer:
         self.save_state()
         return self.last_validation
 
+    def _forward(self, examples: list[Example]):
+        """Values of a micro-batch, its TD batch, and the consistency term (None when off)."""
+        device = self.model.device
+        if not self.cfg.consistency:
+            batch = collate(examples, self.pad_id).to(device)
+            values, _ = self.model(batch.input_ids, attention_mask=batch.attention_mask)
+            return values, batch, None
+        tb = collate_tree(examples, self.pad_id, self.model.backbone_dtype).to(device)
+        values, _ = self.model(tb.batch.input_ids, attention_mask=tb.mask,
+                               position_ids=tb.positions)
+        return values, tb.batch, consistency_loss(values, tb)
+
     def train_step(self, group: list[list[int]]) -> dict:
         """One optimiser step over the micro-batches in `group` (gradient accumulation)."""
         t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum = value_sum = target_sum = 0.0
+        loss_sum = value_sum = target_sum = cons_sum = 0.0
         n_tokens = n_resp = 0
         for idx in group:
-            batch = collate([self.examples[i] for i in idx], self.pad_id).to(self.model.device)
-            values, _ = self.model(batch.input_ids, attention_mask=batch.attention_mask)
+            values, batch, cons = self._forward([self.examples[i] for i in idx])
             targets = lambda_returns(values.detach(), batch.rewards, batch.response_mask,
                                      self.cfg.gamma, self.cfg.lam)
-            loss = td_loss(values, targets, batch.response_mask)
+            loss = td_loss(values, targets, batch.response_mask, batch.weights)
+            if cons is not None:
+                cons_sum += cons.item()
+                loss = loss + self.cfg.consistency * cons
             (loss / len(group)).backward()
             m = batch.response_mask
             loss_sum += loss.item()
@@ -331,7 +349,8 @@ class Trainer:
         self.scheduler.step()
         seconds = time.perf_counter() - t0
         n_resp = max(n_resp, 1)
-        return {"loss": loss_sum / len(group), "lr": lr, "grad_norm": grad_norm,
+        extra = {"consistency": cons_sum / len(group)} if self.cfg.consistency else {}
+        return {"loss": loss_sum / len(group), **extra, "lr": lr, "grad_norm": grad_norm,
                 "value_mean": value_sum / n_resp, "target_mean": target_sum / n_resp,
                 "tokens": n_tokens, "seconds": seconds, "tokens_per_s": n_tokens / seconds}
 
