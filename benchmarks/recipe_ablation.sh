@@ -7,7 +7,11 @@
 # whose model exists is skipped; the sampling run resumes with --resume.
 #
 #   bash benchmarks/recipe_ablation.sh sample            # the shared samples
+#   bash benchmarks/recipe_ablation.sh sample-topk       # the same with their top-6 stored
 #   bash benchmarks/recipe_ablation.sh REWARD VARIANT    # one variant (see PLAN.md)
+#
+# A variant with --consistency (docs/training/consistency/PLAN.md) trains on the top-k sample
+# (samples_topk: the same seeds); so does `recipe_topk`, the recipe on that sample.
 set -euo pipefail
 ROOT=${ABLATION_DIR:-runs/ablation}
 BASE=(--samples-per-prompt 16 --max-tokens 48 --heldout-frac 0.2 --val-completions 4
@@ -15,14 +19,26 @@ BASE=(--samples-per-prompt 16 --max-tokens 48 --heldout-frac 0.2 --val-completio
 RECIPE=(--epochs 3 --lr 5e-4 --lora-r 16 --lora-layers 8 --batch-size 8)  # the README's
 mkdir -p "$ROOT"
 [ -f "$ROOT/prompts.jsonl" ] || head -40 data/prompts/everyday.jsonl > "$ROOT/prompts.jsonl"
-if [ "$1" = sample ]; then
-  echo "== $(date -u +%H:%M:%S) sample"
-  exec vas-proxy train --prompts "$ROOT/prompts.jsonl" --reward vader --out "$ROOT/samples" \
-       "${BASE[@]}" "${RECIPE[@]}" --epochs 0 $([ -f "$ROOT/samples/rollouts.jsonl" ] && echo --resume)
+TOPK=(--consistency 1 --consistency-k 6)  # rollouts store their top-6
+with_logprobs() { local a out=(); for a in "${BASE[@]}"; do [ "$a" = --no-logprobs ] || out+=("$a"); done; BASE=("${out[@]}"); }
+if [ "$1" = sample ] || [ "$1" = sample-topk ]; then
+  SAMPLES=$ROOT/samples FLAGS=("${BASE[@]}")
+  if [ "$1" = sample-topk ]; then
+    with_logprobs
+    SAMPLES=$ROOT/samples_topk FLAGS=("${BASE[@]}" "${TOPK[@]}")
+  fi
+  echo "== $(date -u +%H:%M:%S) $1"
+  exec vas-proxy train --prompts "$ROOT/prompts.jsonl" --reward vader --out "$SAMPLES" \
+       "${FLAGS[@]}" "${RECIPE[@]}" --epochs 0 $([ -f "$SAMPLES/rollouts.jsonl" ] && echo --resume)
 fi
 REWARD=$1 VARIANT=$2
+SAMPLES=$ROOT/samples
+if [[ "$VARIANT" == *consistency* || "$VARIANT" == recipe_topk ]]; then
+  SAMPLES=$ROOT/samples_topk
+  with_logprobs
+fi
 case "$VARIANT" in
-  recipe)      EXTRA=() ;;
+  recipe|recipe_topk) EXTRA=() ;;
   standardize) EXTRA=(--standardize) ;;
   mc)          EXTRA=(--lambda 1) ;;
   epochs6)     EXTRA=(--epochs 6) ;;
@@ -33,7 +49,7 @@ NAME=$(echo "$REWARD" | tr -c 'A-Za-z0-9\n' _)
 OUT="$ROOT/$NAME/${VARIANT//[^A-Za-z0-9]/_}"
 if [ -f "$OUT/vas_value.json" ]; then echo "== $OUT done"; exit 0; fi
 mkdir -p "$OUT"
-cp "$ROOT/samples/rollouts.jsonl" "$ROOT/samples/validation.jsonl" "$OUT/"
+cp "$SAMPLES/rollouts.jsonl" "$SAMPLES/validation.jsonl" "$OUT/"
 echo "== $(date -u +%H:%M:%S) $REWARD $VARIANT"
 /usr/bin/time -f "%e s wall, %M KiB peak" \
   vas-proxy train --prompts "$ROOT/prompts.jsonl" --reward "$REWARD" --out "$OUT" \

@@ -104,7 +104,7 @@ def _value(model, tok, text: str) -> float:
 
 
 def test_consistency_loss_and_its_gradient():
-    model, tok = tiny_value_model(seed=4)
+    _, tok = tiny_value_model(seed=4)
     rollouts = two_rollouts()
     examples = add_states(tok, [make_example(tok, r.upstream_prompt, r.response, 0.5)
                                 for r in rollouts], rollouts, k=3, states=2, seed=0)

@@ -141,7 +141,7 @@ class Batch:
     def n_tokens(self) -> int:
         return int(self.attention_mask.sum())
 
-    def to(self, device) -> "Batch":
+    def to(self, device) -> Batch:
         return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask,
                                                self.response_mask, self.rewards, self.weights)))
 
