@@ -106,6 +106,10 @@ def test_budget_plan_spends_the_budget_on_samples_per_prompt():
     assert "raised to that" in plan(Budget(minutes=1), 200, **cost).note
     big = plan(Budget(rollouts=10**6), 10, **cost)
     assert big.samples_per_prompt == MAX_SAMPLES and "add prompts" in big.note
+    # --consistency trains ~48 more tokens per rollout: the same minutes buy fewer samples
+    heavier = plan(Budget(minutes=60), 32, **cost, extra_tokens=48)
+    assert heavier.samples_per_prompt < p.samples_per_prompt
+    assert minutes_for(heavier.samples_per_prompt, 32, **cost, extra_tokens=48) <= 60
 
 
 def test_a_low_within_prompt_correlation_cautions_a_guiding_model():

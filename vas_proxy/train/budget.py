@@ -55,20 +55,22 @@ class Plan:
 
 
 def minutes_for(samples: int, prompts: int, *, max_tokens: int, epochs: int,
-                heldout_frac: float, val_completions: int) -> float:
-    """Estimated minutes of a run: rollouts, validation completions, training."""
+                heldout_frac: float, val_completions: int, extra_tokens: int = 0) -> float:
+    """Estimated minutes of a run: rollouts, validation completions, training. `extra_tokens`
+    per rollout are trained beside its own (`--consistency`'s candidate states: about states x
+    k; measured, 1.5x the step time at 8 x 6 on 48-token rollouts, as the token count says)."""
     rollouts = samples * prompts
     sampled = rollouts * max_tokens
     sampled += heldout_frac * rollouts * val_completions * max_tokens / 2
-    trained = epochs * (1 - heldout_frac) * rollouts * (PROMPT_TOKENS + max_tokens)
+    trained = epochs * (1 - heldout_frac) * rollouts * (PROMPT_TOKENS + max_tokens + extra_tokens)
     return (sampled / ROLLOUT_TOKENS_PER_S + trained / TRAIN_TOKENS_PER_S) / 60
 
 
 def plan(budget: Budget, prompts: int, *, max_tokens: int, epochs: int, heldout_frac: float,
-         val_completions: int) -> Plan:
+         val_completions: int, extra_tokens: int = 0) -> Plan:
     """Samples per prompt for `budget` over `prompts` prompts (clamped to 4..64)."""
     cost = dict(max_tokens=max_tokens, epochs=epochs, heldout_frac=heldout_frac,
-                val_completions=val_completions)
+                val_completions=val_completions, extra_tokens=extra_tokens)
     if budget.rollouts is not None:
         wanted = budget.rollouts // max(prompts, 1)
         why = f"{budget.rollouts} rollouts over {prompts} prompts"
