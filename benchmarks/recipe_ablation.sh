@@ -10,8 +10,8 @@
 #   bash benchmarks/recipe_ablation.sh sample-topk       # the same with their top-6 stored
 #   bash benchmarks/recipe_ablation.sh REWARD VARIANT    # one variant (see PLAN.md)
 #
-# A variant with --consistency (docs/training/consistency/PLAN.md) trains on the top-k sample
-# (samples_topk: the same seeds); so does `recipe_topk`, the recipe on that sample.
+# A variant with --consistency or --branches (docs/training/consistency/PLAN.md) trains on the
+# top-k sample (samples_topk: the same seeds); so does `recipe_topk`, the recipe on that sample.
 set -euo pipefail
 ROOT=${ABLATION_DIR:-runs/ablation}
 BASE=(--samples-per-prompt 16 --max-tokens 48 --heldout-frac 0.2 --val-completions 4
@@ -33,7 +33,7 @@ if [ "$1" = sample ] || [ "$1" = sample-topk ]; then
 fi
 REWARD=$1 VARIANT=$2
 SAMPLES=$ROOT/samples
-if [[ "$VARIANT" == *consistency* || "$VARIANT" == recipe_topk ]]; then
+if [[ "$VARIANT" == *consistency* || "$VARIANT" == *branches* || "$VARIANT" == recipe_topk ]]; then
   SAMPLES=$ROOT/samples_topk
   with_logprobs
 fi

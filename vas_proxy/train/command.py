@@ -65,8 +65,11 @@ def check_config(cfg: TrainConfig) -> None:
              (cfg.consistency >= 0, "--consistency must be >= 0 (0: off)"),
              (cfg.consistency_k >= 2 and cfg.consistency_states >= 1,
               "--consistency-k must be >= 2 and --consistency-states >= 1"),
-             (not (cfg.consistency and cfg.no_logprobs),
-              "--consistency needs the rollouts' top-k logprobs: drop --no-logprobs")]
+             (cfg.branches >= 0 and cfg.branch_k >= 2,
+              "--branches must be >= 0 and --branch-k >= 2"),
+             (not ((cfg.consistency or cfg.branches) and cfg.no_logprobs),
+              "--consistency and --branches need the rollouts' top-k logprobs: drop "
+              "--no-logprobs")]
     for ok, message in rules:
         if not ok:
             raise ConfigError(message)
@@ -80,6 +83,13 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.backbone not in ("smollm2", "tiny") and not Path(cfg.backbone).expanduser().is_dir():
         raise ConfigError(f"--backbone {cfg.backbone!r}: use smollm2, tiny or a transformers "
                           "model directory")
+
+
+def rollout_top_k(cfg: TrainConfig) -> int:
+    """Candidates each rollout position stores: the top-k `--consistency` and `--branches`
+    use, else 1 (the sampled token's logprob) or 0 (`--no-logprobs`)."""
+    wanted = [cfg.consistency_k if cfg.consistency else 0, cfg.branch_k if cfg.branches else 0]
+    return max(wanted) if max(wanted) else int(not cfg.no_logprobs)
 
 
 def resolve_samples(cfg: TrainConfig, n_prompts: int) -> TrainConfig:
@@ -216,8 +226,8 @@ async def collect(cfg: TrainConfig, out: Path, items: list[dict], api_key: str |
     from ..assets import smollm2_gguf
     from ..templates import from_gguf, from_props, load_template
     from .prompts import render_prompts
-    from .rollouts import (ROLLOUTS_FILE, VALIDATION_FILE, HalfCompletions, JsonlStore, Rollout,
-                           sample_half_completions, sample_rollouts)
+    from .rollouts import (BRANCHES_FILE, ROLLOUTS_FILE, VALIDATION_FILE, HalfCompletions,
+                           JsonlStore, Rollout, sample_half_completions, sample_rollouts)
 
     template = load_template(cfg.chat_template) if cfg.chat_template else None
     if cfg.upstream is None:
@@ -233,9 +243,16 @@ async def collect(cfg: TrainConfig, out: Path, items: list[dict], api_key: str |
         rollouts = await sample_rollouts(
             upstream, prompts, samples=cfg.samples_per_prompt, max_tokens=cfg.max_tokens,
             seed=cfg.seed, stop=stop, store=JsonlStore(out / ROLLOUTS_FILE, Rollout),
-            concurrency=cfg.concurrency, progress=not cfg.quiet,
-            top_k=cfg.consistency_k if cfg.consistency else int(not cfg.no_logprobs))
+            concurrency=cfg.concurrency, progress=not cfg.quiet, top_k=rollout_top_k(cfg))
         held = heldout_prompts(len(prompts), cfg.heldout_frac, cfg.seed)
+        branches = []
+        if cfg.branches:
+            from .branches import sample_branches
+            branches = await sample_branches(
+                upstream, [r for r in rollouts if r.prompt_index not in held],
+                per_prompt=cfg.branches, k=cfg.branch_k, max_tokens=cfg.max_tokens,
+                seed=cfg.seed, stop=stop, store=JsonlStore(out / BRANCHES_FILE, Rollout),
+                concurrency=cfg.concurrency, progress=not cfg.quiet)
         held_rollouts = [r for r in rollouts if r.prompt_index in held]
         halves = []
         if cfg.val_completions:
@@ -243,7 +260,7 @@ async def collect(cfg: TrainConfig, out: Path, items: list[dict], api_key: str |
                 upstream, held_rollouts, k=cfg.val_completions, max_tokens=cfg.max_tokens,
                 seed=cfg.seed, stop=stop, store=JsonlStore(out / VALIDATION_FILE, HalfCompletions),
                 concurrency=cfg.concurrency, progress=not cfg.quiet)
-        return rollouts, held, halves, upstream.model
+        return rollouts, branches, held, halves, upstream.model
 
 
 async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
@@ -263,8 +280,9 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
         prepare_out_dir(cfg.export, "--export")
 
     from .report import CURVES_FILE, write_curves
-    from .rollouts import (EXTRA_FILE, ROLLOUTS_FILE, VALIDATION_FILE, HalfCompletions,
-                           JsonlStore, Rollout, read_eval_responses, score_halves, score_rollouts)
+    from .rollouts import (BRANCHES_FILE, EXTRA_FILE, ROLLOUTS_FILE, VALIDATION_FILE,
+                           HalfCompletions, JsonlStore, Rollout, read_eval_responses,
+                           score_halves, score_rollouts)
     from .td import make_example
     from .trainer import METRICS_FILE, STATE_FILE, Trainer, build_model, export_checkpoint
     from .validation import evaluate
@@ -275,7 +293,7 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
                           f"choose another --out (copy {ROLLOUTS_FILE} there to reuse the samples)")
     (out / RUN_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
-    rollouts, held, halves, upstream_model = await collect(cfg, out, items, api_key)
+    rollouts, branches, held, halves, upstream_model = await collect(cfg, out, items, api_key)
 
     spec = cfg.reward
     score_rollouts(rollouts, reward, spec, JsonlStore(out / ROLLOUTS_FILE, Rollout),
@@ -284,6 +302,12 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
     score_halves(halves, by_key, reward, spec, JsonlStore(out / VALIDATION_FILE, HalfCompletions))
     train_rollouts = [r for r in rollouts if r.prompt_index not in held]
     held_rollouts = [r for r in rollouts if r.prompt_index in held]
+    if branches:
+        score_rollouts(branches, reward, spec, JsonlStore(out / BRANCHES_FILE, Rollout),
+                       progress=not cfg.quiet)
+        train_rollouts += branches
+        _note(f"--branches: {len(branches)} branch rollouts trained on beside the "
+              f"{len(train_rollouts) - len(branches)} rollouts", cfg)
     if cfg.extra_rollouts:
         extra = read_eval_responses(Path(cfg.extra_rollouts).expanduser(), rollouts)
         store = JsonlStore(out / EXTRA_FILE, Rollout)

@@ -91,6 +91,12 @@ class TrainConfig:
     consistency_k: int = opt(6, "candidates per state the consistency term uses (and rollouts "
                                 "store)")
     consistency_states: int = opt(8, "states per rollout the consistency term uses (seeded)")
+    branches: int = opt(0, "branch points per training prompt: at each (a seeded cut in one of "
+                           "its rollouts) every one of the top --branch-k candidates is "
+                           "completed once and trained on as a rollout of its own, so the "
+                           "values see responses that part at one token (rollouts then store "
+                           "their top-k; 0 off)")
+    branch_k: int = opt(6, "candidates completed per branch point")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     batch_size: int = opt(8, "rollouts per micro-batch")
     grad_accum: int = opt(1, "micro-batches per optimiser step")

@@ -32,22 +32,9 @@ def add_states(tokenizer, examples: list[Example], rollouts: list[Rollout], *, k
             for e, r in zip(examples, rollouts, strict=True)]
 
 
-def _valid_positions(r: Rollout, k: int) -> list[tuple[int, str]]:
-    """(t, the text of the first t tokens) where that text starts the response (a token that is
-    a piece of a character breaks it) and at least 2 candidates were stored."""
-    out, prefix = [], ""
-    for t, (token, cands) in enumerate(zip(r.tokens, r.top)):
-        if not r.response.startswith(prefix):
-            break
-        if len(cands[:k]) >= 2:
-            out.append((t, prefix))
-        prefix += token
-    return out
-
-
 def _with_states(tokenizer, e: Example, r: Rollout, *, k: int, count: int,
                  seed: int) -> Example:
-    valid = _valid_positions(r, k)
+    valid = r.cut_points(k)
     if not valid:
         return e
     rng = np.random.default_rng([seed, r.seed, 11])

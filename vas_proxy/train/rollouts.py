@@ -32,6 +32,7 @@ from .prompts import PromptItem
 ROLLOUTS_FILE = "rollouts.jsonl"
 VALIDATION_FILE = "validation.jsonl"
 EXTRA_FILE = "extra_rollouts.jsonl"
+BRANCHES_FILE = "branches.jsonl"
 
 
 class Completer(Protocol):
@@ -78,6 +79,19 @@ class Rollout:
     @property
     def key(self) -> tuple[int, int]:
         return (self.prompt_index, self.sample)
+
+    def cut_points(self, k: int) -> list[tuple[int, str]]:
+        """(t, the text of the first t tokens) at each position with >= 2 of its top `k` stored,
+        up to the first token that does not join back into the response (a piece of a
+        character): the states `--consistency` and `--branches` use."""
+        out, prefix = [], ""
+        for t, (token, cands) in enumerate(zip(self.tokens, self.top)):
+            if not self.response.startswith(prefix):
+                break
+            if len(cands[:k]) >= 2:
+                out.append((t, prefix))
+            prefix += token
+        return out
 
     def half(self) -> tuple[str, int]:
         """The first half of the response (by upstream tokens) and its token count."""
