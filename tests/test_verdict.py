@@ -110,6 +110,11 @@ def test_budget_plan_spends_the_budget_on_samples_per_prompt():
     heavier = plan(Budget(minutes=60), 32, **cost, extra_tokens=48)
     assert heavier.samples_per_prompt < p.samples_per_prompt
     assert minutes_for(heavier.samples_per_prompt, 32, **cost, extra_tokens=48) <= 60
+    # --branches 4 --branch-k 6: a fixed cost the samples must leave room for
+    branched = plan(Budget(minutes=60), 32, **cost, branches=24)
+    assert branched.samples_per_prompt < p.samples_per_prompt
+    assert minutes_for(branched.samples_per_prompt, 32, **cost, branches=24) <= 60 \
+        < minutes_for(branched.samples_per_prompt + 1, 32, **cost, branches=24)
 
 
 def test_a_low_within_prompt_correlation_cautions_a_guiding_model():

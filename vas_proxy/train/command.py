@@ -106,7 +106,8 @@ def resolve_samples(cfg: TrainConfig, n_prompts: int) -> TrainConfig:
         p = plan(parse_budget(cfg.budget), n_prompts, max_tokens=cfg.max_tokens,
                  epochs=cfg.epochs, heldout_frac=cfg.heldout_frac,
                  val_completions=cfg.val_completions,
-                 extra_tokens=cfg.consistency_states * cfg.consistency_k if cfg.consistency else 0)
+                 extra_tokens=cfg.consistency_states * cfg.consistency_k if cfg.consistency else 0,
+                 branches=cfg.branches * cfg.branch_k)
         _note(p.note, cfg)
         samples = p.samples_per_prompt
     return dataclasses.replace(cfg, samples_per_prompt=samples)
