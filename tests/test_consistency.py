@@ -171,8 +171,11 @@ def test_bad_consistency_and_rare_weight_flags_are_one_line_errors(tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "hi"}\n')
     common = ("--prompts", str(prompts), "--reward", "vader", "--out", str(tmp_path / "o"))
-    assert_one_line_error(cli(*common, "--consistency", "1", "--no-logprobs"),
-                          "--consistency needs the rollouts' top-k logprobs")
+    for flag in ("--consistency", "--branches"):
+        assert_one_line_error(cli(*common, flag, "1", "--no-logprobs"),
+                              "need the rollouts' top-k logprobs: drop --no-logprobs")
+    assert_one_line_error(cli(*common, "--branches", "2", "--branch-k", "1"),
+                          "--branch-k >= 2")
     assert_one_line_error(cli(*common, "--rare-weight", "-1"), "--rare-weight must be >= 0")
     assert_one_line_error(cli(*common, "--consistency", "1", "--consistency-k", "1"),
                           "--consistency-k must be >= 2")

@@ -1,0 +1,72 @@
+"""Two guided rows of one eval directory, paired: gain difference and effective-ρ difference.
+
+    python benchmarks/rho_diff.py EVAL_DIR REWARD "SETTING A" "SETTING B" [...]
+
+Every later setting is compared with the first over the (prompt, draw) pairs both have: the
+paired gain difference over base ± its s.e., each row's KL, and the difference of effective ρ
+(docs/design.md §1.10, sd_w from the eval's Best-of-N pools) with a bootstrap s.e. over the
+pairs (4000 draws, seed 0). ρ compares rows at different KLs; gains compare only at about
+equal KL.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from vas_proxy.eval.efficiency import effective_rho, within_sd
+from vas_proxy.eval.files import read_records
+
+DRAWS = 4000
+
+
+def by_pair(records: list[dict], setting: str, reward: str) -> dict[tuple, tuple[float, float]]:
+    return {(r["prompt_index"], r["sample"]): (float(r["rewards"][reward]), float(r["kl"]))
+            for r in records if r["setting"] == setting}
+
+
+def main() -> int:
+    if len(sys.argv) < 5:
+        sys.exit(__doc__)
+    directory, reward, settings = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
+    records = read_records(directory / "results.jsonl")
+    sd = within_sd(records, reward)
+    base = by_pair(records, "base", reward)
+    rows = [by_pair(records, s, reward) for s in settings]
+    keys = sorted(set(base).intersection(*rows))
+    if not keys:
+        sys.exit(f"no (prompt, draw) pair has all of {settings} and base")
+    b = np.array([base[k][0] for k in keys])
+    gains = [np.array([row[k][0] for k in keys]) - b for row in rows]
+    kls = [np.array([row[k][1] for k in keys]) for row in rows]
+
+    def rho(i: int, idx: np.ndarray) -> float:
+        return effective_rho(float(gains[i][idx].mean()), float(kls[i][idx].mean()), sd)
+
+    rng = np.random.default_rng(0)
+    boots = [rng.integers(0, len(keys), len(keys)) for _ in range(DRAWS)]
+    everything = np.arange(len(keys))
+    out = {"dir": str(directory), "reward": reward, "pairs": len(keys), "sd_w": sd, "rows": []}
+    for i, setting in enumerate(settings):
+        row = {"setting": setting, "gain": float(gains[i].mean()),
+               "gain_se": float(gains[i].std(ddof=1) / np.sqrt(len(keys))),
+               "kl": float(kls[i].mean()), "rho": rho(i, everything)}
+        if i:
+            d = gains[i] - gains[0]
+            row["gain_minus_first"] = float(d.mean())
+            row["gain_minus_first_se"] = float(d.std(ddof=1) / np.sqrt(len(keys)))
+            row["rho_minus_first"] = row["rho"] - out["rows"][0]["rho"]
+            row["rho_minus_first_se"] = float(np.nanstd([rho(i, x) - rho(0, x) for x in boots]))
+        out["rows"].append(row)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
