@@ -1,8 +1,9 @@
 """Two guided rows of one eval directory, paired: gain difference and effective-ρ difference.
 
-    python benchmarks/rho_diff.py EVAL_DIR REWARD "SETTING A" "SETTING B" [...]
+    python benchmarks/rho_diff.py EVAL_DIR[,EVAL_DIR...] REWARD "SETTING A" "SETTING B" [...]
 
-Every later setting is compared with the first over the (prompt, draw) pairs both have: the
+Every later setting is compared with the first over the (prompt, draw) pairs both have (over
+several eval directories' pairs together when given: sd_w is then the first one's): the
 paired gain difference over base ± its s.e., each row's KL, and the difference of effective ρ
 (docs/design.md §1.10, sd_w from the eval's Best-of-N pools) with a bootstrap s.e. over the
 pairs (4000 draws, seed 0). ρ compares rows at different KLs; gains compare only at about
@@ -27,16 +28,18 @@ DRAWS = 4000
 
 
 def by_pair(records: list[dict], setting: str, reward: str) -> dict[tuple, tuple[float, float]]:
-    return {(r["prompt_index"], r["sample"]): (float(r["rewards"][reward]), float(r["kl"]))
+    return {(r["dir"], r["prompt_index"], r["sample"]): (float(r["rewards"][reward]),
+                                                         float(r["kl"]))
             for r in records if r["setting"] == setting}
 
 
 def main() -> int:
     if len(sys.argv) < 5:
         sys.exit(__doc__)
-    directory, reward, settings = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
-    records = read_records(directory / "results.jsonl")
-    sd = within_sd(records, reward)
+    dirs, reward, settings = sys.argv[1].split(","), sys.argv[2], sys.argv[3:]
+    records = [{**r, "dir": i} for i, d in enumerate(dirs)
+               for r in read_records(Path(d) / "results.jsonl")]
+    sd = within_sd([r for r in records if r["dir"] == 0], reward)
     base = by_pair(records, "base", reward)
     rows = [by_pair(records, s, reward) for s in settings]
     keys = sorted(set(base).intersection(*rows))
@@ -52,7 +55,7 @@ def main() -> int:
     rng = np.random.default_rng(0)
     boots = [rng.integers(0, len(keys), len(keys)) for _ in range(DRAWS)]
     everything = np.arange(len(keys))
-    out = {"dir": str(directory), "reward": reward, "pairs": len(keys), "sd_w": sd, "rows": []}
+    out = {"dirs": dirs, "reward": reward, "pairs": len(keys), "sd_w": sd, "rows": []}
     for i, setting in enumerate(settings):
         row = {"setting": setting, "gain": float(gains[i].mean()),
                "gain_se": float(gains[i].std(ddof=1) / np.sqrt(len(keys))),
