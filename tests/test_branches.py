@@ -34,7 +34,10 @@ def test_tiny_run_with_branches(upstream, tmp_path):
     cfg = tiny_config(tmp_path, upstream, branches=2, branch_k=3, max_tokens=8, save_every=0)
     asyncio.run(run(cfg))
     out = Path(cfg.out)
-    read = lambda name: [json.loads(x) for x in (out / name).read_text().splitlines()]  # noqa: E731
+
+    def read(name: str) -> list[dict]:
+        return [json.loads(x) for x in (out / name).read_text().splitlines()]
+
     rollouts = {(r["prompt_index"], r["sample"]): r for r in read("rollouts.jsonl")}
     branches = read("branches.jsonl")
     held = {r["prompt_index"] for r in read("validation.jsonl")}
