@@ -73,7 +73,7 @@ class Rollout:
     finish_reason: str | None = None
     rewards: dict[str, float] = field(default_factory=dict)
     # per token, the upstream's top-k [text, logprob] at that position (printable ones only;
-    # stored for `--consistency`, else empty)
+    # stored for `--consistency` and `--branches`, else empty)
     top: list[list[list]] = field(default_factory=list)
 
     @property
@@ -184,7 +184,8 @@ async def sample_rollouts(client: Completer, prompts: list[PromptItem], *, sampl
                           top_k: int = 1) -> list[Rollout]:
     """`samples` responses per prompt, reusing the stored ones made with the same settings.
     `top_k=0` stores no tokens or logprobs (faster; TD training uses the text only); `top_k >
-    1` also stores each position's top-k candidates (`Rollout.top`, for `--consistency`)."""
+    1` also stores each position's top-k candidates (`Rollout.top`, for `--consistency` and
+    `--branches`)."""
     stored = store.load()
     wanted, todo = {}, []
     for item in prompts:
