@@ -64,8 +64,8 @@ def compare(reward: str, specs: list[str]) -> dict:
     draws = [rng.integers(0, len(states), len(states)) for _ in range(RESAMPLES)]
 
     def boot(spec: str) -> np.ndarray:
-        return np.array([within([vals[spec][i] for i in d], [q_hats[i] for i in d]) or np.nan
-                         for d in draws])
+        rs = [within([vals[spec][i] for i in d], [q_hats[i] for i in d]) for d in draws]
+        return np.array([np.nan if r is None else r for r in rs])
 
     first = specs[0]
     boots = {spec: boot(spec) for spec in specs}

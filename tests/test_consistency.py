@@ -179,3 +179,22 @@ def test_bad_consistency_and_rare_weight_flags_are_one_line_errors(tmp_path):
     assert_one_line_error(cli(*common, "--rare-weight", "-1"), "--rare-weight must be >= 0")
     assert_one_line_error(cli(*common, "--consistency", "1", "--consistency-k", "1"),
                           "--consistency-k must be >= 2")
+
+
+def test_a_string_that_shares_nothing_with_the_rollout_is_packed_as_a_root():
+    from vas_proxy.train.consistency import _attach
+
+    model, tok = tiny_value_model(seed=5)
+    e = make_example(tok, PROMPT, "It was", 0.0)
+    other = encode(tok, "Completely different text")
+    assert other[0] != e.ids[0]
+    extra, parent = [], []
+    node = _attach(other, e.ids, extra, parent)
+    assert parent[0] == -1 and extra == other
+    e.extra, e.extra_parent = extra, parent
+    e.states = [(len(e.ids) - 1, [node], [1.0])]
+    tb = collate_tree([e], tok.pad_token_id, torch.float32)
+    with torch.no_grad():
+        packed, _ = model(tb.batch.input_ids, attention_mask=tb.mask, position_ids=tb.positions)
+    assert float(packed[0, node]) == pytest.approx(_value(model, tok, "Completely different text"),
+                                                   abs=1e-5)

@@ -20,6 +20,7 @@ import torch
 
 from ..values.kv import tree_mask
 from ..values.model import encode_batch
+from ..values.scorer import common_prefix_len
 from .rollouts import Rollout
 from .td import Batch, Example, collate
 
@@ -49,25 +50,19 @@ def _with_states(tokenizer, e: Example, r: Rollout, *, k: int, count: int,
         state_text = r.upstream_prompt + prefix
         seqs = encode_batch(tokenizer, [state_text] + [state_text + c for c, _ in cands])
         nodes = [_attach(seq, chain, extra, parent) for seq in seqs]
-        if any(n is None for n in nodes):
-            continue
         logp = np.array([lp for _, lp in cands], dtype=float)
         probs = np.exp(logp - logp.max())
         found.append((nodes[0], nodes[1:], (probs / probs.sum()).tolist()))
     return dataclasses.replace(e, extra=extra, extra_parent=parent, states=found)
 
 
-def _attach(seq: list[int], chain: list[int], extra: list[int], parent: list[int]) -> int | None:
+def _attach(seq: list[int], chain: list[int], extra: list[int], parent: list[int]) -> int:
     """The row index whose value is V(seq): a chain position when `seq` is a prefix of the
-    rollout's tokens, else new extra tokens after their longest shared prefix (None when they
-    share nothing)."""
-    n = 0
-    while n < min(len(seq), len(chain)) and seq[n] == chain[n]:
-        n += 1
+    rollout's tokens, else new extra tokens after their longest shared prefix (a root, parent
+    -1, when they share nothing: `tree_mask` then starts it at position 0)."""
+    n = common_prefix_len([seq, chain])
     if n == len(seq):
         return n - 1
-    if n == 0:
-        return None
     node = n - 1
     for token in seq[n:]:
         extra.append(token)

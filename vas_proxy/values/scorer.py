@@ -121,7 +121,7 @@ class CheckpointValue:
     def _score_cached(self, ids: list[list[int]]) -> torch.Tensor:
         """One forward over a token trie: the prefix tokens missing from the best stored cache,
         then every candidate's remaining tokens, shared ones once (see `_pack_trie`)."""
-        n = min(_common_prefix_len(ids), min(len(s) for s in ids) - 1)
+        n = min(common_prefix_len(ids), min(len(s) for s in ids) - 1)
         prefix = ids[0][:n]
         slot, shared = self._best_slot(prefix)
         past = [(key[..., :shared, :], val[..., :shared, :]) for key, val in slot.layers]
@@ -139,7 +139,7 @@ class CheckpointValue:
     def _best_slot(self, prefix: list[int]) -> tuple[_PrefixSlot, int]:
         best, best_len = _PrefixSlot(), 0
         for slot in self._slots:
-            shared = _common_prefix_len([slot.ids, prefix])
+            shared = common_prefix_len([slot.ids, prefix])
             if shared > best_len:
                 best, best_len = slot, shared
         return best, best_len
@@ -181,7 +181,7 @@ def _pack_trie(chain: list[int], suffixes: list[list[int]]
     return tokens, parent, ends
 
 
-def _common_prefix_len(seqs: list[list[int]]) -> int:
+def common_prefix_len(seqs: list[list[int]]) -> int:
     """The lexicographic extremes share exactly the prefix all share (compared in C)."""
     lo, hi = min(seqs), max(seqs)
     n = 0
