@@ -31,6 +31,7 @@ def test_rare_weights_balance_a_sparse_reward():
     # the cap binds: 1 hit in 1000 would weigh 999x at power 1
     capped = rare_weights([1.0] + [0.0] * 999, 1.0, cap=10.0)
     assert max(capped) / np.mean(capped) <= 10.0 + 1e-9 and np.mean(capped) == pytest.approx(1)
+    assert rare_weights(hits, 1.0, cap=1.0) == [1.0] * 10  # no room above the mean: all equal
     # a dense reward: equal-width bins; the lone outlier weighs most
     dense = rare_weights(list(np.linspace(0, 0.09, 50)) + [1.0], 1.0)
     assert np.argmax(dense) == 50 and dense[0] == pytest.approx(dense[10])

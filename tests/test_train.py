@@ -304,6 +304,37 @@ def test_resume_continues_steps_and_optimiser_without_resampling(tiny_run, tmp_p
     assert (out / "rollouts.jsonl").read_text() == rollouts_before
 
 
+@pytest.mark.parametrize("change, legacy, said", [
+    ({"rare_weight": 0.5}, False, "--rare-weight 0.0 (now 0.5)"),
+    ({"lam": 0.5, "consistency_k": 4}, False, "--consistency-k 6 (now 4), --lambda 0.95 (now 0.5)"),
+    # a state saved before these options existed: the defaults it was trained at stand in
+    ({"rare_weight": 0.5}, True, "--rare-weight 0.0 (now 0.5)"),
+    ({}, True, "--lora-layers 0 (now 8)"),  # then a missing lora_layers meant all layers
+])
+def test_resume_refuses_a_changed_fit_and_keeps_the_state(tiny_run, tmp_path, change, legacy,
+                                                          said):
+    import shutil
+
+    cfg, _ = tiny_run
+    out = tmp_path / "run"
+    shutil.copytree(cfg.out, out)
+    path = out / "train_state.pt"
+    if legacy:
+        state = torch.load(path, weights_only=True)
+        for key in ("lora_layers", "rare_weight", "consistency", "consistency_k",
+                    "consistency_states", "branches", "branch_k", "gamma", "lam"):
+            del state[key]
+        torch.save(state, path)
+    before, run_file = path.read_bytes(), (out / "run.json").read_bytes()
+    dead = type("Dead", (), {"base_url": "http://127.0.0.1:9/v1", "model": cfg.model})()
+    again = tiny_config(Path(cfg.prompts).parent, dead, out=str(out), epochs=2, resume=True,
+                        **({"lora_layers": 8} if legacy and not change else change))
+    with pytest.raises(ConfigError) as err:
+        asyncio.run(run(again))
+    assert said in err.value.message and "another --out" in err.value.message
+    assert path.read_bytes() == before and (out / "run.json").read_bytes() == run_file
+
+
 def test_rollouts_are_reproducible_from_their_seed(tiny_run, upstream):
     from vas_proxy.train.prompts import PromptItem
     from vas_proxy.train.rollouts import sample_rollouts

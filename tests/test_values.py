@@ -17,7 +17,8 @@ import torch
 from vas_proxy.errors import CheckpointError, ValueSpecError
 from vas_proxy.values import ValueFunction
 from vas_proxy.values.callable import CallableValue
-from vas_proxy.values.loader import load_value
+from vas_proxy.rewards import load_reward
+from vas_proxy.values.loader import backbone_of, load_value
 from vas_proxy.values.model import tiny_value_model
 from vas_proxy.values.scorer import CheckpointValue
 from vas_proxy.values.store import CONFIG_NAME, HEAD_NAME, reward_scale, save_checkpoint
@@ -49,6 +50,9 @@ def user_module(tmp_path, monkeypatch):
             return [float("nan")] * len(continuations)
 
         NOT_CALLABLE = 3
+
+        def prompt_len_reward(prompts, responses):  # a reward: f(prompts, responses)
+            return [float(len(p) + len(r)) for p, r in zip(prompts, responses)]
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
     yield "my_values"
@@ -98,6 +102,38 @@ def test_positivity_heuristic_ranks_positive_words_higher():
     value = load_value("py:vas_proxy.values.heuristics:positivity")
     good, bad, neutral = value.score("How was it?", "It was", [" wonderful", " terrible", " a"])
     assert good > neutral > bad
+
+
+# --------------------------------------------------------------------------- reward: specs
+
+def test_reward_spec_scores_the_reward_on_the_text_so_far():
+    value = load_value("reward:vader")
+    assert isinstance(value, ValueFunction) and value.name == "reward:vader"
+    candidates = [" wonderful", " terrible", " a"]
+    expected = load_reward("vader")(["p"] * 3, ["It was" + c for c in candidates])
+    assert value.score("How was it?", "It was", candidates) == expected
+    good, bad, neutral = expected
+    assert good > neutral > bad
+    plain = load_value("reward:plain", name="short")
+    assert plain.name == "short"
+    short, long = plain.score("p", "It is", [" fun", " extraordinary"])
+    assert short > long
+    assert backbone_of("reward:plain") is None  # nothing to share a backbone with
+
+
+def test_reward_spec_reads_the_prompt_where_the_reward_does(user_module):
+    value = load_value(f"reward:py:{user_module}:prompt_len_reward")
+    assert value.score("four", "", ["a", "bb"]) == [5.0, 6.0]
+
+
+@pytest.mark.parametrize("spec, fragment", [("reward:", "empty reward spec"),
+                                            ("reward:nonsense", "unknown reward spec"),
+                                            ("reward:py:no_such_module_xyz:f",
+                                             "cannot import module")])
+def test_bad_reward_spec_is_a_one_line_value_spec_error(spec, fragment):
+    with pytest.raises(ValueSpecError, match=fragment) as err:
+        load_value(spec)
+    assert spec in err.value.message and "\n" not in err.value.message
 
 
 # --------------------------------------------------------------------------- checkpoints

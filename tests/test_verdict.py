@@ -115,6 +115,11 @@ def test_budget_plan_spends_the_budget_on_samples_per_prompt():
     assert branched.samples_per_prompt < p.samples_per_prompt
     assert minutes_for(branched.samples_per_prompt, 32, **cost, branches=24) <= 60 \
         < minutes_for(branched.samples_per_prompt + 1, 32, **cost, branches=24)
+    # --extra-rollouts: trained on, never sampled, also a fixed cost
+    extra = plan(Budget(minutes=60), 32, **cost, extra_rollouts=500)
+    assert extra.samples_per_prompt < p.samples_per_prompt
+    assert minutes_for(extra.samples_per_prompt, 32, **cost, extra_rollouts=500) <= 60 \
+        < minutes_for(extra.samples_per_prompt + 1, 32, **cost, extra_rollouts=500)
 
 
 def test_a_low_within_prompt_correlation_cautions_a_guiding_model():

@@ -7,11 +7,13 @@ import os
 import threading
 import time
 
+import numpy as np
 import openai
 import pytest
 
 import vas_proxy
 from vas_proxy.assets import smollm2_gguf
+from vas_proxy.rewards import load_reward
 
 VALUES = {"h": "py:valuefns:char_hash"}
 
@@ -149,3 +151,21 @@ def test_async_close_releases_sockets(upstream):
     threads, fds = asyncio.run(go())
     assert _settles(threading.active_count, threads) <= threads
     assert _settles(_open_fds, fds + FD_SLACK) <= fds + FD_SLACK
+
+
+def test_reward_as_value_pulls_toward_its_reward(upstream):
+    """`reward:vader` guides with no trained model: over 10 seeds, paired, the guided answers'
+    VADER beats the same seeds' base answers by more than 2 s.e. (beta 8 in VADER units)."""
+    client = openai.OpenAI(base_url=upstream.base_url, api_key="sk-upstream", max_retries=0)
+    msgs = [{"role": "user", "content": "Describe a rainy Monday at work."}]
+    with vas_proxy.wrap(client, values={"r": "reward:vader"},
+                        chat_template=str(smollm2_gguf())) as g:
+        def answers(beta: float) -> list[str]:
+            return [g.chat.completions.create(
+                model=upstream.model, messages=msgs, max_tokens=20, seed=s,
+                extra_body={"vas": {"beta": beta}}).choices[0].message.content
+                for s in range(10)]
+        base, guided = answers(0.0), answers(8.0)
+    vader = load_reward("vader")
+    diff = np.subtract(vader(["p"] * 10, guided), vader(["p"] * 10, base))
+    assert diff.mean() > 2 * diff.std(ddof=1) / np.sqrt(len(diff)), (base, guided)

@@ -37,7 +37,9 @@ from . import progress
 from .errors import ConfigError, VasError
 from .specs import import_callable
 
-FORMS = "use vader, concise, plain, interests:FILE, py:module:function or hf:PATH"
+# The forms, once: errors here and the --reward flags' help (options.groups) both say them.
+SPEC_FORMS = "vader, concise, plain, interests:FILE, py:module:function or hf:PATH"
+FORMS = f"use {SPEC_FORMS}"
 INTERESTS_DIR = "interests"  # bundled interest profiles: vas_proxy/data/interests/NAME.txt
 
 

@@ -18,7 +18,7 @@ from .. import defaults
 from ..errors import ConfigError
 from ..options import (GuidanceOptions, UpstreamOptions, ValueLoadOptions, comma_list, option,
                        option_like)
-from ..options.groups import REWARD_HELP, parse_rewards, parse_values
+from ..options.groups import REWARD_HELP, VALUE_HELP, parse_rewards, parse_values
 from ..options.named_specs import parse_floats, parse_ints, parse_named, parse_weights
 
 __all__ = ["EvalConfig", "Setting", "canonical_weights", "parse_weights", "weights_label"]
@@ -98,9 +98,8 @@ class EvalConfig:
     out: str = option(help="results.jsonl, summary.csv, summary.md and the PNG plots go here",
                       metavar="DIR")
     # The flag's default is the bundled demo model; the dataclass's (no flag) is none.
-    values: dict[str, str] = option(factory=dict, help="value model for VAS: a checkpoint dir, "
-                                    "bundled:NAME or py:module:function; repeatable (default: "
-                                    "the bundled demo model)", flag="--value",
+    values: dict[str, str] = option(factory=dict, help=f"value model for VAS: {VALUE_HELP}; "
+                                    "repeatable (default: the bundled demo model)", flag="--value",
                                     metavar="NAME=SPEC", repeat=True, parse=parse_values)
     betas: list[float] = option(factory=lambda: list(defaults.EVAL_BETAS),
                                 help="guidance strengths; 0 is base sampling", flag="--beta",

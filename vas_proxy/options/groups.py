@@ -12,13 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import defaults, env
+from ..rewards import SPEC_FORMS as REWARD_HELP
+from ..values.loader import SPEC_FORMS as VALUE_HELP
 from .flags import option
 from .named_specs import default_value_specs as default_values
 from .named_specs import parse_reward_specs as parse_rewards
 from .named_specs import parse_value_specs as parse_values
-
-
-REWARD_HELP = "vader, concise, plain, interests:FILE, py:module:function or hf:PATH"
 
 
 @dataclass
@@ -58,9 +57,8 @@ class GuidanceOptions:
 
     TITLE = "guidance"
 
-    values: dict[str, str] = option(factory=default_values, help="value model: a checkpoint "
-                                    "dir, bundled:NAME or py:module:function; repeatable "
-                                    "(default: the bundled demo value model)", flag="--value",
+    values: dict[str, str] = option(factory=default_values, help=f"value model: {VALUE_HELP}; "
+                                    "repeatable (default: the bundled demo value model)", flag="--value",
                                     metavar="NAME=SPEC", repeat=True, parse=parse_values)
     beta: float = option(defaults.BETA, "guidance strength, in units of the value model's "
                                         "reward sd")

@@ -107,10 +107,21 @@ def resolve_samples(cfg: TrainConfig, n_prompts: int) -> TrainConfig:
                  epochs=cfg.epochs, heldout_frac=cfg.heldout_frac,
                  val_completions=cfg.val_completions,
                  extra_tokens=cfg.consistency_states * cfg.consistency_k if cfg.consistency else 0,
-                 branches=cfg.branches * cfg.branch_k)
+                 branches=cfg.branches * cfg.branch_k,
+                 extra_rollouts=_extra_count(cfg))
         _note(p.note, cfg)
         samples = p.samples_per_prompt
     return dataclasses.replace(cfg, samples_per_prompt=samples)
+
+
+def _extra_count(cfg: TrainConfig) -> int:
+    """About how many `--extra-rollouts` responses will be trained on: the file's records less
+    the held-out prompts' share (read_eval_responses drops those), for --budget's plan."""
+    if not cfg.extra_rollouts:
+        return 0
+    with Path(cfg.extra_rollouts).expanduser().open(encoding="utf-8") as f:
+        records = sum(1 for line in f if line.strip())
+    return round(records * (1 - cfg.heldout_frac))
 
 
 def prepare_out_dir(path: str, flag: str = "--out") -> Path:
@@ -285,13 +296,16 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
                            HalfCompletions, JsonlStore, Rollout, read_eval_responses,
                            score_halves, score_rollouts)
     from .td import make_example
-    from .trainer import METRICS_FILE, STATE_FILE, Trainer, build_model, export_checkpoint
+    from .trainer import (METRICS_FILE, STATE_FILE, Trainer, build_model, check_resume,
+                          export_checkpoint)
     from .validation import evaluate
     from .verdict import Verdict, data_stats, judge
 
     if not cfg.resume and (out / STATE_FILE).exists():
         raise ConfigError(f"{out} already holds a training run: pass --resume to continue it, or "
                           f"choose another --out (copy {ROLLOUTS_FILE} there to reuse the samples)")
+    if cfg.resume:
+        check_resume(cfg, out)
     (out / RUN_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     rollouts, branches, held, halves, upstream_model = await collect(cfg, out, items, api_key)

@@ -10,9 +10,11 @@ hyperparameters are defined here and nowhere else.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from .. import defaults
+from ..errors import ConfigError
 from ..options import UpstreamOptions, ValueLoadOptions, option, option_like
 
 _METAVARS = {int: "N", float: "X"}
@@ -125,3 +127,24 @@ class TrainConfig:
     @classmethod
     def field_help(cls) -> dict[str, dict]:
         return {f.name: dict(f.metadata) for f in fields(cls)}
+
+
+# What defines the model and its loss: a resume with any of these changed is refused. A state
+# saved before an option existed was trained at its default, except lora_layers (then: all, 0).
+FIT_OPTIONS = ("backbone", "lora_r", "lora_layers", "standardize", "rare_weight", "consistency",
+               "consistency_k", "consistency_states", "branches", "branch_k", "gamma", "lam")
+LEGACY_FIT = {"lora_layers": 0}
+
+
+def check_fit(cfg: TrainConfig, state: dict, out: Path) -> None:
+    """Refuse a resume that changes what defines the model or its loss (FIT_OPTIONS): the
+    restored weights and optimiser were fitted to the old one, so the result would be neither."""
+    saved = {k: state.get(k, LEGACY_FIT.get(k, getattr(TrainConfig, k, None)))
+             for k in FIT_OPTIONS}
+    changed = [(k, saved[k], getattr(cfg, k)) for k in FIT_OPTIONS
+               if saved[k] != getattr(cfg, k)]
+    if changed:
+        was = ", ".join(f"--{'lambda' if k == 'lam' else k.replace('_', '-')} {old!r} "
+                        f"(now {new!r})" for k, old, new in changed)
+        raise ConfigError(f"{out} was trained with {was}: a resume would mix two fits; resume "
+                          "with the same, or use another --out")

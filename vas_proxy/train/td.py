@@ -63,7 +63,7 @@ def rare_weights(rewards: list[float], power: float, *, bins: int = 10,
     value (a sparse reward's hits form one bin), others in `bins` equal-width bins. A sparse
     reward's few hits then shape the values as much as its many misses."""
     r = np.asarray(rewards, dtype=float)
-    if power == 0 or len(r) == 0:
+    if power == 0 or len(r) == 0 or cap <= 1:  # a cap of 1 leaves every weight at the mean
         return [1.0] * len(r)
     values, labels = np.unique(r, return_inverse=True)
     if len(values) > bins:

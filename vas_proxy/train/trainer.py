@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError
 from ..values.model import LORA_TARGETS, ValueModel, build_value_model, tiny_value_model
 from ..values.store import save_checkpoint
-from .config import TrainConfig
+from .config import FIT_OPTIONS, TrainConfig, check_fit
 from .consistency import collate_tree, consistency_loss
 from .td import Example, collate, lambda_returns, rare_weights, td_loss
 
@@ -38,6 +38,7 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 TINY = "tiny"
 WARMUP_FRAC = 0.05
+
 
 
 def build_model(cfg: TrainConfig):
@@ -96,6 +97,13 @@ class Progress:
     step: int = 0
     epoch: int = 0
     batch: int = 0
+
+
+def check_resume(cfg: TrainConfig, out: Path) -> None:
+    """`check_fit` before anything is sampled or written, where a saved state exists."""
+    path = out / STATE_FILE
+    if path.is_file():
+        check_fit(cfg, torch.load(path, map_location="cpu", weights_only=True), out)
 
 
 class Trainer:
@@ -164,8 +172,7 @@ class Trainer:
                  "trainable": {n: p.detach().cpu() for n, p in self.params},
                  "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(),
-                 "backbone": self.cfg.backbone, "lora_r": self.cfg.lora_r,
-                 "lora_layers": self.cfg.lora_layers, "standardize": self.cfg.standardize}
+                 **{k: getattr(self.cfg, k) for k in FIT_OPTIONS}}
         tmp = self.out / (STATE_FILE + ".tmp")
         torch.save(state, tmp)
         tmp.replace(self.out / STATE_FILE)
@@ -176,14 +183,7 @@ class Trainer:
         if not path.is_file():
             return False
         state = torch.load(path, map_location="cpu", weights_only=True)
-        saved = (state["backbone"], state["lora_r"], state.get("lora_layers", 0),
-                 state.get("standardize", False))
-        if saved != (self.cfg.backbone, self.cfg.lora_r, self.cfg.lora_layers,
-                     self.cfg.standardize):
-            raise ConfigError(f"{self.out} was trained with --backbone {saved[0]} --lora-r "
-                              f"{saved[1]} --lora-layers {saved[2]}"
-                              f"{' --standardize' if saved[3] else ''}; resume with the same, "
-                              "or use another --out")
+        check_fit(self.cfg, state, self.out)
         names = {n for n, _ in self.params}
         if set(state["trainable"]) != names:
             raise ConfigError(f"{path}: its weights do not match this model; use another --out")

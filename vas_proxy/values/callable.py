@@ -48,3 +48,18 @@ class CallableValue:
             raise ValueSpecError(f"{where} returned a non-finite value (nan/inf); "
                                  "values must be finite floats")
         return values
+
+
+def reward_value(reward, name: str) -> CallableValue:
+    """The reward itself as a value: V(s·a) = r(prompt, response so far + a), no training.
+
+    For a reward that can read partial text (sentiment, word length, a question mark) this is
+    the reward-guided decoding of ARGS (Khanov et al. 2024, arXiv 2402.01694): it ranks the
+    candidates at a state by what they add to the text now, not by what they lead to, which a
+    value model trained on 512 rollouts ranks barely above chance (docs/design.md §1.9). Its
+    units are the reward's own (no training set gives an sd to divide by), so beta is best
+    picked with `vas-proxy calibrate`.
+    """
+    return CallableValue(lambda prompt, continuations: reward([prompt] * len(continuations),
+                                                              continuations), name)
+

@@ -1,7 +1,8 @@
 """Turn a value SPEC string into a `ValueFunction` (docs/design.md §5.4).
 
-Forms: `py:module:function` (a Python callable), `bundled:NAME` (a checkpoint shipped under
-`vas_proxy/data/values/NAME`), or a path to a checkpoint directory. Every failure is a
+Forms: `py:module:function` (a Python callable), `reward:REWARD_SPEC` (a reward read on the text so
+far), `bundled:NAME` (a checkpoint shipped under `vas_proxy/data/values/NAME`), or a path to a
+checkpoint directory. Every failure is a
 `ValueSpecError` naming the spec, so the CLI can print one actionable line.
 """
 
@@ -12,13 +13,18 @@ from pathlib import Path
 from ..assets import DATA_DIR
 from ..errors import ValueSpecError
 from ..progress import quiet_third_party
+from ..rewards import RewardSpecError, load_reward
 from ..specs import import_callable
 from . import ValueFunction
-from .callable import CallableValue
+from .callable import CallableValue, reward_value
 
 PY_PREFIX = "py:"
+REWARD_PREFIX = "reward:"
 BUNDLED_PREFIX = "bundled:"
-FORMS = "use py:module:function, bundled:NAME or a checkpoint directory"
+# The forms, once: errors here and the --value flags' help (options.groups) both say them.
+SPEC_FORMS = ("a checkpoint dir, bundled:NAME, reward:REWARD_SPEC (the reward read on the text "
+              "so far) or py:module:function")
+FORMS = f"use {SPEC_FORMS}"
 
 
 def load_value(spec: str, *, name: str | None = None, device: str = "cpu",
@@ -31,6 +37,8 @@ def load_value(spec: str, *, name: str | None = None, device: str = "cpu",
     spec = spec.strip()
     if spec.startswith(PY_PREFIX):
         return CallableValue(_import_callable(spec), name or spec)
+    if spec.startswith(REWARD_PREFIX):
+        return _reward_value(spec, name=name, device=device, quiet=quiet)
     path = checkpoint_dir(spec)
     with quiet_third_party(enabled=quiet):
         return _load_checkpoint(spec, path, name=name, device=device, dtype=dtype, pool=pool)
@@ -38,8 +46,9 @@ def load_value(spec: str, *, name: str | None = None, device: str = "cpu",
 
 def backbone_of(spec: str) -> str | None:
     """The backbone a checkpoint SPEC is built on (cheap: reads only its config), None for
-    `py:` specs. Value models with the same one can share it (`store.BackbonePool`)."""
-    if not isinstance(spec, str) or spec.strip().startswith(PY_PREFIX):
+    `py:` and `reward:` specs. Value models with the same one can share it
+    (`store.BackbonePool`)."""
+    if not isinstance(spec, str) or spec.strip().startswith((PY_PREFIX, REWARD_PREFIX)):
         return None
     from .store import backbone_identity, read_checkpoint_config
 
@@ -50,6 +59,15 @@ def backbone_of(spec: str) -> str | None:
 def _import_callable(spec: str):
     return import_callable(spec, kind="value", signature="f(prompt, continuations) -> list[float]",
                            error=ValueSpecError)
+
+
+def _reward_value(spec: str, *, name: str | None, device: str, quiet: bool) -> ValueFunction:
+    inner = spec[len(REWARD_PREFIX):].strip()
+    try:
+        reward = load_reward(inner, device=device, quiet=quiet)
+    except RewardSpecError as exc:
+        raise ValueSpecError(f"value spec {spec!r}: {exc}") from exc
+    return reward_value(reward, name or spec)
 
 
 def checkpoint_dir(spec: str) -> Path:
