@@ -1,13 +1,14 @@
 """Two guided rows of one eval directory, paired: gain difference and effective-ρ difference.
 
-    python benchmarks/rho_diff.py EVAL_DIR[,EVAL_DIR...] REWARD "SETTING A" "SETTING B" [...]
+    python benchmarks/rho_diff.py [--sd-w X] EVAL_DIR[,EVAL_DIR...] REWARD "SETTING A" "SETTING B" [...]
 
 Every later setting is compared with the first over the (prompt, draw) pairs both have (over
 several eval directories' pairs together when given: sd_w is then the first one's): the
 paired gain difference over base ± its s.e., each row's KL, and the difference of effective ρ
 (docs/design.md §1.10, sd_w from the eval's Best-of-N pools) with a bootstrap s.e. over the
 pairs (4000 draws, seed 0). ρ compares rows at different KLs; gains compare only at about
-equal KL.
+equal KL. `--sd-w X` gives sd_w where the directory has no Best-of-N pools of REWARD (another
+eval's, on the same prompts).
 """
 
 from __future__ import annotations
@@ -34,12 +35,16 @@ def by_pair(records: list[dict], setting: str, reward: str) -> dict[tuple, tuple
 
 
 def main() -> int:
-    if len(sys.argv) < 5:
+    args = sys.argv[1:]
+    sd_w = None
+    if args[:1] == ["--sd-w"] and len(args) > 1:
+        sd_w, args = float(args[1]), args[2:]
+    if len(args) < 4:
         sys.exit(__doc__)
-    dirs, reward, settings = sys.argv[1].split(","), sys.argv[2], sys.argv[3:]
+    dirs, reward, settings = args[0].split(","), args[1], args[2:]
     records = [{**r, "dir": i} for i, d in enumerate(dirs)
                for r in read_records(Path(d) / "results.jsonl")]
-    sd = within_sd([r for r in records if r["dir"] == 0], reward)
+    sd = sd_w if sd_w is not None else within_sd([r for r in records if r["dir"] == 0], reward)
     base = by_pair(records, "base", reward)
     rows = [by_pair(records, s, reward) for s in settings]
     keys = sorted(set(base).intersection(*rows))
