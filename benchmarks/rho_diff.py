@@ -1,6 +1,6 @@
 """Two guided rows of one eval directory, paired: gain difference and effective-ρ difference.
 
-    python benchmarks/rho_diff.py [--sd-w X] EVAL_DIR[,EVAL_DIR...] REWARD "SETTING A" "SETTING B" [...]
+    python benchmarks/rho_diff.py [--sd-w X] EVAL_DIR[,EVAL_DIR...] REWARD "SETTING A" ["SETTING B" ...]
 
 Every later setting is compared with the first over the (prompt, draw) pairs both have (over
 several eval directories' pairs together when given: sd_w is then the first one's): the
@@ -39,7 +39,7 @@ def main() -> int:
     sd_w = None
     if args[:1] == ["--sd-w"] and len(args) > 1:
         sd_w, args = float(args[1]), args[2:]
-    if len(args) < 4:
+    if len(args) < 3:
         sys.exit(__doc__)
     dirs, reward, settings = args[0].split(","), args[1], args[2:]
     records = [{**r, "dir": i} for i, d in enumerate(dirs)
