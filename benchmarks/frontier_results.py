@@ -68,8 +68,10 @@ FRONTIERS = {
               "`plain64` and `positivity64` (the value models retrained at 64 tokens, `bash "
               "benchmarks/retrain64.sh`; docs/training/retrain64/; `plain64` at β 3.1 is the "
               "beta `vas-proxy calibrate` chose for Best-of-16's 1.84 nats, "
-              "docs/training/candidates/), and the two plain models averaged at the beta "
-              "calibrated for the same budget (docs/training/ensemble/)."),
+              "docs/training/candidates/), the two plain models averaged at the beta "
+              "calibrated for the same budget (docs/training/ensemble/), and `plainR`, the "
+              "reward itself read on the text so far (`reward:plain`), alone and with bundled "
+              "plain, each at its calibrated beta (docs/training/prefix/)."),
 }
 
 

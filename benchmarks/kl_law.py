@@ -31,10 +31,14 @@ BUDGET = 1.84  # Best-of-16's KL bound, log 16 − 15/16
 # (directory, reward, the guided rows whose value model was trained on that reward)
 SOURCES = [
     ("docs/results/frontier", "vader", ["positivity"]),
-    ("docs/results/frontier_plain", "plain", ["plain", "plain64"]),
+    ("docs/results/frontier_plain", "plain", ["plain", "plain64", "plainR"]),
     ("docs/training/unseen/asks_eval", "py:unseen_rewards:asks", ["asks", "asks2", "asks3"]),
-    ("docs/training/unseen/diversity_eval", "py:unseen_rewards:diversity", ["diversity"]),
+    ("docs/training/unseen/diversity_eval", "py:unseen_rewards:diversity",
+     ["diversity", "diversityR"]),
     ("docs/training/personal/eval", "interests:gardener", ["personal"]),
+    # the reward itself as the value, beside the bundled model, with Best-of-N by vader on the
+    # same llama-server pairs (docs/training/prefix/)
+    ("docs/training/unseen/asks_eval", "vader", ["positivity", "vaderR"], "llama-server"),
 ]
 
 
@@ -67,17 +71,20 @@ def at_kl(curve: tuple[np.ndarray, np.ndarray], kl: float) -> float:
     return float(np.interp(kl, curve[0][order], curve[1][order]))
 
 
-def rows_of(directory: str, reward: str, values: list[str]) -> dict:
+def rows_of(directory: str, reward: str, values: list[str], where: str = "") -> dict:
     """The eval's own summary rows (gain, KL, effective ρ, Best-of-N's exact KL) for the guided
     rows whose value models were all trained on `reward`, and Best-of-4 and -16."""
     records = read_records(ROOT / directory / RESULTS_FILE)
-    out = {"reward": short(reward), "sd": within_sd(records, reward),
+    out = {"reward": short(reward) + (f" ({where})" if where else ""),
+           "sd": within_sd(records, reward),
            "tilt": tilt_curve(bon_pools(records, reward)), "rows": []}
     for row in summarise(records, [reward]):
         name = row["setting"]
         guided = row["method"] == "vas" and all(w.split("=")[0] in values
                                                 for w in name.split()[2:])
-        if not (guided or (row["method"] == "bon" and row["best_of"] in (4, 16))):
+        bon = (row["method"] == "bon" and row["best_of"] in (4, 16)
+               and row["bon_reward"] == reward)  # Best-of-N picked by another reward: not it
+        if not (guided or bon):
             continue
         g, g_se, kl, rho = (row[f"{reward}_gain"], row[f"{reward}_gain_se"], row["kl_mean"],
                             row[f"{reward}_rho"])
@@ -115,7 +122,7 @@ def table(results: list[dict]) -> list[str]:
 def plot(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    fig, grid = plt.subplots(2, 3, figsize=(13, 8), sharey=True)
+    fig, grid = plt.subplots(2, 4, figsize=(17, 8), sharey=True)
     axes = list(grid.flat)
     for ax in axes[len(results):]:
         ax.axis("off")
@@ -140,7 +147,7 @@ def plot(results: list[dict], path: Path) -> None:
         ax.set_xlabel("KL to the base (nats per response)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-    for ax in (axes[0], axes[3]):
+    for ax in (axes[0], axes[4]):
         ax.set_ylabel("gain over base / sd_w")
     axes[-1].text(0, 0.5, "dotted: gain = ρ·sd_w·sqrt(2·KL)\nhollow square: Best-of-N at its\n"
                   "exact KL on the pool (ties counted)\nred line: Best-of-16's bound, 1.84 nats",

@@ -40,7 +40,6 @@ TINY = "tiny"
 WARMUP_FRAC = 0.05
 
 
-
 def build_model(cfg: TrainConfig):
     """A fresh value model (zero-initialised head) and its tokenizer, seeded by cfg.seed."""
     with torch.random.fork_rng(devices=[]):

@@ -53,13 +53,11 @@ class CallableValue:
 def reward_value(reward, name: str) -> CallableValue:
     """The reward itself as a value: V(s·a) = r(prompt, response so far + a), no training.
 
-    For a reward that can read partial text (sentiment, word length, a question mark) this is
-    the reward-guided decoding of ARGS (Khanov et al. 2024, arXiv 2402.01694): it ranks the
-    candidates at a state by what they add to the text now, not by what they lead to, which a
-    value model trained on 512 rollouts ranks barely above chance (docs/design.md §1.9). Its
-    units are the reward's own (no training set gives an sd to divide by), so beta is best
-    picked with `vas-proxy calibrate`.
+    ARGS's scoring (Khanov et al. 2024, arXiv 2402.01694). It ranks a state's candidates by what
+    they add to the text now and sees nothing of what follows: strong where the reward shows in
+    partial text (repeated words, sentiment), misleading or blank where it does not (a mean over
+    words to come, a question not yet asked); docs/training/prefix/ measures both. Its units are
+    the reward's own (no training set gives an sd to divide by): pick beta with `calibrate`.
     """
     return CallableValue(lambda prompt, continuations: reward([prompt] * len(continuations),
                                                               continuations), name)
-

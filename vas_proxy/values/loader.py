@@ -1,9 +1,9 @@
 """Turn a value SPEC string into a `ValueFunction` (docs/design.md §5.4).
 
-Forms: `py:module:function` (a Python callable), `reward:REWARD_SPEC` (a reward read on the text so
-far), `bundled:NAME` (a checkpoint shipped under `vas_proxy/data/values/NAME`), or a path to a
-checkpoint directory. Every failure is a
-`ValueSpecError` naming the spec, so the CLI can print one actionable line.
+Forms: `py:module:function` (a Python callable), `reward:REWARD_SPEC` (a reward read on the
+text so far), `bundled:NAME` (a checkpoint shipped under `vas_proxy/data/values/NAME`), or a
+path to a checkpoint directory. Every failure is a `ValueSpecError` naming the spec, so the CLI
+can print one actionable line.
 """
 
 from __future__ import annotations
