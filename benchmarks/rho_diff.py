@@ -13,6 +13,7 @@ eval's, on the same prompts).
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -35,16 +36,17 @@ def by_pair(records: list[dict], setting: str, reward: str) -> dict[tuple, tuple
 
 
 def main() -> int:
-    args = sys.argv[1:]
-    sd_w = None
-    if args[:1] == ["--sd-w"] and len(args) > 1:
-        sd_w, args = float(args[1]), args[2:]
-    if len(args) < 3:
-        sys.exit(__doc__)
-    dirs, reward, settings = args[0].split(","), args[1], args[2:]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sd-w", type=float, help="sd_w to use instead of the first "
+                        "directory's Best-of-N pools")
+    parser.add_argument("dirs", help="eval directories, comma-separated")
+    parser.add_argument("reward")
+    parser.add_argument("settings", nargs="+")
+    a = parser.parse_args()
+    dirs, reward, settings = a.dirs.split(","), a.reward, a.settings
     records = [{**r, "dir": i} for i, d in enumerate(dirs)
                for r in read_records(Path(d) / "results.jsonl")]
-    sd = sd_w if sd_w is not None else within_sd([r for r in records if r["dir"] == 0], reward)
+    sd = a.sd_w if a.sd_w is not None else within_sd([r for r in records if r["dir"] == 0], reward)
     base = by_pair(records, "base", reward)
     rows = [by_pair(records, s, reward) for s in settings]
     keys = sorted(set(base).intersection(*rows))
