@@ -25,6 +25,7 @@ def main() -> int:
                                           JsonlStore, Rollout)
     from vas_proxy.train.validation import evaluate
     from vas_proxy.values.loader import checkpoint_dir
+    from vas_proxy.values.scorer import load_potential
     from vas_proxy.values.store import load_value_model, read_checkpoint_config
 
     pairs = [(Path(r), Path(r), str(r)) for r in a.runs]
@@ -36,7 +37,7 @@ def main() -> int:
         if not (model_dir / "vas_value.json").is_file() or not (run / "vas_value.json").is_file():
             print(f"{label}: skipped, no finished model in {model_dir} or {run}", file=sys.stderr)
             continue
-        model, tok, _ = load_value_model(model_dir)
+        model, tok, config = load_value_model(model_dir)
         # the split, reward and halves are the run's own
         meta = read_checkpoint_config(run)["metadata"]
         args, spec = meta["args"], meta["reward"]
@@ -46,7 +47,8 @@ def main() -> int:
         held_r = [r for k, r in sorted(rollouts.items()) if k[0] in held]
         halves = [h for k, h in sorted(JsonlStore(run / VALIDATION_FILE, HalfCompletions)
                                        .load().items()) if k[0] in held]
-        m = evaluate(model, tok, held_r, halves, spec)
+        m = evaluate(model, tok, held_r, halves, spec,
+                     potential=load_potential(model_dir, config))
         out[label] = m
         print(f"{label}: half corr {m.get('val_half_corr'):.3f}, within-prompt "
               f"{m.get('val_half_within_corr'):.3f} (n={m.get('val_half_within_n')}); final "

@@ -310,6 +310,7 @@ def test_resume_continues_steps_and_optimiser_without_resampling(tiny_run, tmp_p
     # a state saved before these options existed: the defaults it was trained at stand in
     ({"rare_weight": 0.5}, True, "--rare-weight 0.0 (now 0.5)"),
     ({}, True, "--lora-layers 0 (now 8)"),  # then a missing lora_layers meant all layers
+    ({"residual": True}, True, "--residual False (now True)"),
 ])
 def test_resume_refuses_a_changed_fit_and_keeps_the_state(tiny_run, tmp_path, change, legacy,
                                                           said):
@@ -322,7 +323,7 @@ def test_resume_refuses_a_changed_fit_and_keeps_the_state(tiny_run, tmp_path, ch
     if legacy:
         state = torch.load(path, weights_only=True)
         for key in ("lora_layers", "rare_weight", "consistency", "consistency_k",
-                    "consistency_states", "branches", "branch_k", "gamma", "lam"):
+                    "consistency_states", "branches", "branch_k", "gamma", "lam", "residual"):
             del state[key]
         torch.save(state, path)
     before, run_file = path.read_bytes(), (out / "run.json").read_bytes()

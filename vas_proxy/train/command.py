@@ -67,6 +67,9 @@ def check_config(cfg: TrainConfig) -> None:
               "--consistency-k must be >= 2 and --consistency-states >= 1"),
              (cfg.branches >= 0 and cfg.branch_k >= 2,
               "--branches must be >= 0 and --branch-k >= 2"),
+             (not (cfg.residual and cfg.consistency),
+              "--residual and --consistency do not combine: the consistency term's candidate "
+              "states carry no reward read on their text"),
              (not ((cfg.consistency or cfg.branches) and cfg.no_logprobs),
               "--consistency and --branches need the rollouts' top-k logprobs: drop "
               "--no-logprobs")]
@@ -349,6 +352,11 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
         model, tokenizer = build_model(cfg)
     examples = [make_example(tokenizer, r.upstream_prompt, r.response, r.rewards[spec])
                 for r in train_rollouts]
+    if cfg.residual:
+        from .shaping import add_potentials
+        examples = add_potentials(tokenizer, examples, [r.upstream_prompt for r in train_rollouts],
+                                  [r.response for r in train_rollouts], reward,
+                                  progress=not cfg.quiet)
     if cfg.consistency:
         from .consistency import add_states
         examples = add_states(tokenizer, examples, train_rollouts, k=cfg.consistency_k,
@@ -357,9 +365,11 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
               f"{len(examples)} rollouts", cfg)
     metadata = {"reward": spec, "trained_with": "vas-proxy train", "upstream_model": upstream_model,
                 "train_rollouts": len(train_rollouts), "heldout_rollouts": len(held_rollouts),
-                "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std())}
+                "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
+                **({"residual": spec} if cfg.residual else {})}
     trainer = Trainer(cfg, model, tokenizer, examples, out, metadata=metadata,
-                      evaluate=(lambda m: evaluate(m, tokenizer, held_rollouts, halves, spec))
+                      evaluate=(lambda m: evaluate(m, tokenizer, held_rollouts, halves, spec,
+                                                   potential=reward if cfg.residual else None))
                       if held_rollouts else None,
                       judge=lambda metrics, losses: judge(
                           metrics, data_stats([e.reward for e in examples],

@@ -99,6 +99,11 @@ class TrainConfig:
                            "values see responses that part at one token (rollouts then store "
                            "their top-k; 0 off)")
     branch_k: int = opt(6, "candidates completed per branch point")
+    residual: bool = opt(False, "train the model on what the reward has not yet shown: the "
+                                "value is the reward read on the text so far plus the model's "
+                                "output, and TD(lambda) fits their sum (potential-based "
+                                "shaping); the checkpoint adds the reward itself when it "
+                                "scores, so the reward must load wherever the model does")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     batch_size: int = opt(8, "rollouts per micro-batch")
     grad_accum: int = opt(1, "micro-batches per optimiser step")
@@ -132,7 +137,8 @@ class TrainConfig:
 # What defines the model and its loss: a resume with any of these changed is refused. A state
 # saved before an option existed was trained at its default, except lora_layers (then: all, 0).
 FIT_OPTIONS = ("backbone", "lora_r", "lora_layers", "standardize", "rare_weight", "consistency",
-               "consistency_k", "consistency_states", "branches", "branch_k", "gamma", "lam")
+               "consistency_k", "consistency_states", "branches", "branch_k", "gamma", "lam",
+               "residual")
 LEGACY_FIT = {"lora_layers": 0}
 
 

@@ -119,7 +119,7 @@ def collate_tree(examples: list[Example], pad_id: int, dtype: torch.dtype) -> Tr
         return out
 
     batch = Batch(input_ids, pad(base.attention_mask), pad(base.response_mask),
-                  pad(base.rewards), base.weights)
+                  pad(base.rewards), base.weights, pad(base.potentials))
     return TreeBatch(batch, torch.stack(masks), torch.stack(positions),
                      torch.tensor(state_index, dtype=torch.long).reshape(-1),
                      torch.tensor(cand_index, dtype=torch.long).reshape(-1, k),

@@ -12,7 +12,7 @@ state is the whole response and whose target is the reward itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -90,6 +90,8 @@ class Example:
     start: int  # first position whose state holds response text
     reward: float
     weight: float = 1.0  # the row's loss weight (`rare_weights`)
+    # `--residual`: phi at each position of ids (the reward on the text so far; `shaping`)
+    potential: list[float] = field(default_factory=list)
     # Candidate states (`consistency`): tokens packed after `ids`, each one's parent (an index
     # in ids + extra), and per state (its node, its candidates' nodes, their base probabilities).
     extra: list[int] = field(default_factory=list)
@@ -129,21 +131,21 @@ def make_example(tokenizer, prompt: str, response: str, reward: float) -> Exampl
 @dataclass
 class Batch:
     """Right-padded tensors of a micro-batch; `reward` holds each row's reward on its last
-    response token."""
+    response token, `potentials` phi at each position (zeros without `--residual`)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     response_mask: torch.Tensor
     rewards: torch.Tensor
     weights: torch.Tensor  # (B,) each row's loss weight
+    potentials: torch.Tensor
 
     @property
     def n_tokens(self) -> int:
         return int(self.attention_mask.sum())
 
     def to(self, device) -> Batch:
-        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask,
-                                               self.response_mask, self.rewards, self.weights)))
+        return Batch(*(getattr(self, f.name).to(device) for f in fields(self)))
 
 
 def collate(examples: list[Example], pad_id: int) -> Batch:
@@ -153,11 +155,14 @@ def collate(examples: list[Example], pad_id: int) -> Batch:
     attention = torch.zeros(shape, dtype=torch.long)
     response = torch.zeros(shape, dtype=torch.float32)
     rewards = torch.zeros(shape, dtype=torch.float32)
+    potentials = torch.zeros(shape, dtype=torch.float32)
     for row, e in enumerate(examples):
         n = len(e.ids)
         input_ids[row, :n] = torch.tensor(e.ids, dtype=torch.long)
         attention[row, :n] = 1
         response[row, e.start:n] = 1.0
         rewards[row, n - 1] = e.reward
+        if e.potential:
+            potentials[row, :n] = torch.tensor(e.potential, dtype=torch.float32)
     weights = torch.tensor([e.weight for e in examples], dtype=torch.float32)
-    return Batch(input_ids, attention, response, rewards, weights)
+    return Batch(input_ids, attention, response, rewards, weights, potentials)

@@ -126,8 +126,10 @@ class Trainer:
         self.target_mean, self.target_sd = 0.0, 1.0
         if cfg.standardize and rewards.std() > 1e-12:
             self.target_mean, self.target_sd = float(rewards.mean()), float(rewards.std())
-            examples = [dataclasses.replace(e, reward=(e.reward - self.target_mean)
-                                            / self.target_sd) for e in examples]
+            # phi is scaled, not shifted: the head's bias takes the mean (U = sd·U_z + mean)
+            examples = [dataclasses.replace(
+                e, reward=(e.reward - self.target_mean) / self.target_sd,
+                potential=[p / self.target_sd for p in e.potential]) for e in examples]
         if cfg.rare_weight:
             weights = rare_weights([e.reward for e in examples], cfg.rare_weight)
             examples = [dataclasses.replace(e, weight=w) for e, w in zip(examples, weights)]
@@ -159,10 +161,13 @@ class Trainer:
         mean predictor. Adam moves a parameter by about lr per step, so a zero bias takes
         hundreds of steps to reach an offset like -1.5 (the `plain` reward), time the body then
         spends fitting the offset instead of what distinguishes tokens. (`restore` overwrites
-        this on resume.)"""
+        this on resume.) With `--residual` the model is U = V - phi, so the bias starts at
+        the mean of the reward minus phi over the response positions."""
+        start = [e.reward - (float(np.mean(e.potential[e.start:])) if e.potential else 0.0)
+                 for e in self.examples]
         with torch.no_grad():
             self.model.head.weight.zero_()
-            self.model.head.bias.fill_(float(np.mean([e.reward for e in self.examples])))
+            self.model.head.bias.fill_(float(np.mean(start)))
 
     # -- state ----------------------------------------------------------------------------
 
@@ -326,6 +331,7 @@ class Trainer:
         n_tokens = n_resp = 0
         for idx in group:
             values, batch, cons = self._forward([self.examples[i] for i in idx])
+            values = values + batch.potentials.to(values.dtype)  # V = phi + U (--residual)
             targets = lambda_returns(values.detach(), batch.rewards, batch.response_mask,
                                      self.cfg.gamma, self.cfg.lam)
             loss = td_loss(values, targets, batch.response_mask, batch.weights)

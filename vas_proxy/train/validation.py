@@ -75,19 +75,26 @@ def within_prompt_corr(pred: list[float], target: list[float], groups: list[int]
 
 
 def evaluate(model: ValueModel, tokenizer, rollouts: list[Rollout],
-             halves: list[HalfCompletions], spec: str) -> dict:
-    """Validation metrics on held-out rollouts and their half-completions."""
+             halves: list[HalfCompletions], spec: str, *, potential=None) -> dict:
+    """Validation metrics on held-out rollouts and their half-completions. `potential`: the
+    reward a `--residual` model's output is added to, read on the text so far."""
     by_key = {r.key: r for r in rollouts}
     metrics: dict = {}
+
+    def values(prompts: list[str], texts: list[str]) -> list[float]:
+        out = predict_last(model, tokenizer, [p + t for p, t in zip(prompts, texts)])
+        if potential is None:
+            return out
+        return [u + phi for u, phi in zip(out, potential(prompts, texts))]
+
     if halves:
-        preds = predict_last(model, tokenizer,
-                             [by_key[h.key].upstream_prompt + h.half for h in halves])
+        preds = values([by_key[h.key].upstream_prompt for h in halves], [h.half for h in halves])
         targets = [float(np.mean(h.rewards[spec])) for h in halves]
         metrics.update(regression_metrics(preds, targets, "val_half"))
         metrics.update(within_prompt_corr(preds, targets, [h.prompt_index for h in halves],
                                           "val_half"))
     if rollouts:
-        preds = predict_last(model, tokenizer, [r.upstream_prompt + r.response for r in rollouts])
+        preds = values([r.upstream_prompt for r in rollouts], [r.response for r in rollouts])
         targets = [r.rewards[spec] for r in rollouts]
         metrics.update(regression_metrics(preds, targets, "val_final"))
         metrics.update(within_prompt_corr(preds, targets, [r.prompt_index for r in rollouts],

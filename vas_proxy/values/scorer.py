@@ -15,7 +15,7 @@ import torch
 
 from .kv import attention_backends, cache_tensors, full_attention_only, make_cache, tree_mask
 from .model import ValueModel, encode_batch
-from .store import BackbonePool, load_value_model, reward_scale
+from .store import BackbonePool, load_value_model, residual_spec, reward_scale
 from .threads import configure_cpu_threads
 
 
@@ -65,6 +65,7 @@ class CheckpointValue:
         self.max_prefixes = max_prefixes
         self.config: dict[str, Any] = {}
         self.scale = 1.0  # see `store.reward_scale`; a checkpoint loaded from disk sets it
+        self.potential = None  # `train --residual`: the reward added to the model's output
         self._slots: list[_PrefixSlot] = []
         self._lock = threading.Lock()
         pad = tokenizer.pad_token_id
@@ -80,6 +81,7 @@ class CheckpointValue:
         value = cls(model, tokenizer, name or str(path), use_cache=use_cache)
         value.config = config
         value.scale = reward_scale(config)
+        value.potential = load_potential(path, config, device)
         return value
 
     def __repr__(self) -> str:
@@ -96,7 +98,9 @@ class CheckpointValue:
         ids = encode_batch(self.tokenizer, [prompt + response + c for c in candidates])
         with self._lock, torch.inference_mode(), attention_backends(self.model.device):
             values = self._score_cached(ids) if self.use_cache else self._score_full(ids)
-        return [float(v) * self.scale for v in values.tolist()]
+        phi = (self.potential([prompt] * len(candidates), [response + c for c in candidates])
+               if self.potential is not None else [0.0] * len(candidates))
+        return [(float(v) + p) * self.scale for v, p in zip(values.tolist(), phi)]
 
     # -- full recompute --------------------------------------------------------------------
 
@@ -152,6 +156,22 @@ class CheckpointValue:
             self._slots.remove(old)
         self._slots.append(new)
         del self._slots[:-self.max_prefixes]
+
+
+def load_potential(path, config: dict[str, Any], device: str = "cpu"):
+    """The reward a `--residual` checkpoint adds to its output (None for other checkpoints);
+    one that cannot load is a `ValueSpecError` naming the checkpoint."""
+    spec = residual_spec(config)
+    if spec is None:
+        return None
+    from ..errors import ValueSpecError
+    from ..rewards import RewardSpecError, load_reward
+
+    try:
+        return load_reward(spec, device=device, quiet=True)
+    except RewardSpecError as exc:
+        raise ValueSpecError(f"value model {path} was trained with --residual on reward "
+                             f"{spec!r}, which does not load here: {exc}") from exc
 
 
 def _pack_trie(chain: list[int], suffixes: list[list[int]]

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Issue 13: value models trained on what the reward has not yet shown (`train --residual`),
+# guided at the beta calibrated for Best-of-16's KL bound (docs/training/residual/PLAN.md,
+# written before any ran). The samples are the RL baselines' (runs/rl/samples, made by
+# `bash benchmarks/rl_baselines.sh sample`); each model trains on a copy. Every step is
+# resumable and skipped when done; run with nothing else beside it.
+#
+#   bash benchmarks/residual.sh train vader|plain   # runs/residual/<reward>
+#   bash benchmarks/residual.sh revalidate          # held-out figures on the run's own halves
+#   bash benchmarks/residual.sh eval vader|plain    # calibrate, then the guided rows
+set -euo pipefail
+ROOT=${RESIDUAL_DIR:-runs/residual}
+SAMPLES=${SAMPLES_DIR:-runs/rl/samples}
+export PYTHONPATH=benchmarks  # the py:unseen_rewards specs of the vader directories
+stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
+DATA=(--prompts data/prompts/everyday.jsonl --samples-per-prompt 8 --max-tokens 64
+      --heldout-frac 0.05 --val-completions 4 --seed 0 --no-logprobs --concurrency 4)
+RECIPE=(--epochs 3 --lr 5e-4 --lora-r 16 --lora-layers 8 --batch-size 8 --standardize --residual)
+UNSEEN=(--samples 2 --seed 0 --reward py:unseen_rewards:asks --reward py:unseen_rewards:diversity
+        --reward vader --best-of none --max-tokens 64 --embedded llama-server --resume --quiet)
+PLAIN=(--prompts data/prompts/everyday_heldout.jsonl --limit 64 --samples 2 --seed 0
+       --reward vader --reward plain --bon-reward plain --best-of none --max-tokens 64
+       --embedded llama-server --out docs/results/frontier_plain --resume --quiet)
+beta_for() {  # REWARD -> the beta calibrate picks for 1.84 nats, one decimal ("none" if none)
+  local reward=$1 cal="$ROOT/calibration_$1.json"
+  if [ ! -f "$cal" ]; then
+    stamp "calibrate $reward" >&2
+    vas-proxy calibrate --prompts data/prompts/everyday_heldout.jsonl --limit 32 --samples 4 \
+      --seed 1 --max-tokens 64 --kl 1.84 --embedded llama-server --out "$ROOT/cal" --quiet \
+      --value "res=$ROOT/$reward" >&2
+    cp "$ROOT/cal/calibration.json" "$cal"
+  fi
+  python -c "import json; b = json.load(open('$cal'))['budget']['beta']; print('none' if b is None else round(b, 1))"
+}
+case "${1:?train, revalidate or eval}" in
+  train)
+    REWARD=${2:?vader or plain}; OUT="$ROOT/$REWARD"
+    if [ -f "$OUT/vas_value.json" ]; then echo "== $OUT done"; exit 0; fi
+    mkdir -p "$OUT"
+    [ -f "$OUT/rollouts.jsonl" ] || cp "$SAMPLES/rollouts.jsonl" "$SAMPLES/validation.jsonl" "$OUT/"
+    stamp "train $REWARD"
+    /usr/bin/time -f "%e s wall, %M KiB peak" \
+      vas-proxy train "${DATA[@]}" "${RECIPE[@]}" --reward "$REWARD" --out "$OUT" \
+      --save-every 100 --quiet $([ -f "$OUT/train_state.pt" ] && echo --resume) \
+      2>&1 | tee -a "$OUT/train.log" ;;
+  revalidate)
+    stamp revalidate
+    python benchmarks/revalidate.py "$ROOT"/vader "$ROOT"/plain \
+      --value bundled:positivity@"$ROOT/vader" --value bundled:plain@"$ROOT/plain" \
+      --json docs/training/residual/revalidate.json ;;
+  eval)
+    REWARD=${2:?vader or plain}
+    B=$(beta_for "$REWARD")
+    if [ "$B" = none ]; then stamp "no beta for $REWARD: no row"; exit 0; fi
+    if [ "$REWARD" = vader ]; then
+      stamp "eval residual vader beta $B (asks_eval, then replication)"
+      vas-proxy eval --prompts data/prompts/everyday_heldout.jsonl --limit 32 "${UNSEEN[@]}" \
+        --bon-reward py:unseen_rewards:asks --out docs/training/unseen/asks_eval \
+        --value "posRes=$ROOT/vader" --beta "$B"
+      vas-proxy eval --prompts docs/training/consistency/heldout_33_64.jsonl "${UNSEEN[@]}" \
+        --out docs/training/consistency/replication --value "posRes=$ROOT/vader" --beta "$B"
+    else
+      stamp "eval residual plain beta $B (frontier_plain)"
+      vas-proxy eval "${PLAIN[@]}" --value "plainRes=$ROOT/plain" --beta "$B"
+    fi ;;
+esac
+stamp done
