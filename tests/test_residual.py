@@ -4,6 +4,7 @@ fits the sum, and the checkpoint adds the reward back when it scores (docs/desig
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -50,7 +51,7 @@ def test_position_texts_are_the_text_each_state_holds(tokenizer, chat_prompt, re
     assert len(texts) == len(e.ids) - e.start
     assert texts[-1] == response  # the last state holds the whole response: phi = the reward
     assert all(response.startswith(t) for t in texts)
-    assert all(len(a) <= len(b) for a, b in zip(texts, texts[1:]))
+    assert all(len(a) <= len(b) for a, b in itertools.pairwise(texts))
     if response:
         # each state's text is what its tokens decode to, less the prompt
         for t, text in zip(range(e.start, len(e.ids) - 1), texts):
@@ -124,8 +125,9 @@ def test_residual_with_consistency_is_refused():
 
 @pytest.fixture(scope="module")
 def residual_run(upstream, tmp_path_factory):
-    from vas_proxy.train.command import run
     from test_train import tiny_config
+
+    from vas_proxy.train.command import run
 
     tmp = tmp_path_factory.mktemp("residual")
     cfg = tiny_config(tmp, upstream, residual=True, standardize=True)
@@ -177,8 +179,9 @@ def test_a_residual_checkpoint_whose_reward_cannot_load_says_so(residual_run, tm
 
 
 def test_resume_refuses_to_switch_residual_on(residual_run, tmp_path):
-    from vas_proxy.train.command import run
     from test_train import tiny_config
+
+    from vas_proxy.train.command import run
 
     cfg, _ = residual_run
     out = tmp_path / "run"

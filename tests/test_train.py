@@ -159,7 +159,7 @@ def test_train_flags_become_the_config():
         "backbone", "samples_per_prompt", "budget", "max_tokens", "extra_rollouts",
         "no_logprobs", "concurrency", "epochs",
         "lora_r", "lora_layers", "lr", "head_lr_mult", "standardize", "rare_weight",
-        "consistency", "consistency_k", "consistency_states", "branches", "branch_k",
+        "consistency", "consistency_k", "consistency_states", "branches", "branch_k", "residual",
         "weight_decay", "batch_size",
         "grad_accum", "max_grad_norm", "gamma", "lam", "seed", "heldout_frac",
         "val_completions", "export", "save_every", "device", "dtype", "resume", "quiet"]

@@ -126,8 +126,7 @@ class Trainer:
         self.target_mean, self.target_sd = 0.0, 1.0
         if cfg.standardize and rewards.std() > 1e-12:
             self.target_mean, self.target_sd = float(rewards.mean()), float(rewards.std())
-            # phi is scaled, not shifted: the head's bias takes the mean (U = sd·U_z + mean)
-            examples = [dataclasses.replace(
+            examples = [dataclasses.replace(  # phi scaled, not shifted: U = sd·U_z + mean
                 e, reward=(e.reward - self.target_mean) / self.target_sd,
                 potential=[p / self.target_sd for p in e.potential]) for e in examples]
         if cfg.rare_weight:
@@ -157,12 +156,11 @@ class Trainer:
         self._start_at_mean_reward()
 
     def _start_at_mean_reward(self) -> None:
-        """Zero head weights, bias = the mean training reward: training starts from the
-        mean predictor. Adam moves a parameter by about lr per step, so a zero bias takes
-        hundreds of steps to reach an offset like -1.5 (the `plain` reward), time the body then
-        spends fitting the offset instead of what distinguishes tokens. (`restore` overwrites
-        this on resume.) With `--residual` the model is U = V - phi, so the bias starts at
-        the mean of the reward minus phi over the response positions."""
+        """Zero head weights, bias = the mean training reward (`--residual`: of reward - phi
+        on the response, as the model is U = V - phi): training starts from the mean predictor.
+        Adam moves a parameter by about lr per step, so a zero bias takes hundreds of steps to
+        reach an offset like -1.5 (the `plain` reward), time the body then spends fitting the
+        offset instead of what distinguishes tokens. (`restore` overwrites this on resume.)"""
         start = [e.reward - (float(np.mean(e.potential[e.start:])) if e.potential else 0.0)
                  for e in self.examples]
         with torch.no_grad():
