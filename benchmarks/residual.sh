@@ -13,9 +13,6 @@ ROOT=${RESIDUAL_DIR:-runs/residual}
 SAMPLES=${SAMPLES_DIR:-runs/rl/samples}
 export PYTHONPATH=benchmarks  # the py:unseen_rewards specs of the vader directories
 stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
-DATA=(--prompts data/prompts/everyday.jsonl --samples-per-prompt 8 --max-tokens 64
-      --heldout-frac 0.05 --val-completions 4 --seed 0 --no-logprobs --concurrency 4)
-RECIPE=(--epochs 3 --lr 5e-4 --lora-r 16 --lora-layers 8 --batch-size 8 --standardize --residual)
 UNSEEN=(--samples 2 --seed 0 --reward py:unseen_rewards:asks --reward py:unseen_rewards:diversity
         --reward vader --best-of none --max-tokens 64 --embedded llama-server --resume --quiet)
 PLAIN=(--prompts data/prompts/everyday_heldout.jsonl --limit 64 --samples 2 --seed 0
@@ -33,16 +30,9 @@ beta_for() {  # REWARD -> the beta calibrate picks for 1.84 nats, one decimal ("
   python -c "import json; b = json.load(open('$cal'))['budget']['beta']; print('none' if b is None else round(b, 1))"
 }
 case "${1:?train, revalidate or eval}" in
-  train)
-    REWARD=${2:?vader or plain}; OUT="$ROOT/$REWARD"
-    if [ -f "$OUT/vas_value.json" ]; then echo "== $OUT done"; exit 0; fi
-    mkdir -p "$OUT"
-    [ -f "$OUT/rollouts.jsonl" ] || cp "$SAMPLES/rollouts.jsonl" "$SAMPLES/validation.jsonl" "$OUT/"
-    stamp "train $REWARD"
-    /usr/bin/time -f "%e s wall, %M KiB peak" \
-      vas-proxy train "${DATA[@]}" "${RECIPE[@]}" --reward "$REWARD" --out "$OUT" \
-      --save-every 100 --quiet $([ -f "$OUT/train_state.pt" ] && echo --resume) \
-      2>&1 | tee -a "$OUT/train.log" ;;
+  train)  # retrain64's recipe and data handling, plus --residual
+    RECIPE_EXTRA=--residual RETRAIN_DIR="$ROOT" SAMPLES_DIR="$SAMPLES" \
+      bash benchmarks/retrain64.sh train "${2:?vader or plain}" ;;
   revalidate)
     stamp revalidate
     python benchmarks/revalidate.py "$ROOT"/vader "$ROOT"/plain \

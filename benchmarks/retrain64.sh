@@ -15,7 +15,9 @@ SAMPLES=${SAMPLES_DIR:-runs/rl/samples}
 stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
 DATA=(--prompts data/prompts/everyday.jsonl --samples-per-prompt 8 --max-tokens 64
       --heldout-frac 0.05 --val-completions 4 --seed 0 --no-logprobs --concurrency 4)
-RECIPE=(--epochs 3 --lr 5e-4 --lora-r 16 --lora-layers 8 --batch-size 8 --standardize)
+# RECIPE_EXTRA: flags added to the recipe (benchmarks/residual.sh passes --residual)
+RECIPE=(--epochs 3 --lr 5e-4 --lora-r 16 --lora-layers 8 --batch-size 8 --standardize
+        ${RECIPE_EXTRA:-})
 case "${1:?train, revalidate or eval}" in
   train)
     REWARD=${2:?plain or vader}; OUT="$ROOT/$REWARD"
