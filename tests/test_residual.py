@@ -161,6 +161,8 @@ def test_a_residual_checkpoint_scores_the_reward_plus_its_model(residual_run):
     val = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
            if json.loads(line)["kind"] == "validation"][-1]
     assert val["val_final_n"] >= 1 and summary["verdict"]["label"]
+    # the verdict sets the model against the reward alone: the untrained validation
+    assert "the reward alone on the text so far" in summary["verdict"]["quality"]
     state = torch.load(out / "train_state.pt", weights_only=True)
     assert state["residual"] is True
 

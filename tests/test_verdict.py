@@ -137,3 +137,16 @@ def test_a_low_within_prompt_correlation_cautions_a_guiding_model():
     from vas_proxy.train.verdict import Verdict
     old = {k: x for k, x in v.to_dict().items() if k != "cautions"}
     assert Verdict(**old).cautions == []
+
+
+def test_a_residual_model_is_measured_against_the_reward_alone():
+    """`--residual`: the untrained validation is the reward read on the text so far (plus a
+    constant); the verdict shows it, and says so when the model adds nothing to it."""
+    alone = metrics(0.043, 0.187, 0.89, n=80)
+    better = judge(metrics(0.030, 0.187, 0.92, n=80), DENSE, reward_alone=alone)
+    assert "the reward alone on the text so far: half-responses MSE 0.23× the mean " \
+           "predictor's, corr 0.89" in better.quality
+    assert not any("adds nothing" in c for c in better.cautions)
+    worse = judge(metrics(0.050, 0.187, 0.87, n=80), DENSE, reward_alone=alone)
+    assert worse.label == GUIDES and any("reward:SPEC" in c for c in worse.cautions)
+    assert "reward alone" not in judge(metrics(0.050, 0.187, 0.87, n=80), DENSE).quality

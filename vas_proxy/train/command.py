@@ -294,7 +294,7 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
     if cfg.export:
         prepare_out_dir(cfg.export, "--export")
 
-    from .report import CURVES_FILE, write_curves
+    from .report import CURVES_FILE, first_validation, write_curves
     from .rollouts import (BRANCHES_FILE, EXTRA_FILE, ROLLOUTS_FILE, VALIDATION_FILE,
                            HalfCompletions, JsonlStore, Rollout, read_eval_responses,
                            score_halves, score_rollouts)
@@ -374,7 +374,9 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
                       judge=lambda metrics, losses: judge(
                           metrics, data_stats([e.reward for e in examples],
                                               [r.prompt_index for r in train_rollouts], losses),
-                          samples_per_prompt=cfg.samples_per_prompt).to_dict())
+                          samples_per_prompt=cfg.samples_per_prompt,
+                          reward_alone=first_validation(out / METRICS_FILE) if cfg.residual
+                          else None).to_dict())
     if cfg.resume and trainer.restore():
         _note(f"resuming at step {trainer.progress.step} (epoch {trainer.progress.epoch})", cfg)
     validation = trainer.train()

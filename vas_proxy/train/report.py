@@ -25,6 +25,12 @@ def read_metrics(path: str | Path) -> list[dict]:
     return out
 
 
+def first_validation(path: str | Path) -> dict | None:
+    """The validation of the untrained model (step 0), None when there was none."""
+    return next((r for r in read_metrics(path)
+                 if r.get("kind") == "validation" and r.get("step") == 0), None)
+
+
 def _ema(xs: list[float], alpha: float = 0.1) -> list[float]:
     out, acc = [], None
     for x in xs:

@@ -130,10 +130,17 @@ class Verdict:
         return "\n".join(lines)
 
 
-def judge(metrics: dict, stats: DataStats, *, samples_per_prompt: int | None = None) -> Verdict:
-    """The verdict on a trained value model from its last held-out validation."""
+def judge(metrics: dict, stats: DataStats, *, samples_per_prompt: int | None = None,
+          reward_alone: dict | None = None) -> Verdict:
+    """The verdict on a trained value model from its last held-out validation. `reward_alone`:
+    a `--residual` run's untrained validation (the reward read on the text so far plus a
+    constant), the bar its model has to clear (docs/design.md §1.12)."""
     q = quality(metrics, "val_half") or quality(metrics, "val_final")
     line = describe_quality(metrics)
+    alone = quality(reward_alone or {}, "val_half")
+    if alone and alone["ratio"] is not None and alone["corr"] is not None:
+        line += (f"; the reward alone on the text so far: half-responses MSE "
+                 f"{alone['ratio']:.2f}× the mean predictor's, corr {alone['corr']:.2f}")
     if q is None:
         return Verdict(UNVALIDATED, line, ["nothing was held out (--heldout-frac 0)"],
                        ["hold out prompts (--heldout-frac 0.1) to learn whether it can guide"])
@@ -153,6 +160,10 @@ def judge(metrics: dict, stats: DataStats, *, samples_per_prompt: int | None = N
                         "knows is which prompt it is, which guidance cannot use (a model at "
                         "0.62 across and 0.40 within prompts moved its reward by 0.9 s.e. at "
                         "beta 4); measure it with `vas-proxy eval` before relying on it")
+    if (alone and alone["ratio"] is not None and q["ratio"] is not None
+            and q["ratio"] >= alone["ratio"]):
+        cautions.append("the trained part adds nothing held out to the reward read on the text "
+                        "so far: `--value NAME=reward:SPEC` does as well with no model")
     return Verdict(label, line, causes, advice, cautions)
 
 
