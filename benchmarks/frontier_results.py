@@ -71,7 +71,9 @@ FRONTIERS = {
               "docs/training/candidates/), the two plain models averaged at the beta "
               "calibrated for the same budget (docs/training/ensemble/), and `plainR`, the "
               "reward itself read on the text so far (`reward:plain`), alone and with bundled "
-              "plain, each at its calibrated beta (docs/training/prefix/)."),
+              "plain, each at its calibrated beta (docs/training/prefix/), and `plainRes`, "
+              "a value model trained with `--residual` at its calibrated beta "
+              "(docs/training/residual/)."),
 }
 
 

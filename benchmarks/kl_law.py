@@ -31,14 +31,15 @@ BUDGET = 1.84  # Best-of-16's KL bound, log 16 − 15/16
 # (directory, reward, the guided rows whose value model was trained on that reward)
 SOURCES = [
     ("docs/results/frontier", "vader", ["positivity"]),
-    ("docs/results/frontier_plain", "plain", ["plain", "plain64", "plainR"]),
+    ("docs/results/frontier_plain", "plain", ["plain", "plain64", "plainR", "plainRes"]),
     ("docs/training/unseen/asks_eval", "py:unseen_rewards:asks", ["asks", "asks2", "asks3"]),
     ("docs/training/unseen/diversity_eval", "py:unseen_rewards:diversity",
      ["diversity", "diversityR"]),
     ("docs/training/personal/eval", "interests:gardener", ["personal"]),
     # the reward itself as the value, beside the bundled model, with Best-of-N by vader on the
     # same llama-server pairs (docs/training/prefix/)
-    ("docs/training/unseen/asks_eval", "vader", ["positivity", "vaderR"], "llama-server"),
+    ("docs/training/unseen/asks_eval", "vader", ["positivity", "vaderR", "posRes"],
+     "llama-server"),
 ]
 
 
