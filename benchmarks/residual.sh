@@ -8,8 +8,12 @@
 #   bash benchmarks/residual.sh train vader|plain   # runs/residual/<reward>
 #   bash benchmarks/residual.sh revalidate          # held-out figures on the run's own halves
 #   bash benchmarks/residual.sh eval vader|plain    # calibrate, then the guided rows
+#   WORDS=1 bash benchmarks/residual.sh ...         # the same with --residual-words
+#                                                   # (runs/residual/words; rows posResW, plainResW)
 set -euo pipefail
-ROOT=${RESIDUAL_DIR:-runs/residual}
+ROOT=${RESIDUAL_DIR:-runs/residual}${WORDS:+/words}
+EXTRA="--residual${WORDS:+ --residual-words}"
+W=${WORDS:+W}
 SAMPLES=${SAMPLES_DIR:-runs/rl/samples}
 export PYTHONPATH=benchmarks  # the py:unseen_rewards specs of the vader directories
 stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
@@ -31,13 +35,13 @@ beta_for() {  # REWARD -> the beta calibrate picks for 1.84 nats, one decimal ("
 }
 case "${1:?train, revalidate or eval}" in
   train)  # retrain64's recipe and data handling, plus --residual
-    RECIPE_EXTRA=--residual RETRAIN_DIR="$ROOT" SAMPLES_DIR="$SAMPLES" \
+    RECIPE_EXTRA="$EXTRA" RETRAIN_DIR="$ROOT" SAMPLES_DIR="$SAMPLES" \
       bash benchmarks/retrain64.sh train "${2:?vader or plain}" ;;
   revalidate)
     stamp revalidate
     python benchmarks/revalidate.py "$ROOT"/vader "$ROOT"/plain \
       --value bundled:positivity@"$ROOT/vader" --value bundled:plain@"$ROOT/plain" \
-      --json docs/training/residual/revalidate.json ;;
+      --json "docs/training/residual/revalidate${W:+_words}.json" ;;
   eval)
     REWARD=${2:?vader or plain}
     B=$(beta_for "$REWARD")
@@ -46,12 +50,12 @@ case "${1:?train, revalidate or eval}" in
       stamp "eval residual vader beta $B (asks_eval, then replication)"
       vas-proxy eval --prompts data/prompts/everyday_heldout.jsonl --limit 32 "${UNSEEN[@]}" \
         --bon-reward py:unseen_rewards:asks --out docs/training/unseen/asks_eval \
-        --value "posRes=$ROOT/vader" --beta "$B"
+        --value "posRes$W=$ROOT/vader" --beta "$B"
       vas-proxy eval --prompts docs/training/consistency/heldout_33_64.jsonl "${UNSEEN[@]}" \
-        --out docs/training/consistency/replication --value "posRes=$ROOT/vader" --beta "$B"
+        --out docs/training/consistency/replication --value "posRes$W=$ROOT/vader" --beta "$B"
     else
       stamp "eval residual plain beta $B (frontier_plain)"
-      vas-proxy eval "${PLAIN[@]}" --value "plainRes=$ROOT/plain" --beta "$B"
+      vas-proxy eval "${PLAIN[@]}" --value "plainRes$W=$ROOT/plain" --beta "$B"
     fi ;;
 esac
 stamp done

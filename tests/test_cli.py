@@ -160,6 +160,7 @@ BEFORE = {
         "--consistency": ("store", float, 0.0), "--consistency-k": ("store", int, 6),
         "--consistency-states": ("store", int, 8), "--branches": ("store", int, 0),
         "--branch-k": ("store", int, 6), "--residual": "switch",
+        "--residual-words": "switch",
         "--weight-decay": ("store", float, 0.0), "--batch-size": ("store", int, 8),
         "--grad-accum": ("store", int, 1), "--max-grad-norm": ("store", float, 1.0),
         "--gamma": ("store", float, 1.0), "--lambda": ("store", float, 0.95),

@@ -115,12 +115,25 @@ def test_residual_targets_vanish_where_the_text_already_shows_the_reward(tmp_pat
     assert stats["loss"] < 1e-10  # the step's own loss: the same V = U + phi
 
 
-def test_residual_with_consistency_is_refused():
+def test_residual_with_consistency_and_words_without_residual_are_refused():
     from vas_proxy.train.command import check_config
 
     cfg = TrainConfig(prompts="p", reward="vader", out="o", residual=True, consistency=1.0)
     with pytest.raises(ConfigError, match="--residual and --consistency"):
         check_config(cfg)
+    with pytest.raises(ConfigError, match="--residual-words needs --residual"):
+        check_config(TrainConfig(prompts="p", reward="vader", out="o", residual_words=True))
+
+
+def test_committed_keeps_the_finished_words():
+    from vas_proxy.values.callable import committed, potential
+
+    assert committed("Hello, wor") == "Hello, "
+    assert committed("Hello there\nfri") == "Hello there\n"
+    assert committed("ext") == "" and committed("") == "" and committed("a b ") == "a b "
+    phi = potential(count_e, words=True)
+    assert phi(["p", "p"], ["here we", "here"]) == [2.0, 0.0]
+    assert potential(count_e) is count_e
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +193,30 @@ def test_a_residual_checkpoint_whose_reward_cannot_load_says_so(residual_run, tm
         load_value(str(out))
 
 
+def test_a_words_residual_checkpoint_reads_only_finished_words(residual_run, tmp_path):
+    """`--residual-words`, recorded in the checkpoint: phi is the reward on the text up to its
+    last whitespace, so candidates that only start a word share it."""
+    from vas_proxy.rewards import load_reward
+    from vas_proxy.train.validation import predict_last
+    from vas_proxy.values.loader import load_value
+
+    cfg, _ = residual_run
+    out = tmp_path / "copy"
+    shutil.copytree(cfg.out, out)
+    config = json.loads((out / "vas_value.json").read_text())
+    config["metadata"]["residual_words"] = True
+    (out / "vas_value.json").write_text(json.dumps(config))
+    value = load_value(str(out), name="w")
+    prompt, response = "Hello", " it is so"
+    cands = [" wonderful", " awful", " wonderful "]
+    scored = value.score(prompt, response, cands)
+    u = predict_last(value.model, value.tokenizer, [prompt + response + c for c in cands])
+    vader = load_reward("vader")
+    phi = vader([prompt] * 3, [" it is so ", " it is so ", " it is so wonderful "])
+    assert phi[0] == phi[1] != phi[2]
+    assert scored == pytest.approx([(a + b) * value.scale for a, b in zip(u, phi)], abs=1e-5)
+
+
 def test_resume_refuses_to_switch_residual_on(residual_run, tmp_path):
     from test_train import tiny_config
 
@@ -194,3 +231,17 @@ def test_resume_refuses_to_switch_residual_on(residual_run, tmp_path):
     with pytest.raises(ConfigError, match=r"--residual True \(now False\)"):
         asyncio.run(run(again))
     assert np.isfinite(json.loads((out / "run.json").read_text())["lr"])
+
+
+def test_a_words_residual_run_records_and_trains_on_finished_words(upstream, tmp_path):
+    from test_train import tiny_config
+
+    from vas_proxy.train.command import run
+    from vas_proxy.values.store import read_checkpoint_config
+
+    cfg = tiny_config(tmp_path, upstream, residual=True, residual_words=True, save_every=0)
+    asyncio.run(run(cfg))
+    meta = read_checkpoint_config(cfg.out)["metadata"]
+    assert meta["residual"] == "vader" and meta["residual_words"] is True
+    first = json.loads((Path(cfg.out) / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["kind"] == "validation" and first["step"] == 0

@@ -160,6 +160,7 @@ def test_train_flags_become_the_config():
         "no_logprobs", "concurrency", "epochs",
         "lora_r", "lora_layers", "lr", "head_lr_mult", "standardize", "rare_weight",
         "consistency", "consistency_k", "consistency_states", "branches", "branch_k", "residual",
+        "residual_words",
         "weight_decay", "batch_size",
         "grad_accum", "max_grad_norm", "gamma", "lam", "seed", "heldout_frac",
         "val_completions", "export", "save_every", "device", "dtype", "resume", "quiet"]

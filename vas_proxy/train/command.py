@@ -67,6 +67,7 @@ def check_config(cfg: TrainConfig) -> None:
               "--consistency-k must be >= 2 and --consistency-states >= 1"),
              (cfg.branches >= 0 and cfg.branch_k >= 2,
               "--branches must be >= 0 and --branch-k >= 2"),
+             (cfg.residual or not cfg.residual_words, "--residual-words needs --residual"),
              (not (cfg.residual and cfg.consistency),
               "--residual and --consistency do not combine: the consistency term's candidate "
               "states carry no reward read on their text"),
@@ -298,6 +299,8 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
     from .rollouts import (BRANCHES_FILE, EXTRA_FILE, ROLLOUTS_FILE, VALIDATION_FILE,
                            HalfCompletions, JsonlStore, Rollout, read_eval_responses,
                            score_halves, score_rollouts)
+    from ..values.callable import potential
+    from .shaping import add_potentials
     from .td import make_example
     from .trainer import (METRICS_FILE, STATE_FILE, Trainer, build_model, check_resume,
                           export_checkpoint)
@@ -352,10 +355,10 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
         model, tokenizer = build_model(cfg)
     examples = [make_example(tokenizer, r.upstream_prompt, r.response, r.rewards[spec])
                 for r in train_rollouts]
-    if cfg.residual:
-        from .shaping import add_potentials
+    phi = potential(reward, cfg.residual_words) if cfg.residual else None
+    if phi is not None:
         examples = add_potentials(tokenizer, examples, [r.upstream_prompt for r in train_rollouts],
-                                  [r.response for r in train_rollouts], reward,
+                                  [r.response for r in train_rollouts], phi,
                                   progress=not cfg.quiet)
     if cfg.consistency:
         from .consistency import add_states
@@ -366,10 +369,11 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
     metadata = {"reward": spec, "trained_with": "vas-proxy train", "upstream_model": upstream_model,
                 "train_rollouts": len(train_rollouts), "heldout_rollouts": len(held_rollouts),
                 "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
-                **({"residual": spec} if cfg.residual else {})}
+                **({"residual": spec, "residual_words": cfg.residual_words}
+                   if cfg.residual else {})}
     trainer = Trainer(cfg, model, tokenizer, examples, out, metadata=metadata,
                       evaluate=(lambda m: evaluate(m, tokenizer, held_rollouts, halves, spec,
-                                                   potential=reward if cfg.residual else None))
+                                                   potential=phi))
                       if held_rollouts else None,
                       judge=lambda metrics, losses: judge(
                           metrics, data_stats([e.reward for e in examples],

@@ -104,6 +104,10 @@ class TrainConfig:
                                 "output, and TD(lambda) fits their sum (potential-based "
                                 "shaping); the checkpoint adds the reward itself when it "
                                 "scores, so the reward must load wherever the model does")
+    residual_words: bool = opt(False, "with --residual: read the reward only on the finished "
+                                      "words of the text so far (up to its last whitespace), "
+                                      "so that a word's first token is not scored as a whole "
+                                      "word")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     batch_size: int = opt(8, "rollouts per micro-batch")
     grad_accum: int = opt(1, "micro-batches per optimiser step")
@@ -138,7 +142,7 @@ class TrainConfig:
 # saved before an option existed was trained at its default, except lora_layers (then: all, 0).
 FIT_OPTIONS = ("backbone", "lora_r", "lora_layers", "standardize", "rare_weight", "consistency",
                "consistency_k", "consistency_states", "branches", "branch_k", "gamma", "lam",
-               "residual")
+               "residual", "residual_words")
 LEGACY_FIT = {"lora_layers": 0}
 
 

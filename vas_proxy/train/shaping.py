@@ -9,6 +9,7 @@ values it leads to, and so the policy guidance aims at, are those of plain TD.
 
 phi is read at every response position of the value model's own tokenisation: the text a
 position's state holds, as character offsets say (fast tokenizers) or by decoding.
+`--residual-words` reads it on the finished words of that text only (`values.callable.committed`).
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ def position_texts(tokenizer, prompt: str, response: str, ids: list[int],
 
 
 def add_potentials(tokenizer, examples: list[Example], prompts: list[str], responses: list[str],
-                   reward, *, batch_size: int = 256, progress: bool = True) -> list[Example]:
-    """`examples` with phi filled in at each response position (0 before the response).
+                   phi, *, batch_size: int = 256, progress: bool = True) -> list[Example]:
+    """`examples` with `phi(prompts, texts)` (the reward, or `values.callable.potential`'s
+    reading of it) filled in at each response position (0 before the response).
 
     `prompts` are the texts the value model sees before the response (the upstream prompt), as
     `CheckpointValue.score` passes them to phi at guidance time. Each distinct (prompt, text)
@@ -54,6 +56,6 @@ def add_potentials(tokenizer, examples: list[Example], prompts: list[str], respo
     for i in tqdm(range(0, len(keys), batch_size), desc="residual: reward on text so far",
                   unit="batch", disable=not progress or not keys, dynamic_ncols=True):
         chunk = keys[i:i + batch_size]
-        scores.update(zip(chunk, reward([p for p, _ in chunk], [t for _, t in chunk])))
+        scores.update(zip(chunk, phi([p for p, _ in chunk], [t for _, t in chunk])))
     return [dataclasses.replace(e, potential=[0.0] * e.start + [scores[p, t] for t in texts])
             for e, p, texts in zip(examples, prompts, spans)]

@@ -50,6 +50,21 @@ class CallableValue:
         return values
 
 
+def committed(text: str) -> str:
+    """The text up to its last whitespace: the words already finished. A word's first token
+    ("ext") would otherwise be read as a whole, short word until the rest ("raordinary")
+    comes, which is where a reward read on partial text misleads most (docs/design.md §1.12)."""
+    return text[:max(text.rfind(c) for c in " \n\t\r") + 1]
+
+
+def potential(reward, words: bool = False):
+    """phi of a `--residual` value: the reward read on the text so far, or with `words` on its
+    finished words only (`committed`)."""
+    if not words:
+        return reward
+    return lambda prompts, texts: reward(prompts, [committed(t) for t in texts])
+
+
 def reward_value(reward, name: str) -> CallableValue:
     """The reward itself as a value: V(s·a) = r(prompt, response so far + a), no training.
 

@@ -167,11 +167,14 @@ def load_potential(path, config: dict[str, Any], device: str = "cpu"):
     from ..errors import ValueSpecError
     from ..rewards import RewardSpecError, load_reward
 
+    from .callable import potential
+
     try:
-        return load_reward(spec, device=device, quiet=True)
+        reward = load_reward(spec, device=device, quiet=True)
     except RewardSpecError as exc:
         raise ValueSpecError(f"value model {path} was trained with --residual on reward "
                              f"{spec!r}, which does not load here: {exc}") from exc
+    return potential(reward, bool((config.get("metadata") or {}).get("residual_words")))
 
 
 def _pack_trie(chain: list[int], suffixes: list[list[int]]
