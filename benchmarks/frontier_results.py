@@ -72,8 +72,8 @@ FRONTIERS = {
               "calibrated for the same budget (docs/training/ensemble/), and `plainR`, the "
               "reward itself read on the text so far (`reward:plain`), alone and with bundled "
               "plain, each at its calibrated beta (docs/training/prefix/), and `plainRes`, "
-              "a value model trained with `--residual` at its calibrated beta "
-              "(docs/training/residual/)."),
+              "a value model trained with `--residual` (`plainResW`: with `--residual-words`), "
+              "each at its calibrated beta (docs/training/residual/)."),
 }
 
 
