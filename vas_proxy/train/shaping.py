@@ -15,6 +15,7 @@ position's state holds, as character offsets say (fast tokenizers) or by decodin
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 from tqdm.auto import tqdm
 
@@ -30,8 +31,8 @@ def position_texts(tokenizer, prompt: str, response: str, ids: list[int],
     if getattr(tokenizer, "is_fast", False):
         enc = tokenizer(full, add_special_tokens=True, return_offsets_mapping=True)
         if list(enc["input_ids"]) == list(ids):
-            ends = [end for _, end in enc["offset_mapping"]]
-            ends = [max(ends[:t + 1]) for t in range(len(ends))]  # special tokens: (0, 0)
+            # a running maximum: special tokens have offsets (0, 0)
+            ends = list(itertools.accumulate((end for _, end in enc["offset_mapping"]), max))
             texts = [full[len(prompt):max(end, len(prompt))] for end in ends[start:]]
             return texts[:-1] + [response] if texts else texts
     texts = []

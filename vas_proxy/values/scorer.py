@@ -15,7 +15,7 @@ import torch
 
 from .kv import attention_backends, cache_tensors, full_attention_only, make_cache, tree_mask
 from .model import ValueModel, encode_batch
-from .store import BackbonePool, load_value_model, residual_spec, reward_scale
+from .store import BackbonePool, load_value_model, reward_scale
 from .threads import configure_cpu_threads
 
 
@@ -98,9 +98,11 @@ class CheckpointValue:
         ids = encode_batch(self.tokenizer, [prompt + response + c for c in candidates])
         with self._lock, torch.inference_mode(), attention_backends(self.model.device):
             values = self._score_cached(ids) if self.use_cache else self._score_full(ids)
-        phi = (self.potential([prompt] * len(candidates), [response + c for c in candidates])
-               if self.potential is not None else [0.0] * len(candidates))
-        return [(float(v) + p) * self.scale for v, p in zip(values.tolist(), phi)]
+        values = values.tolist()
+        if self.potential is not None:  # `--residual`: phi of each continuation, then scale
+            phi = self.potential([prompt] * len(candidates), [response + c for c in candidates])
+            values = [v + p for v, p in zip(values, phi)]
+        return [float(v) * self.scale for v in values]
 
     # -- full recompute --------------------------------------------------------------------
 
@@ -159,10 +161,12 @@ class CheckpointValue:
 
 
 def load_potential(path, config: dict[str, Any], device: str = "cpu"):
-    """The reward a `--residual` checkpoint adds to its output (None for other checkpoints);
-    one that cannot load is a `ValueSpecError` naming the checkpoint."""
-    spec = residual_spec(config)
-    if spec is None:
+    """The reward a `--residual` checkpoint adds to its output, read as `metadata.residual_words`
+    says (None for other checkpoints: such a model alone predicts only what that reward has not
+    yet shown); one that cannot load is a `ValueSpecError` naming the checkpoint."""
+    meta = config.get("metadata") or {}
+    spec = meta.get("residual")
+    if not (isinstance(spec, str) and spec):
         return None
     from ..errors import ValueSpecError
     from ..rewards import RewardSpecError, load_reward
@@ -174,7 +178,7 @@ def load_potential(path, config: dict[str, Any], device: str = "cpu"):
     except RewardSpecError as exc:
         raise ValueSpecError(f"value model {path} was trained with --residual on reward "
                              f"{spec!r}, which does not load here: {exc}") from exc
-    return potential(reward, bool((config.get("metadata") or {}).get("residual_words")))
+    return potential(reward, bool(meta.get("residual_words")))
 
 
 def _pack_trie(chain: list[int], suffixes: list[list[int]]

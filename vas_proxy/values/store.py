@@ -174,13 +174,6 @@ def load_value_model(path: str | Path, device: str = "cpu",
     return model.eval(), _load_tokenizer(root, config), config
 
 
-def residual_spec(config: dict[str, Any]) -> str | None:
-    """The reward a `train --residual` model's output is added to (read on the text so far),
-    or None: such a model alone predicts only what that reward has not yet shown."""
-    spec = (config.get("metadata") or {}).get("residual")
-    return spec if isinstance(spec, str) and spec else None
-
-
 def reward_scale(config: dict[str, Any]) -> float:
     """1 / the training rewards' standard deviation (`reward_std` in the checkpoint's metadata,
     which `vas-proxy train` writes), else 1.
