@@ -8,14 +8,15 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
+import numpy as np
 import openai
 import pytest
 
 import vas_proxy
 from vas_proxy.assets import smollm2_gguf
 from vas_proxy.bestof_modes import (block_seeds, check_best_of_fields, guided_best_of_n,
-                                    guided_seeds, kept_count, pruned_best_of_n)
-from vas_proxy.bestofn import best_of_n
+                                    guided_seeds, hybrid_kl, kept_count, pruned_best_of_n)
+from vas_proxy.bestofn import best_of_n, kl_bound
 from vas_proxy.cli import main
 from vas_proxy.defaults import PRUNE_KEEP
 from vas_proxy.engine import Engine, GenerationRequest
@@ -232,8 +233,42 @@ def test_guided_best_of_n_is_best_of_the_engines_own(upstream, chat_template, ch
     assert three.usage.upstream_calls == sum(g.usage.upstream_calls for g in gens)
     assert three.usage.completion_tokens == gens[three.index].usage.completion_tokens
     assert three.details["kl"] == pytest.approx([g.kl for g in gens])
+    assert three.details["kl_bound"] == pytest.approx(kl_bound(3) + gens[three.index].kl)
     assert three.details["mode"] == "guided" and three.details["beta"] == 2.0
     assert guided_seeds(None, 2) == [None, None] and guided_seeds(3, 3)[:1] == guided_seeds(3, 1)
+
+
+@pytest.mark.parametrize("n", [2, 4, 16])
+def test_hybrid_kl_bounds_the_exact_kl_of_best_of_n_over_a_tilted_law(n):
+    """`hybrid_kl` on an enumerable law: 2-token responses over 4 tokens, a random base p, the
+    token-wise tilt q ∝ p·exp(β·V) and a reward that agrees with V, Best-of-n over q picked
+    exactly (A(y) = F(y)ⁿ − F(y⁻)ⁿ, rewards distinct). The identity KL(A‖p) = KL(A‖q) +
+    E_A[log q/p] holds, KL(A‖q) is within Best-of-n's bound, so the expectation of `hybrid_kl`
+    over the winner bounds KL(A‖p). The winner's mean log q/p exceeds KL(q‖p): it is a
+    response the tilt favoured, so the bound must take the winner's own figure."""
+    rng = np.random.default_rng(n)
+    k, beta = 4, 2.0
+    first = rng.dirichlet(np.ones(k))
+    second = rng.dirichlet(np.ones(k), size=k)
+    value = rng.normal(size=(k, k))  # V of the response (a, b); V(a) its mean over b
+    tilt1 = first * np.exp(beta * value.mean(axis=1))
+    tilt1 /= tilt1.sum()
+    tilt2 = second * np.exp(beta * value)
+    tilt2 /= tilt2.sum(axis=1, keepdims=True)
+    p = (first[:, None] * second).ravel()
+    q = (tilt1[:, None] * tilt2).ravel()
+    reward = value.ravel() + 1e-3 * rng.normal(size=k * k)
+    order = np.argsort(reward)
+    top = np.cumsum(q[order])
+    a = np.empty_like(q)
+    a[order] = top ** n - np.concatenate([[0.0], top[:-1]]) ** n
+    kl_ap, kl_aq = float(np.sum(a * np.log(a / p))), float(np.sum(a * np.log(a / q)))
+    winner_log_ratio = float(np.sum(a * np.log(q / p)))
+    assert kl_ap == pytest.approx(kl_aq + winner_log_ratio, rel=1e-9)
+    assert kl_aq <= kl_bound(n) + 1e-12
+    expected = float(np.sum(a * np.array([hybrid_kl(n, x) for x in np.log(q / p)])))
+    assert kl_ap <= expected + 1e-12
+    assert winner_log_ratio > float(np.sum(q * np.log(q / p)))
 
 
 # ---------------------------------------------------------------------- the service

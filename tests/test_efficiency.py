@@ -125,6 +125,17 @@ def test_summary_rates_each_row_per_nat():
     assert all(math.isnan(r["kl_exact"]) for r in rows)
     text = "\n".join(per_nat_lines(rows, ["r"]))
     assert "r, bon N=4 r: ρ" in text and "nan" not in text
+    # Best-of-N over VAS samples is rated at its KL bound, which varies per response
+    hybrid = [dict(r, setting="gbon N=2 b=2 v=1 r", method="gbon", best_of=2, bon_reward="r",
+                   kl=kl_bound(2) + 1.0 + 0.1 * r["prompt_index"] % 2, kl_kind="bound",
+                   rewards={"r": r["rewards"]["r"] + 0.1})
+              for r in records if r["method"] == "vas"]
+    rows = {r["setting"]: r for r in summarise(records + hybrid, ["r"])}
+    g = rows["gbon N=2 b=2 v=1 r"]
+    assert g["kl_kind"] == "bound" and g["kl_se"] > 0
+    assert g["r_rho"] == pytest.approx(g["r_gain"] / (sd * math.sqrt(2 * g["kl_mean"])))
+    text = "\n".join(per_nat_lines(list(rows.values()), ["r"]))
+    assert f"r, gbon N=2 b=2 v=1 r: ρ {g['r_rho']:.2f} at its bound {g['kl_mean']:.2f}" in text
     # a guided row that does not raise the reward is not rated
     flat = [dict(r, rewards={"r": r["rewards"]["r"] - 0.2}) if r["method"] == "vas" else r
             for r in records]

@@ -312,10 +312,14 @@ def test_eval_runs_the_best_of_modes_and_prices_them(upstream, prompts_file, tmp
         assert r["bon_details"]["pruned"].count(True) <= 1 and len(r["calls"]) >= 2
     for r in gbon:
         assert r["method"] == "gbon" and r["beta"] == 1 and r["upstream_calls"] >= 2
+        assert len(r["bon_kls"]) == 2 and r["kl_kind"] == "bound"
+        assert r["kl"] == pytest.approx(kl_bound(2) + r["bon_kls"][r["bon_chosen"]])
     rows = {r["setting"]: r for r in csv.DictReader((out / "summary.csv").open())}
     for row in rows.values():
         flat, prefix = float(row["cost_flat_mean"]), float(row["cost_out4-prefix_mean"])
         assert flat > 0 and prefix > 0
+    assert float(rows["gbon N=2 b=1 h=1 vader"]["kl_mean"]) == pytest.approx(
+        np.mean([r["kl"] for r in gbon]))
     flat = {r["setting"]: float(r["cost_flat_mean"]) for r in rows.values()}
     assert flat["bon N=2 vader"] == pytest.approx(
         np.mean([r["billed_tokens"] for r in by["bon N=2 vader"]]))

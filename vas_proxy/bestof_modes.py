@@ -7,6 +7,7 @@
   the promising samples. The value model judges partial responses, which is what TD(λ) trained
   it to predict.
 - **guided** (`guided_best_of_n`): n VAS generations through the engine; the reward picks.
+  Its KL to the base is at most Best-of-n's bound plus the winner's own log q/p (`hybrid_kl`).
 
 The field rules (`BEST_OF_RULES`, `check_best_of_fields`) are shared by the wire's `vas` schema
 and `generate`'s flags, so they cannot disagree.
@@ -24,8 +25,8 @@ import numpy as np
 
 from . import sampling
 # cut_at_stop: the stop rule plain Best-of-N cuts its texts by, so one-block pruned runs equal it
-from .bestofn import (BestOfN, best_of_n, check_best_of, cut_at_stop, pruning_prompt,
-                      sample_prompt, sample_seeds)
+from .bestofn import (BestOfN, best_of_n, check_best_of, cut_at_stop, kl_bound,
+                      pruning_prompt, sample_prompt, sample_seeds)
 from .defaults import BEST_OF_MODES, PRUNE_BLOCK, PRUNE_KEEP
 from .engine import Engine, GenerationRequest
 from .errors import ConfigError
@@ -242,12 +243,20 @@ def guided_seeds(seed: int | None, n: int) -> list[int | None]:
     return [int(s) for s in np.random.default_rng([seed, 4]).integers(2**31, size=n)]
 
 
+def hybrid_kl(n: int, winner_kl: float) -> float:
+    """An upper bound on the KL to the base of Best-of-n over VAS samples, estimated from one
+    response: KL(A‖p) = KL(A‖q) + E_A[log q/p] exactly (A the winner's law, q the guided one),
+    the first term is at most Best-of-n's log n − (n−1)/n, and the winner's Σ log q − log p
+    (`Generation.kl`) is an unbiased one-sample estimate of the second (docs/design.md §1.7)."""
+    return kl_bound(n) + float(winner_kl)
+
+
 async def guided_best_of_n(engine: Engine, req: GenerationRequest, *, n: int, reward,
                            reward_prompt: str, concurrency: int = 2) -> BestOfN:
     """Best-of-N over VAS samples: n guided generations of `req` (`engine.generate`, sample i
     seeded `guided_seeds(req.seed, n)[i]`), the one `reward` scores highest, ties to the first.
     Usage is summed; `completion_tokens` is the winner's. `details` has each sample's tokens
-    and KL to the base (§1.4)."""
+    and KL to the base (§1.4), and `kl_bound`, the winner's `hybrid_kl`."""
     check_best_of(n)
     gate = asyncio.Semaphore(max(1, concurrency))
     seeds = guided_seeds(req.seed, n)
@@ -269,7 +278,7 @@ async def guided_best_of_n(engine: Engine, req: GenerationRequest, *, n: int, re
     usage.completion_tokens = gens[best].usage.completion_tokens
     details = {"mode": "guided", "beta": req.guidance.beta, "seeds": seeds,
                "tokens": [g.usage.completion_tokens for g in gens],
-               "kl": [float(g.kl) for g in gens]}
+               "kl": [float(g.kl) for g in gens], "kl_bound": hybrid_kl(n, gens[best].kl)}
     return BestOfN(gens[best].text, gens[best].finish_reason, best, texts, scores, usage,
                    details=details)
 

@@ -9,7 +9,9 @@ Records are appended to `results.jsonl` as they finish, so a long run can be res
 
 KL to the base: for base and VAS, `Generation.kl` = Σ over steps of log q − log p of the chosen
 token (p = the upstream's top-k renormalised): an unbiased estimate of KL(q‖p) of the whole
-response. For Best-of-N, the analytic bound log N − (N−1)/N (`kl_kind` = "bound").
+response. For Best-of-N, the analytic bound log N − (N−1)/N (`kl_kind` = "bound"); for Best-of-N
+over VAS samples, that bound plus the winner's own estimate (`bestof_modes.hybrid_kl`, also
+"bound"). Value-pruned Best-of-N claims none.
 """
 
 from __future__ import annotations
@@ -311,9 +313,11 @@ async def generate(rt: Runtime, s: Setting, p: PromptItem, seed: int, rewards: d
                                     guidance=rt.engine.resolve(
                                         {"beta": s.beta, "weights": s.weights_dict or None}))
             res = await guided_best_of_n(rt.engine, req, concurrency=1, **kw)
+            kl, kl_kind = res.details["kl_bound"], "bound"
         text, finish, usage = res.text, res.finish_reason, res.usage
         extra = {"bon_scores": res.scores, "bon_chosen": res.index,
-                 **({"bon_details": res.details} if s.method == "pbon" else {})}
+                 **({"bon_details": res.details} if s.method == "pbon" else {}),
+                 **({"bon_kls": res.details["kl"]} if s.method == "gbon" else {})}
     else:
         guidance = rt.engine.resolve({"beta": s.beta, "weights": s.weights_dict or None}
                                      if s.method == "vas" else {"beta": 0.0})

@@ -104,7 +104,7 @@ def plot(rows: list[dict], names: list[str], out: Path, value_names: list[str],
     if lines and names:
         fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.2), squeeze=False)
         for ax, name in zip(axes[0], names):
-            _draw(ax, lines, name, "kl_mean", "KL to base (nats; BoN: bound)")
+            _draw(ax, lines, name, "kl_mean", "KL to base (nats; Best-of-N: bound)")
         save(fig, "kl", PLOT_KL)
         fig, axes = plt.subplots(len(names), 2, figsize=(11, 4 * len(names)), squeeze=False)
         for row_axes, name in zip(axes, names):

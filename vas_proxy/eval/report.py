@@ -78,13 +78,13 @@ def summarise(records: list[dict], reward_names: list[str],
                 [g for _, g in paired(rs, base, reward)] if name != "base" else [])
         # None KL (a method without an estimate or a bound, kl_kind "none") shows as "–"
         row["kl_mean"], row["kl_se"] = mean_se(r.get("kl") for r in rs)
-        if first.get("kl_kind") == "bound":
+        if method == "bon":  # one analytic figure; guided Best-of-N's bound varies per response
             row["kl_se"] = math.nan
         row["kl_kind"] = first.get("kl_kind") or "none"
         for reward in reward_names:  # reward per nat, for the rows with an own KL figure
             row[f"{reward}_rho"] = effective_rho(row[f"{reward}_gain"], row["kl_mean"],
                                                  sds[reward]) \
-                if method in ("vas", "bon") else math.nan
+                if method in ("vas", "bon", "gbon") else math.nan
         row["kl_exact"] = exact_bon_kl(bon_pools(records, first.get("bon_reward")),
                                        first["best_of"]) if method == "bon" else math.nan
         tokens = sum(r.get("tokens") or 0 for r in rs)
@@ -228,7 +228,8 @@ def write_markdown(rows: list[dict], names: list[str], path: Path, plots: list[s
             "from base (same prompt and seed) ± its standard error, and how many standard "
             "errors that is. KL to base: Σ log q − log p of "
             "the chosen tokens (p = the upstream's top-k renormalised), averaged; Best-of-N: "
-            "the analytic bound log N − (N−1)/N. Upstream calls and billed tokens (prompt + "
+            "the analytic bound log N − (N−1)/N; Best-of-N over VAS samples: that bound plus "
+            "the winner's Σ log q − log p (an upper bound). Upstream calls and billed tokens (prompt + "
             "completion, as the upstream counts them) are per response.", ""]
     if notes:
         text += ["Cost per response (mean ± s.e.), in units of one uncached input token, under "
@@ -245,12 +246,14 @@ def write_markdown(rows: list[dict], names: list[str], path: Path, plots: list[s
 def per_nat_lines(rows: list[dict], names: list[str]) -> list[str]:
     """summary.md's "reward per nat" section (efficiency.py): for each reward whose
     within-prompt sd the eval can tell, the effective ρ of the VAS rows that raise it by more
-    than 2 s.e. and of the Best-of-N rows that pick by it, and the KL each of those VAS rows
+    than 2 s.e. (and of Best-of-N over VAS samples picking by it, at its KL bound) and of the
+    Best-of-N rows that pick by it, and the KL each of those VAS rows
     would need for the largest Best-of-N's gain."""
     lines = []
     for name in names:
-        vas = [r for r in rows if r["method"] == "vas" and r[f"{name}_rho"] > 0
-               and r[f"{name}_gain"] > 2 * r[f"{name}_gain_se"]]
+        vas = [r for r in rows if r["method"] in ("vas", "gbon") and r[f"{name}_rho"] > 0
+               and r[f"{name}_gain"] > 2 * r[f"{name}_gain_se"]
+               and (r["method"] == "vas" or r["bon_reward"] == name)]
         bon = [r for r in rows if r["method"] == "bon" and r["bon_reward"] == name
                and not math.isnan(r[f"{name}_rho"])]
         if not vas:
@@ -265,7 +268,8 @@ def per_nat_lines(rows: list[dict], names: list[str]) -> list[str]:
             need = "" if best is None else (
                 f"; at this ρ it reaches Best-of-{best['best_of']}'s gain at about "
                 f"{kl_to_reach(best[f'{name}_gain'], r[f'{name}_gain'], r['kl_mean']):.1f} nats")
-            lines.append(f"- {name}, {r['setting']}: ρ {r[f'{name}_rho']:.2f} at "
+            at = "at its bound " if r["method"] == "gbon" else "at "
+            lines.append(f"- {name}, {r['setting']}: ρ {r[f'{name}_rho']:.2f} {at}"
                          f"{r['kl_mean']:.2f} nats{need}")
     if not lines:
         return []
