@@ -98,7 +98,8 @@ def _train_worker(cfg_kw: dict, texts: list[tuple[str, str]], a_kw: dict, queue)
 
     from vas_proxy.train.config import TrainConfig
     from vas_proxy.train.td import make_example
-    from vas_proxy.train.trainer import Trainer, build_model
+    from vas_proxy.train.backbone import build_model
+    from vas_proxy.train.trainer import Trainer
 
     cfg = TrainConfig(prompts="-", reward="vader", out=a_kw["out"], backbone=a_kw["backbone"],
                       device=a_kw["device"], dtype=a_kw["dtype"], batch_size=a_kw["batch_size"],

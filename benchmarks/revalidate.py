@@ -20,7 +20,7 @@ def main() -> int:
     ap.add_argument("--value", action="append", default=[], metavar="SPEC@RUN")
     ap.add_argument("--json")
     a = ap.parse_args()
-    from vas_proxy.train.command import heldout_prompts
+    from vas_proxy.train.collect import heldout_prompts
     from vas_proxy.train.rollouts import (ROLLOUTS_FILE, VALIDATION_FILE, HalfCompletions,
                                           JsonlStore, Rollout)
     from vas_proxy.train.validation import evaluate

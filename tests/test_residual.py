@@ -91,7 +91,8 @@ def test_residual_targets_vanish_where_the_text_already_shows_the_reward(tmp_pat
     """phi = the final reward at every position: V = phi is already exact, so the untrained
     residual model (zero head weights, bias at mean(r - phi) = 0) has TD loss 0; the same model
     without phi does not. Then training moves only U, and V = U + phi."""
-    from vas_proxy.train.trainer import Trainer, build_model
+    from vas_proxy.train.backbone import build_model
+    from vas_proxy.train.trainer import Trainer
 
     cfg = TrainConfig(prompts="-", reward="py:x:y", out=str(tmp_path), backbone="tiny", lora_r=4,
                       epochs=1, batch_size=2, residual=True, quiet=True)

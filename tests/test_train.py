@@ -17,7 +17,8 @@ import torch
 from vas_proxy.assets import smollm2_gguf
 from vas_proxy.errors import ConfigError
 from vas_proxy.rewards import RewardError, load_reward
-from vas_proxy.train.command import heldout_prompts, run
+from vas_proxy.train.collect import heldout_prompts
+from vas_proxy.train.command import run
 from vas_proxy.train.config import TrainConfig
 from vas_proxy.train.prompts import PromptsError, read_prompts, render_prompts
 from vas_proxy.train.rollouts import JsonlStore, Rollout, derive_seed, score_rollouts
@@ -237,7 +238,7 @@ def tiny_run(upstream, tmp_path_factory):
 
 
 def test_tiny_end_to_end_run_yields_a_loadable_trained_checkpoint(tiny_run):
-    from vas_proxy.train.trainer import build_model
+    from vas_proxy.train.backbone import build_model
     from vas_proxy.train.validation import predict_last
     from vas_proxy.values.loader import load_value
     from vas_proxy.values.store import read_checkpoint_config
@@ -430,7 +431,7 @@ def test_embedded_upstream_is_recycled_between_requests(tmp_path):
     requests, never mid-request; llama-server is not."""
     import contextlib
 
-    from vas_proxy.train.command import LazyUpstream
+    from vas_proxy.train.collect import LazyUpstream
 
     events = []
 
@@ -483,7 +484,8 @@ def test_training_starts_from_the_mean_reward(tmp_path):
     """Without --standardize: head weights zero, bias = mean training reward, so the untrained
     model is the mean predictor, whatever the reward's offset (-1.5 for `plain`)."""
     from vas_proxy.train.td import Example
-    from vas_proxy.train.trainer import Trainer, build_model
+    from vas_proxy.train.backbone import build_model
+    from vas_proxy.train.trainer import Trainer
     from vas_proxy.train.validation import predict_last
 
     cfg = TrainConfig(prompts="-", reward="plain", out=str(tmp_path), backbone="tiny",
@@ -499,7 +501,8 @@ def test_standardize_fits_z_scores_and_saves_and_validates_in_reward_units(tmp_p
     """--standardize trains on (r - mean) / sd; the checkpoint and the validation see reward
     units (V = sd·z + mean), and the head goes back to z-units for training."""
     from vas_proxy.train.td import Example
-    from vas_proxy.train.trainer import Trainer, build_model
+    from vas_proxy.train.backbone import build_model
+    from vas_proxy.train.trainer import Trainer
     from vas_proxy.train.validation import predict_last
     from vas_proxy.values.loader import load_value
 
@@ -554,7 +557,7 @@ def test_extra_rollouts_from_an_eval_are_trained_on_except_held_out_prompts(tiny
     import shutil
 
     from vas_proxy.errors import ConfigError
-    from vas_proxy.train.command import heldout_prompts
+    from vas_proxy.train.collect import heldout_prompts
     from vas_proxy.values.store import read_checkpoint_config
 
     cfg, _ = tiny_run
