@@ -317,6 +317,8 @@ def test_service_guided_best_of(service):
                                                    "best_of_mode": "guided", "beta": 3}})
     info = r.choices[0].model_extra["vas_best_of"]
     assert info["mode"] == "guided" and info["details"]["beta"] == 3.0
+    assert info["details"]["kl_bound"] == pytest.approx(
+        kl_bound(2) + info["details"]["kl"][info["chosen"]])
     assert len(info["details"]["kl"]) == 2 and info["scores"][info["chosen"]] == max(
         info["scores"]) == len(r.choices[0].text)
     # guided: one upstream call (at least) per generated token of both samples
