@@ -96,9 +96,9 @@ async def bench_rollouts(a) -> tuple[dict, list]:
 def _train_worker(cfg_kw: dict, texts: list[tuple[str, str]], a_kw: dict, queue) -> None:
     import torch
 
+    from vas_proxy.train.backbone import build_model
     from vas_proxy.train.config import TrainConfig
     from vas_proxy.train.td import make_example
-    from vas_proxy.train.backbone import build_model
     from vas_proxy.train.trainer import Trainer
 
     cfg = TrainConfig(prompts="-", reward="vader", out=a_kw["out"], backbone=a_kw["backbone"],

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vas_proxy.train.backbone import build_model
 from vas_proxy.train.config import TrainConfig
 from vas_proxy.train.td import make_example
-from vas_proxy.train.backbone import build_model
 from vas_proxy.train.trainer import Trainer
 from vas_proxy.values.model import tiny_value_model
 from vas_proxy.values.scorer import CheckpointValue

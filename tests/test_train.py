@@ -483,8 +483,8 @@ def test_embedded_upstream_is_recycled_between_requests(tmp_path):
 def test_training_starts_from_the_mean_reward(tmp_path):
     """Without --standardize: head weights zero, bias = mean training reward, so the untrained
     model is the mean predictor, whatever the reward's offset (-1.5 for `plain`)."""
-    from vas_proxy.train.td import Example
     from vas_proxy.train.backbone import build_model
+    from vas_proxy.train.td import Example
     from vas_proxy.train.trainer import Trainer
     from vas_proxy.train.validation import predict_last
 
@@ -500,8 +500,8 @@ def test_training_starts_from_the_mean_reward(tmp_path):
 def test_standardize_fits_z_scores_and_saves_and_validates_in_reward_units(tmp_path):
     """--standardize trains on (r - mean) / sd; the checkpoint and the validation see reward
     units (V = sd·z + mean), and the head goes back to z-units for training."""
-    from vas_proxy.train.td import Example
     from vas_proxy.train.backbone import build_model
+    from vas_proxy.train.td import Example
     from vas_proxy.train.trainer import Trainer
     from vas_proxy.train.validation import predict_last
     from vas_proxy.values.loader import load_value

@@ -157,6 +157,7 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
     if cfg.export:
         prepare_out_dir(cfg.export, "--export")
 
+    from .backbone import build_model
     from .report import CURVES_FILE, first_validation, write_curves
     from .rollouts import (BRANCHES_FILE, EXTRA_FILE, ROLLOUTS_FILE, VALIDATION_FILE,
                            HalfCompletions, JsonlStore, Rollout, read_eval_responses,
@@ -164,7 +165,6 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
     from ..values.callable import potential
     from .shaping import add_potentials
     from .td import make_example
-    from .backbone import build_model
     from .trainer import METRICS_FILE, STATE_FILE, Trainer, check_resume, export_checkpoint
     from .validation import evaluate
     from .verdict import Verdict, data_stats, judge
