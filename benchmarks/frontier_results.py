@@ -71,9 +71,11 @@ FRONTIERS = {
               "docs/training/candidates/), the two plain models averaged at the beta "
               "calibrated for the same budget (docs/training/ensemble/), and `plainR`, the "
               "reward itself read on the text so far (`reward:plain`), alone and with bundled "
-              "plain, each at its calibrated beta (docs/training/prefix/), and `plainRes`, "
+              "plain, each at its calibrated beta (docs/training/prefix/), `plainRes`, "
               "a value model trained with `--residual` (`plainResW`: with `--residual-words`), "
-              "each at its calibrated beta (docs/training/residual/)."),
+              "each at its calibrated beta (docs/training/residual/), and `plainAll` and "
+              "`posAll`, retrain64's recipe with LoRA on all 30 layers, each at its calibrated "
+              "beta (docs/training/capacity/)."),
 }
 
 

@@ -32,7 +32,7 @@ BUDGET = 1.84  # Best-of-16's KL bound, log 16 − 15/16
 SOURCES = [
     ("docs/results/frontier", "vader", ["positivity"]),
     ("docs/results/frontier_plain", "plain", ["plain", "plain64", "plainR", "plainRes",
-                                                "plainResW"]),
+                                                "plainResW", "plainAll"]),
     ("docs/training/unseen/asks_eval", "py:unseen_rewards:asks", ["asks", "asks2", "asks3"]),
     ("docs/training/unseen/diversity_eval", "py:unseen_rewards:diversity",
      ["diversity", "diversityR"]),
