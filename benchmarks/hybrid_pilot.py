@@ -78,7 +78,8 @@ def main() -> int:
             "hybrid_mean": float(reward.mean()), "hybrid_kl_bound": float(kl.mean()),
             "hybrid_gain": gain, "hybrid_rho": effective_rho(gain, float(kl.mean()), sd),
             "bon16_mean": float(top.mean()),
-            "minus_bon16": float(d.mean()), "minus_bon16_se": float(d.std(ddof=1) / np.sqrt(len(d))),
+            "minus_bon16": float(d.mean()),
+            "minus_bon16_se": float(d.std(ddof=1) / np.sqrt(len(d))),
             "within_bound": bool(kl.mean() <= hybrid_kl(16, 0.0))})
     text = json.dumps(out, indent=2)
     print(text)

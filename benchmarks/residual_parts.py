@@ -9,7 +9,8 @@ and without φ, and the two parts are compared under the base's top-k probabilit
 the tilt moves (pooled over states, as the effective ρ of §1.10 pools):
 
 - var_share_phi: Σ Var_p(φ) / (Σ Var_p(φ) + Σ Var_p(U)), how much of the spread is φ's;
-- corr_total_phi: pooled Cov_p(V, φ) / √(Σ Var_p(V) · Σ Var_p(φ)), how far V ranks as φ does;
+- corr_total_phi: pooled Cov_p(V, φ) / √(Σ Var_p(V) · Σ Var_p(φ)), how far V ranks as φ
+  does;
 - corr_phi_u: the same for φ and U (negative: U undoes φ);
 - sd ratio: √(Σ Var_p(U) / Σ Var_p(φ)).
 """

@@ -229,8 +229,8 @@ def write_markdown(rows: list[dict], names: list[str], path: Path, plots: list[s
             "errors that is. KL to base: Σ log q − log p of "
             "the chosen tokens (p = the upstream's top-k renormalised), averaged; Best-of-N: "
             "the analytic bound log N − (N−1)/N; Best-of-N over VAS samples: that bound plus "
-            "the winner's Σ log q − log p (an upper bound). Upstream calls and billed tokens (prompt + "
-            "completion, as the upstream counts them) are per response.", ""]
+            "the winner's Σ log q − log p (an upper bound). Upstream calls and billed tokens "
+            "(prompt + completion, as the upstream counts them) are per response.", ""]
     if notes:
         text += ["Cost per response (mean ± s.e.), in units of one uncached input token, under "
                  "each price model: " + "; ".join(notes) + ". Cached prompt tokens are those "

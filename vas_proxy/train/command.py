@@ -1,9 +1,9 @@
 """`vas-proxy train`: sample rollouts through the black box, score them, fit a value model.
 
-Phases, each resumable: (1) rollouts and validation half-completions from the upstream (`collect`,
-stored, seeded, reused); the embedded upstream is stopped before training so the CPU goes to
-the value model; (2) rewards; (3) TD(lambda) training with per-epoch held-out validation,
-checkpoints, metrics and curves.
+Phases, each resumable: (1) rollouts and validation half-completions from the upstream
+(`collect`: stored, seeded, reused); the embedded upstream is stopped before training so the
+CPU goes to the value model; (2) rewards; (3) TD(lambda) training with per-epoch held-out
+validation, checkpoints, metrics and curves.
 """
 
 from __future__ import annotations
