@@ -26,18 +26,18 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from rho_diff import by_pair, read_dirs
 from vas_proxy.bestof_modes import hybrid_kl
 from vas_proxy.eval.efficiency import effective_rho, within_sd
-from vas_proxy.eval.files import read_records
 
 
-def draws(records: list[dict], reward: str) -> dict[str, dict[tuple, list[tuple]]]:
-    """setting -> (dir, prompt) -> [(reward, kl) of each draw, in draw order]."""
-    out: dict[str, dict[tuple, list]] = defaultdict(lambda: defaultdict(list))
-    for r in sorted(records, key=lambda r: r["sample"]):
-        out[r["setting"]][(r["dir"], r["prompt_index"])].append(
-            (float(r["rewards"][reward]), float(r["kl"] or 0.0)))
+def draws(records: list[dict], setting: str, reward: str) -> dict[tuple, list[tuple]]:
+    """(dir, prompt) -> [(reward, kl) of each draw of `setting`, in draw order]."""
+    out: dict[tuple, list] = defaultdict(list)
+    for (d, prompt, _), pair in sorted(by_pair(records, setting, reward).items()):
+        out[d, prompt].append(pair)
     return out
 
 
@@ -48,15 +48,15 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     a = parser.parse_args()
     dirs = a.dirs.split(",")
-    records = [{**r, "dir": i} for i, d in enumerate(dirs)
-               for r in read_records(Path(d) / "results.jsonl")]
+    records = read_dirs(dirs)
     sd = within_sd([r for r in records if r["dir"] == 0], a.reward)
-    by = draws(records, a.reward)
     bon16 = f"bon N=16 {a.reward}"
-    if bon16 not in by or "base" not in by:
+    guided = sorted({r["setting"] for r in records if r["setting"].startswith("vas ")})
+    by = {s: draws(records, s, a.reward) for s in ["base", bon16, *guided]}
+    if not by[bon16] or not by["base"]:
         sys.exit(f"{a.dirs} has no base or {bon16} rows")
     out = {"dirs": dirs, "reward": a.reward, "sd_w": sd, "rows": []}
-    for setting in sorted(s for s in by if s.startswith("vas ")):
+    for setting in guided:
         keys = sorted(k for k, v in by[setting].items()
                       if len(v) == 2 and len(by["base"].get(k, ())) == 2
                       and len(by[bon16].get(k, ())) == 2)

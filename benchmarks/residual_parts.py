@@ -32,18 +32,14 @@ from vas_proxy.values.loader import load_value
 
 def pooled(states: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict:
     """Pooled p-weighted moments of (φ, U) over the states' candidates."""
-    s = {"phi": 0.0, "u": 0.0, "tot": 0.0, "phi_u": 0.0, "tot_phi": 0.0}
+    vp = vu = cov = 0.0  # Σ Var_p(φ), Σ Var_p(U), Σ Cov_p(φ, U); V = φ + U follows from them
     for p, phi, u in states:
         dp, du = phi - p @ phi, u - p @ u
-        s["phi"] += p @ (dp * dp)
-        s["u"] += p @ (du * du)
-        s["tot"] += p @ ((dp + du) ** 2)
-        s["phi_u"] += p @ (dp * du)
-        s["tot_phi"] += p @ ((dp + du) * dp)
-    return {"states": len(states), "var_share_phi": s["phi"] / (s["phi"] + s["u"]),
-            "sd_ratio_u_to_phi": float(np.sqrt(s["u"] / s["phi"])),
-            "corr_total_phi": s["tot_phi"] / np.sqrt(s["tot"] * s["phi"]),
-            "corr_phi_u": s["phi_u"] / np.sqrt(s["phi"] * s["u"])}
+        vp, vu, cov = vp + p @ (dp * dp), vu + p @ (du * du), cov + p @ (dp * du)
+    return {"states": len(states), "var_share_phi": vp / (vp + vu),
+            "sd_ratio_u_to_phi": float(np.sqrt(vu / vp)),
+            "corr_total_phi": (vp + cov) / np.sqrt((vp + vu + 2 * cov) * vp),
+            "corr_phi_u": cov / np.sqrt(vp * vu)}
 
 
 def main() -> int:

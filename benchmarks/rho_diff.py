@@ -29,6 +29,12 @@ from vas_proxy.eval.files import read_records
 DRAWS = 4000
 
 
+def read_dirs(dirs: list[str]) -> list[dict]:
+    """Every record of the eval directories, each tagged with its directory's index."""
+    return [{**r, "dir": i} for i, d in enumerate(dirs)
+            for r in read_records(Path(d) / "results.jsonl")]
+
+
 def by_pair(records: list[dict], setting: str, reward: str) -> dict[tuple, tuple[float, float]]:
     return {(r["dir"], r["prompt_index"], r["sample"]): (float(r["rewards"][reward]),
                                                          float(r["kl"]))
@@ -44,8 +50,7 @@ def main() -> int:
     parser.add_argument("settings", nargs="+")
     a = parser.parse_args()
     dirs, reward, settings = a.dirs.split(","), a.reward, a.settings
-    records = [{**r, "dir": i} for i, d in enumerate(dirs)
-               for r in read_records(Path(d) / "results.jsonl")]
+    records = read_dirs(dirs)
     sd = a.sd_w if a.sd_w is not None else within_sd([r for r in records if r["dir"] == 0], reward)
     base = by_pair(records, "base", reward)
     rows = [by_pair(records, s, reward) for s in settings]
