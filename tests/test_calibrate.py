@@ -48,6 +48,9 @@ def test_no_beta_spends_a_budget_the_values_cannot_reach():
     (["--kl", "-1"], "--kl must be > 0"),
     (["--betas", "1,-2"], "--betas must be >= 0"),
     (["--betas", "1,x"], "--betas"),
+    (["--check", "8"], "--check measures the beta found for --kl"),
+    (["--kl", "1", "--check", "-1"], "--check must be >= 0"),
+    (["--kl", "1", "--check", "8", "--rounds", "0"], "--rounds must be >= 1"),
 ])
 def test_bad_flags_fail_before_anything_starts(flags, message, tmp_path, capsys):
     prompts = tmp_path / "p.jsonl"
@@ -85,6 +88,20 @@ def test_calibrate_on_llama_server_with_a_real_value_model(llama_server, tmp_pat
     assert main(args) == 0
     assert (out / "states.jsonl").read_text() == states
     assert json.loads((out / "calibration.json").read_text()) == result
+    # --check: guided responses measure the KL at that beta; the next round's beta is the
+    # prediction scaled by measured ÷ predicted, solved again; the states are still reused
+    assert main([*args, "--check", "3", "--rounds", "2"]) == 0
+    text = capsys.readouterr().out
+    check = json.loads((out / "calibration.json").read_text())["check"]
+    first, second = check["rounds"]
+    assert first["beta"] == pytest.approx(budget["beta"])
+    assert first["predicted"] == pytest.approx(0.3, rel=1e-2)
+    assert first["measured"] > 0 and first["measured_se"] >= 0
+    assert second["predicted"] == pytest.approx(0.3 * first["predicted"] / first["measured"],
+                                                rel=1e-2)
+    assert (second["beta"] > first["beta"]) == (first["measured"] < first["predicted"])
+    assert check["beta"] is not None and f"measured: --beta {check['beta']:.3g}" in text
+    assert (out / "states.jsonl").read_text() == states
     # an unknown weight name is a clear error
     assert main([*args, "--weights", "nope=1"]) == 1
     assert "--weights names nope" in capsys.readouterr().err

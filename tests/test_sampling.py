@@ -111,6 +111,21 @@ def test_kl_step_matches_definition():
     assert sampling.kl_step(q, LP, 0) == pytest.approx(math.log(q[0] / p[0]))
 
 
+def test_kl_to_base_is_the_chosen_tokens_estimate_in_expectation():
+    """calibrate's check sums KL(q ‖ p) along a path: the expectation of `kl_step` under q
+    (not KL(p ‖ q), which differs for these laws), and 0 where q is the base."""
+    rng = np.random.default_rng(3)
+    lp = np.log(rng.dirichlet(np.ones(6)))
+    q = sampling.target_probs(lp, rng.normal(size=6), 2.0)
+    q[5] = 0.0  # a candidate the prompt cannot carry: no mass, no term
+    q /= q.sum()
+    expected = sum(q[i] * sampling.kl_step(q, lp, i) for i in range(5))
+    assert sampling.kl_to_base(q, lp) == pytest.approx(expected, rel=1e-12)
+    p = sampling.target_probs(lp)
+    assert abs(sampling.kl_to_base(q, lp) - sampling.kl(p[:5] / p[:5].sum(), q[:5])) > 0.01
+    assert sampling.kl_to_base(p, lp) == pytest.approx(0.0, abs=1e-12)
+
+
 def test_a_tiny_temperature_is_the_greedy_limit_not_nan():
     """Found by the 500-example fuzz run's warnings: a temperature of about 1e-300 divided the
     logits to inf, and inf - inf made the target NaN."""

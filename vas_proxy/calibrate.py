@@ -7,6 +7,11 @@ Checked against every guided row measured at 64 tokens (docs/training/candidates
 Pearson 0.97, within ×1.5 at every row of ≤ 3 nats. Far beyond that, guided states drift from
 base ones, and the figure is a guide only. Comparing value models, or VAS with Best-of-N (its
 bound: log N − (N−1)/N), is fair only at equal KL: this says which beta gets there.
+
+With the reward itself as a value, the prediction missed by up to ×2.7 (guided responses leave
+behind the base states where such a value is most spread), so `--check N` then measures: N
+guided responses at the predicted beta, each one's KL summed along the states it passed (the
+engine's own q and p), and the beta is corrected by measured ÷ predicted and measured again.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from .options.named_specs import parse_floats, parse_weights
 
 RESULT_FILE = "calibration.json"
 TRUSTED_KL = 3.0  # nats: the range the prediction was checked in (docs/training/candidates)
+_CHECK_STREAM = 3_000_017  # the check's seeds, apart from the states' (candidates.py)
 
 
 @dataclass
@@ -46,6 +52,11 @@ class CalibrateOptions:
     seed: int = option(defaults.SEED, "seed of the base responses and the cuts")
     out: str | None = option(None, f"keep the states here (a rerun reuses them) and write "
                                    f"{RESULT_FILE}", metavar="DIR")
+    check: int = option(0, "with --kl, then measure: N guided responses at the beta found, "
+                           "their KL along the states they passed; the beta is corrected by "
+                           "measured ÷ predicted and measured again (--rounds). 32 is ~3 "
+                           "minutes a round at 64 tokens on a 2-core CPU", metavar="N")
+    rounds: int = option(2, "measured rounds of --check", metavar="N")
     concurrency: int = option(2, "upstream requests in flight", metavar="N")
     quiet: bool = option(False, "no progress bars")
 
@@ -54,7 +65,10 @@ def check(o: CalibrateOptions) -> tuple[list[float], dict[str, float] | None]:
     rules = [(o.limit >= 1, "--limit must be >= 1"), (o.samples >= 1, "--samples must be >= 1"),
              (o.max_tokens >= 2, "--max-tokens must be >= 2"),
              (o.concurrency >= 1, "--concurrency must be >= 1"),
-             (o.kl is None or o.kl > 0, "--kl must be > 0 nats")]
+             (o.kl is None or o.kl > 0, "--kl must be > 0 nats"),
+             (o.check >= 0, "--check must be >= 0"), (o.rounds >= 1, "--rounds must be >= 1"),
+             (o.check == 0 or o.kl is not None, "--check measures the beta found for --kl: "
+                                                "give --kl NATS")]
     for ok, message in rules:
         if not ok:
             raise ConfigError(message)
@@ -100,22 +114,65 @@ async def calibrate(o: CalibrateOptions, opts, betas: list[float],
                 scores = {name: v.score(s.upstream_prompt, s.prefix, s.texts)
                           for name, v in rt.engine.values.items()}
                 values.append(combine_values(scores, weights, len(s.texts)))
-    if not states:
-        raise ConfigError("no base response was long enough to cut a state from; raise "
-                          "--max-tokens or use other prompts")
-    table = {f"{b:g}": dict(zip(("kl", "kl_se"), predicted_kl(states, values, b)))
-             for b in betas}
-    result = {"states": len(states), "mean_tokens": float(np.mean([s.n_tokens for s in states])),
-              "values": dict(opts.guidance.values), "weights": weights, "top_k": top_k,
-              "options": asdict(o), "betas": table, "budget": None}
-    if o.kl is not None:
-        beta = beta_for_kl(states, values, o.kl)
-        result["budget"] = {"kl": o.kl, "beta": beta,
-                            "predicted": None if beta is None else
-                            dict(zip(("kl", "kl_se"), predicted_kl(states, values, beta)))}
+            if not states:
+                raise ConfigError("no base response was long enough to cut a state from; "
+                                  "raise --max-tokens or use other prompts")
+            table = {f"{b:g}": dict(zip(("kl", "kl_se"), predicted_kl(states, values, b)))
+                     for b in betas}
+            result = {"states": len(states),
+                      "mean_tokens": float(np.mean([s.n_tokens for s in states])),
+                      "values": dict(opts.guidance.values), "weights": weights, "top_k": top_k,
+                      "options": asdict(o), "betas": table, "budget": None}
+            if o.kl is not None:
+                beta = beta_for_kl(states, values, o.kl)
+                result["budget"] = {"kl": o.kl, "beta": beta,
+                                    "predicted": None if beta is None else
+                                    dict(zip(("kl", "kl_se"), predicted_kl(states, values, beta)))}
+                if beta is not None and o.check:
+                    prepared = [await rt.prepare_item(p) for p in prompts]
+                    result["check"] = await _check(o, rt, prepared, weights, beta,
+                                                   lambda b: predicted_kl(states, values, b)[0],
+                                                   lambda kl: beta_for_kl(states, values, kl))
     if out:
         (out / RESULT_FILE).write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+async def _check(o: CalibrateOptions, rt, prepared: list, weights, beta: float, predict,
+                 solve) -> dict:
+    """`--check`: measure the KL `o.check` guided responses pay at `beta`, correct beta by
+    measured ÷ predicted, and again for `o.rounds` rounds. Every round uses the same prompts
+    and seeds, so the rounds differ by beta, not by draw."""
+    from .engine import GenerationRequest
+    from .train.onestep import mean_se
+    from .train.rollouts import derive_seed, run_jobs
+
+    seeds = [derive_seed(o.seed, i, _CHECK_STREAM) for i in range(o.check)]
+    rounds = []
+    for r in range(o.rounds):
+        guidance = rt.engine.resolve({"beta": beta, "weights": weights})
+        kls = [0.0] * o.check
+
+        async def one(i: int, guidance=guidance) -> None:
+            prep = prepared[i % len(prepared)]
+            g = await rt.engine.generate(GenerationRequest(
+                prompt=prep.text, upstream_prompt=prep.upstream, max_tokens=o.max_tokens,
+                seed=seeds[i], guidance=guidance))
+            kls[i] = g.path_kl
+
+        await run_jobs(list(range(o.check)), one, o.concurrency,
+                       f"check {r + 1}/{o.rounds} at beta {beta:.3g}", not o.quiet)
+        measured, se = mean_se(kls)
+        predicted = predict(beta)
+        rounds.append({"beta": beta, "predicted": predicted, "measured": measured,
+                       "measured_se": se})
+        if measured <= 0 or predicted <= 0:
+            return {"rounds": rounds, "beta": None}
+        corrected = solve(o.kl * predicted / measured)
+        if corrected is None:
+            return {"rounds": rounds, "beta": None}
+        beta = corrected
+    return {"rounds": rounds, "beta": beta}
 
 
 def report(result: dict) -> str:
@@ -135,6 +192,18 @@ def report(result: dict) -> str:
             p = budget["predicted"]
             lines.append(f"for {budget['kl']:g} nats: --beta {budget['beta']:.3g} (predicted "
                          f"{p['kl']:.2f} ± {p['kl_se']:.2f})")
+    check = result.get("check")
+    if check:
+        lines.append("measured (guided responses, KL summed along the states they passed):")
+        lines.append("  beta   predicted   measured")
+        for row in check["rounds"]:
+            lines.append(f"  {row['beta']:>5.3g}  {row['predicted']:9.2f}   "
+                         f"{row['measured']:.2f} ± {row['measured_se']:.2f}")
+        if check["beta"] is None:
+            lines.append("the measured KL leaves no beta to correct to")
+        else:
+            lines.append(f"for {budget['kl']:g} nats, measured: --beta {check['beta']:.3g} "
+                         f"(the prediction scaled by the last round's measured ÷ predicted)")
     lines.append(f"Predicted at base states: within ×1.5 of measured guided runs up to "
                  f"{TRUSTED_KL:g} nats (docs/training/candidates); beyond, a guide only.")
     return "\n".join(lines)

@@ -75,6 +75,13 @@ class Generation:
     kl: float = 0.0  # Σ log q − log p over the chosen tokens (p = base top-k renormalised)
 
     @property
+    def path_kl(self) -> float:
+        """Σ over the states it passed of KL(q ‖ p): the same expectation as `kl`, without
+        the noise of which token was drawn at each."""
+        return sum(sampling.kl_to_base(t.probs, [c.logprob for c in t.candidates])
+                   for t in self.tokens if t.probs is not None)
+
+    @property
     def trace(self) -> list[dict]:
         return [t.trace for t in self.tokens if t.trace is not None]
 

@@ -71,6 +71,13 @@ class Runtime:
         """A chat; a trailing assistant message is a partial answer to continue (prefill)."""
         return await self.prompts.chat(messages)
 
+    async def prepare_item(self, item) -> Prepared:
+        """A prompts file's item (`train.prompts.PromptItem`) as `serve` would continue it:
+        its messages, else its rendered text; what eval and calibrate's check generate from."""
+        if item.messages is not None:
+            return await self.prepare_messages(list(item.messages))
+        return await self.prepare_text(item.upstream)
+
     def render_prompt(self, prompt: str) -> str:
         """A prompt as text with the chat template applied (the value models' and the
         rewards' view; train and eval send it as text)."""

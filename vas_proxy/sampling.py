@@ -120,6 +120,19 @@ def kl_step(q: np.ndarray, logprobs: Sequence[float], chosen: int) -> float:
     return float(np.log(q[chosen]) - np.log(p[chosen]))
 
 
+def kl(q: np.ndarray, p: np.ndarray) -> float:
+    """KL(q ‖ p) over the same candidates (terms where q is 0 add nothing)."""
+    keep = q > 0
+    return float(np.sum(q[keep] * (np.log(q[keep]) - np.log(p[keep]))))
+
+
+def kl_to_base(q: np.ndarray, logprobs: Sequence[float]) -> float:
+    """KL(q ‖ p) at one state, p = base top-k renormalised: `kl_step`'s expectation under q.
+    Summed along a guided path it estimates the response's KL without the chosen token's
+    noise (the chain rule; calibrate's check)."""
+    return kl(q, target_probs(logprobs))
+
+
 def expected_tokens_per_call(alpha: float, draft_len: int) -> float:
     """Tokens one speculative call yields: accepted drafts, plus the residual sample after a
     rejection (no bonus token: the upstream reports no distribution past its last draft)."""

@@ -1,7 +1,7 @@
 """Run the settings on the same prompts and seeds, one record per generation.
 
 Base and VAS generations go through the one engine (base = beta 0, whose target is exactly the
-upstream's top-k distribution), on the prompt as `serve` would continue it (`prepare_prompt`:
+upstream's top-k distribution), on the prompt as `serve` would continue it (`Runtime.prepare_item`:
 token ids where the upstream tokenises); Best-of-N through `bestofn.best_of_n` (plain
 completions of the same prompt from the same top-k base where the upstream can sample it).
 Every setting sees prompt i with the same seed, so settings can be compared pair by pair.
@@ -176,7 +176,7 @@ async def _drive(cfg: EvalConfig, rt: Runtime, settings: list[Setting], items, d
                  rewards: dict, out: Path, scorer=None) -> None:
     """Run what is left of `settings` on `rt`, appending records and timings as they finish."""
     prompts = render_prompts(items, rt.template)
-    prepared = {p.index: await prepare_prompt(rt, p) for p in prompts}
+    prepared = {p.index: await rt.prepare_item(p) for p in prompts}
     stop = rt.template.stop_strings if rt.template else []
     units = work_units(settings, prompts, cfg.samples, done,
                        pool=not rt.engine.upstream.profile.accepts_n)
@@ -214,15 +214,6 @@ async def _drive(cfg: EvalConfig, rt: Runtime, settings: list[Setting], items, d
 
 
 POOL = "bon pool"
-
-
-async def prepare_prompt(rt: Runtime, p: PromptItem) -> Prepared:
-    """The prompt as `serve` and `generate` would continue it (the runtime's continuation
-    strategy: token ids where the upstream tokenises, else chat prefill or text), so eval
-    measures the path users get; Best-of-N samples the same prompt (`sample_prompt`)."""
-    if p.messages is not None:
-        return await rt.prepare_messages(list(p.messages))
-    return await rt.prepare_text(p.upstream)
 
 
 def work_units(settings: list[Setting], prompts: list[PromptItem], samples: int, done: set,
@@ -286,9 +277,9 @@ async def generate(rt: Runtime, s: Setting, p: PromptItem, seed: int, rewards: d
                    prep: Prepared | None = None, scorer=None) -> dict:
     """One generation of setting `s` for prompt `p`, scored by every reward: the record that
     `results.jsonl` holds (also what `vas-proxy demo` prints). `prep`: `p` as
-    `prepare_prompt` makes it (made here when not given)."""
+    `Runtime.prepare_item` makes it (made here when not given)."""
     t0 = time.perf_counter()
-    prep = prep or await prepare_prompt(rt, p)
+    prep = prep or await rt.prepare_item(p)
     extra: dict = {}
     kl, kl_kind = None, "none"
     if s.is_best_of:

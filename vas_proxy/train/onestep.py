@@ -19,14 +19,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..defaults import MAX_BETA
-from ..sampling import target_probs
+from ..sampling import kl, kl_to_base, target_probs
 from .candidates import CandidateState
 from .validation import within_prompt_corr
-
-
-def kl(q: np.ndarray, p: np.ndarray) -> float:
-    keep = q > 0
-    return float(np.sum(q[keep] * (np.log(q[keep]) - np.log(p[keep]))))
 
 
 def step_terms(logprobs: Sequence[float], values: Sequence[float], q_hat: Sequence[float],
@@ -45,10 +40,10 @@ def state_kl(logprobs: Sequence[float], values: Sequence[float], beta: float) ->
     """KL(q ‖ p) at one state over every listed candidate: the engine's target (§1.1)."""
     v = np.asarray(values, dtype=np.float64)
     lp = np.asarray(logprobs, dtype=np.float64)
-    return kl(target_probs(lp, v - v.mean(), beta), target_probs(lp))
+    return kl_to_base(target_probs(lp, v - v.mean(), beta), lp)
 
 
-def _mean_se(x: list[float]) -> tuple[float, float]:
+def mean_se(x: list[float]) -> tuple[float, float]:
     a = np.asarray(x, dtype=np.float64)
     return float(a.mean()), float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else 0.0
 
@@ -57,7 +52,7 @@ def predicted_kl(states: list[CandidateState], values: Sequence[Sequence[float]]
                  beta: float) -> tuple[float, float]:
     """Predicted KL per response at `beta` (mean over states of n × the one-step KL over all
     listed candidates) ± its s.e.; needs no completions."""
-    return _mean_se([s.n_tokens * state_kl(s.logprobs, v, beta)
+    return mean_se([s.n_tokens * state_kl(s.logprobs, v, beta)
                      for s, v in zip(states, values)])
 
 
@@ -142,7 +137,7 @@ def predict(states: list[CandidateState], values: list[list[float]], spec: str,
             kls_c.append(s.n_tokens * kc)
         row = {}
         for name, xs in (("gain", gains), ("kl", kls), ("kl_completed", kls_c)):
-            row[name], row[name + "_se"] = _mean_se(xs)
+            row[name], row[name + "_se"] = mean_se(xs)
         # the oracle at the KL the model pays over the same (completed) candidates
         row.update(oracle_at_kl(usable_states, spec, row["kl_completed"], out["reward_sd"]))
         out["betas"][f"{beta:g}"] = row
@@ -154,7 +149,7 @@ def oracle_totals(states: list[CandidateState], spec: str, beta: float,
     """The cross-fitted oracle's predicted gain ± s.e. and KL per response at `beta` (in units
     of `sd`)."""
     terms = [_oracle(s, spec, beta, sd) for s in states]
-    gain, se = _mean_se([s.n_tokens * g for s, (g, _) in zip(states, terms)])
+    gain, se = mean_se([s.n_tokens * g for s, (g, _) in zip(states, terms)])
     return gain, se, float(np.mean([s.n_tokens * k for s, (_, k) in zip(states, terms)]))
 
 
