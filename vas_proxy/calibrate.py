@@ -54,7 +54,7 @@ class CalibrateOptions:
                                    f"{RESULT_FILE}", metavar="DIR")
     check: int = option(0, "with --kl, then measure: N guided responses at the beta found, "
                            "their KL along the states they passed; the beta is corrected by "
-                           "measured ÷ predicted and measured again (--rounds). 32 is ~3 "
+                           "measured ÷ predicted and measured again (--rounds). 32 is ~4 "
                            "minutes a round at 64 tokens on a 2-core CPU", metavar="N")
     rounds: int = option(2, "measured rounds of --check", metavar="N")
     concurrency: int = option(2, "upstream requests in flight", metavar="N")
