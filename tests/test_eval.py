@@ -22,6 +22,7 @@ from vas_proxy.cli import main
 from vas_proxy.engine import Engine, GenerationRequest
 from vas_proxy.guidance import Guidance
 from vas_proxy.eval.config import EvalConfig, parse_weights
+from vas_proxy.eval.report import write_report
 from vas_proxy.upstream.client import UpstreamClient
 from vas_proxy.upstream.retry import RetryPolicy
 from vas_proxy.values.callable import CallableValue
@@ -68,8 +69,10 @@ def test_kl_estimate_matches_the_analytic_kl():
             i = [c["token"] for c in tr["candidates"]].index(tr["chosen"])
             assert ev.kl == pytest.approx(math.log(q[i] / p[i]), abs=1e-9)
             per_token.append(ev.kl)
-        # ... and Generation.kl (the eval's KL column) is their sum
+        # ... and Generation.kl is their sum; path_kl (the eval's KL column) sums each
+        # state's KL(q ‖ p) instead, here the same law at every state: exactly n × analytic
         assert g.kl == pytest.approx(sum(ev.kl for ev in g.tokens))
+        assert g.path_kl == pytest.approx(len(g.tokens) * analytic, rel=1e-9)
     per_token = np.array(per_token)
     se = per_token.std(ddof=1) / math.sqrt(len(per_token))
     assert abs(per_token.mean() - analytic) < 4 * se  # unbiased: E_q[log q/p] = KL(q‖p)
@@ -265,6 +268,19 @@ def test_eval_writes_every_artefact(upstream, prompts_file, tmp_path, capsys):
             assert one["response"] == two["response"]
     assert float(row["kl_mean"]) > 0
     assert "| setting |" in (out / "summary.md").read_text()
+    # the KL column is the path estimate where every record of a row has one, else the
+    # chosen tokens' (directories written before kl_path was recorded)
+    mine = [r for r in records if r["setting"] == "vas b=1 h=1"]
+    assert all(r["kl_path"] > 0 for r in mine)
+    assert float(row["kl_mean"]) == pytest.approx(np.mean([r["kl_path"] for r in mine]),
+                                                  rel=1e-4)  # (the CSV keeps 6 digits)
+    assert all(r["kl_path"] == pytest.approx(0.0, abs=1e-9)
+               for r in records if r["setting"] == "base")
+    del mine[0]["kl_path"]
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_report(out, quiet=True)
+    row = {r["setting"]: r for r in csv.DictReader((out / "summary.csv").open())}["vas b=1 h=1"]
+    assert float(row["kl_mean"]) == pytest.approx(np.mean([r["kl"] for r in mine]), rel=1e-4)
 
     # resume adds only what is new; without --resume the directory is refused
     rc = main(_eval_args(upstream, prompts_file, out, "--beta", "0", "--best-of", "3",

@@ -9,7 +9,8 @@ Records are appended to `results.jsonl` as they finish, so a long run can be res
 
 KL to the base: for base and VAS, `Generation.kl` = Σ over steps of log q − log p of the chosen
 token (p = the upstream's top-k renormalised): an unbiased estimate of KL(q‖p) of the whole
-response. For Best-of-N, the analytic bound log N − (N−1)/N (`kl_kind` = "bound"); for Best-of-N
+response; `kl_path` = Σ over the same steps of KL(q‖p) at the state, the same expectation
+without the noise of the draw (the report uses it where every record of a row has it). For Best-of-N, the analytic bound log N − (N−1)/N (`kl_kind` = "bound"); for Best-of-N
 over VAS samples, that bound plus the winner's own estimate (`bestof_modes.hybrid_kl`, also
 "bound"). Value-pruned Best-of-N claims none.
 """
@@ -317,6 +318,8 @@ async def generate(rt: Runtime, s: Setting, p: PromptItem, seed: int, rewards: d
             guidance=guidance))
         text, finish, usage = g.text, g.finish_reason, g.usage
         kl, kl_kind = g.kl, "estimate"
+        if s.method != "tuned":  # (a tuned row's g is against the tuned model itself)
+            extra["kl_path"] = g.path_kl
     seconds = time.perf_counter() - t0  # (a tuned row's KL below is measurement, not serving)
     if s.method == "tuned":  # g.kl is against the tuned model itself: measure the base's
         kl = await asyncio.to_thread(scorer.kl, prep.text, text, finish == "stop")

@@ -77,7 +77,9 @@ def summarise(records: list[dict], reward_names: list[str],
             row[f"{reward}_gain"], row[f"{reward}_gain_se"] = mean_se(
                 [g for _, g in paired(rs, base, reward)] if name != "base" else [])
         # None KL (a method without an estimate or a bound, kl_kind "none") shows as "–"
-        row["kl_mean"], row["kl_se"] = mean_se(r.get("kl") for r in rs)
+        path = [r.get("kl_path") for r in rs]  # the lower-noise estimate, where recorded
+        row["kl_mean"], row["kl_se"] = mean_se(
+            path if all(k is not None for k in path) else (r.get("kl") for r in rs))
         if method == "bon":  # one analytic figure; guided Best-of-N's bound varies per response
             row["kl_se"] = math.nan
         row["kl_kind"] = first.get("kl_kind") or "none"
@@ -226,8 +228,10 @@ def write_markdown(rows: list[dict], names: list[str], path: Path, plots: list[s
     text = [markdown_table(rows, names), "",
             "Rewards: mean ± standard error over responses; Δ: the mean paired difference "
             "from base (same prompt and seed) ± its standard error, and how many standard "
-            "errors that is. KL to base: Σ log q − log p of "
-            "the chosen tokens (p = the upstream's top-k renormalised), averaged; Best-of-N: "
+            "errors that is. KL to base: Σ KL(q ‖ p) over the states each "
+            "response passed (p = the upstream's top-k renormalised), averaged (rows run "
+            "before it was recorded: Σ log q − log p of the chosen tokens, the same "
+            "expectation with more noise); Best-of-N: "
             "the analytic bound log N − (N−1)/N; Best-of-N over VAS samples: that bound plus "
             "the winner's Σ log q − log p (an upper bound). Upstream calls and billed tokens "
             "(prompt + completion, as the upstream counts them) are per response.", ""]
