@@ -73,9 +73,10 @@ FRONTIERS = {
               "reward itself read on the text so far (`reward:plain`), alone and with bundled "
               "plain, each at its calibrated beta (docs/training/prefix/), `plainRes`, "
               "a value model trained with `--residual` (`plainResW`: with `--residual-words`), "
-              "each at its calibrated beta (docs/training/residual/), and `plainAll` and "
+              "each at its calibrated beta (docs/training/residual/), `plainAll` and "
               "`posAll`, retrain64's recipe with LoRA on all 30 layers, each at its calibrated "
-              "beta (docs/training/capacity/)."),
+              "beta (docs/training/capacity/), and bundled plain with `plainR` again at β 1.6, "
+              "the beta `calibrate --check` measured for 1.84 nats (docs/training/check/)."),
 }
 
 
