@@ -10,8 +10,9 @@ Records are appended to `results.jsonl` as they finish, so a long run can be res
 KL to the base: for base and VAS, `Generation.kl` = Σ over steps of log q − log p of the chosen
 token (p = the upstream's top-k renormalised): an unbiased estimate of KL(q‖p) of the whole
 response; `kl_path` = Σ over the same steps of KL(q‖p) at the state, the same expectation
-without the noise of the draw (the report uses it where every record of a row has it). For Best-of-N, the analytic bound log N − (N−1)/N (`kl_kind` = "bound"); for Best-of-N
-over VAS samples, that bound plus the winner's own estimate (`bestof_modes.hybrid_kl`, also
+without the noise of the draw (the report uses it where every record of a row has it). For
+Best-of-N, the analytic bound log N − (N−1)/N (`kl_kind` = "bound"); for Best-of-N over VAS
+samples, that bound plus the winner's own estimate (`bestof_modes.hybrid_kl`, also
 "bound"). Value-pruned Best-of-N claims none.
 """
 
