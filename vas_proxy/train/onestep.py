@@ -53,7 +53,7 @@ def predicted_kl(states: list[CandidateState], values: Sequence[Sequence[float]]
     """Predicted KL per response at `beta` (mean over states of n × the one-step KL over all
     listed candidates) ± its s.e.; needs no completions."""
     return mean_se([s.n_tokens * state_kl(s.logprobs, v, beta)
-                     for s, v in zip(states, values)])
+                    for s, v in zip(states, values)])
 
 
 def beta_for_kl(states: list[CandidateState], values: Sequence[Sequence[float]],
