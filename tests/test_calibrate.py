@@ -13,6 +13,8 @@ from vas_proxy.cli import main
 from vas_proxy.train.candidates import CandidateState
 from vas_proxy.train.onestep import beta_for_kl, predicted_kl
 
+from valuefns import char_prob
+
 
 def _states(n: int = 30, k: int = 5):
     rng = np.random.default_rng(0)
@@ -102,6 +104,22 @@ def test_calibrate_on_llama_server_with_a_real_value_model(llama_server, tmp_pat
     assert (second["beta"] > first["beta"]) == (first["measured"] < first["predicted"])
     assert check["beta"] is not None and f"measured: --beta {check['beta']:.3g}" in text
     assert (out / "states.jsonl").read_text() == states
+    # a `binary:` value: its predicted KL at each beta is that of the soft target
+    # p·(1 + (e^β − 1)·P) on the same stored states, computed here by hand
+    soft = [a if a != "plain=bundled:plain" else "b=binary:py:valuefns:char_prob" for a in args]
+    assert main(soft) == 0
+    table = json.loads((out / "calibration.json").read_text())["betas"]
+    for beta in (1.0, 4.0):
+        want = []
+        for line in states.splitlines():
+            st = json.loads(line)
+            p = np.exp(st["logprobs"]) / np.exp(st["logprobs"]).sum()
+            prob = np.array(char_prob(st["upstream_prompt"],
+                                      [st["prefix"] + t for t in st["texts"]]))
+            q = p * (1 + np.expm1(beta) * prob)
+            q /= q.sum()
+            want.append(st["n_tokens"] * float(np.sum(q * np.log(q / p))))
+        assert table[f"{beta:g}"]["kl"] == pytest.approx(np.mean(want), rel=1e-6)
     # an unknown weight name is a clear error
     assert main([*args, "--weights", "nope=1"]) == 1
     assert "--weights names nope" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from vas_proxy.errors import ConfigError, ContextLengthError, UpstreamUnreachabl
 from vas_proxy.upstream.client import UpstreamClient
 from vas_proxy.values.loader import load_value
 
-from valuefns import char_hash
+from valuefns import char_hash, char_prob
 
 ALPHA = 1e-3  # significance level of the exactness tests
 
@@ -109,9 +109,9 @@ def test_unreachable_upstream():
         gen(eng, "hi", max_tokens=1)
 
 
-def _first_token_counts(upstream, prompt, n, beta):
+def _first_token_counts(upstream, prompt, n, beta, spec="py:valuefns:char_hash"):
     """n one-token guided generations over seeds 0..n-1, one engine, one event loop."""
-    eng = make_engine(upstream, {"h": "py:valuefns:char_hash"}, beta=beta)
+    eng = make_engine(upstream, {"h": spec}, beta=beta)
 
     async def go():
         g = eng.resolve(None)
@@ -159,6 +159,21 @@ def test_guided_first_token_is_exact(upstream, chat_prompt):
     flipped /= flipped.sum()
     assert _pvalue(samples, cands, base) < ALPHA
     assert _pvalue(samples, cands, flipped) < ALPHA
+
+
+def test_binary_value_first_token_follows_the_soft_target(upstream, chat_prompt):
+    """A `binary:` value (P of a 0/1 reward): 200 first tokens follow p·(1 + (e^β − 1)·P),
+    computed here from the upstream's logprobs; VAS's linear tilt p·exp(β·P) is rejected."""
+    prompt = chat_prompt("Give me one word that describes the sea.")
+    beta = 4.0
+    samples, cands = _first_token_counts(upstream, prompt, 200, beta,
+                                         "binary:py:valuefns:char_prob")
+    p = np.exp([c.logprob for c in cands])
+    prob = np.array(char_prob(prompt, [c.bytes.decode("utf-8", "ignore") for c in cands]))
+    soft = p * (1 + np.expm1(beta) * prob)
+    linear = p * np.exp(beta * prob)
+    assert _pvalue(samples, cands, soft / soft.sum()) > ALPHA
+    assert _pvalue(samples, cands, linear / linear.sum()) < ALPHA
 
 
 def test_streamed_drafts_equal_whole_calls_on_the_real_upstream(upstream, chat_prompt):

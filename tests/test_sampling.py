@@ -61,6 +61,36 @@ def test_weights_compose_linearly():
     np.testing.assert_allclose(only_a, va - va.mean(), rtol=1e-12)
 
 
+def test_binary_tilt_is_the_soft_value_of_a_zero_one_reward():
+    """log E[exp(b·r)] for r ~ Bernoulli(P), by hand; no overflow at a huge b; P clipped."""
+    p = np.array([0.0, 0.1, 0.5, 1.0])
+    for b in (0.3, 2.0, -1.5):
+        assert sampling.binary_tilt(p, b) == pytest.approx(np.log(1 - p + p * math.exp(b)))
+    big = sampling.binary_tilt(np.array([0.0, 1e-3, 1.0]), 1000.0)
+    assert np.all(np.isfinite(big[1:])) and big[0] == 0.0
+    assert big[2] == pytest.approx(1000.0) and big[1] == pytest.approx(1000 + math.log(1e-3))
+    assert sampling.binary_tilt(np.array([-0.2, 1.3]), 2.0) == pytest.approx(
+        sampling.binary_tilt(np.array([0.0, 1.0]), 2.0))
+
+
+def test_binary_values_give_the_exact_soft_target():
+    """A `binary:` model (scale s: it scores P·s) at weight w and beta: q ∝ p·(1 + (e^b − 1)·P)
+    with b = beta·w·s, not p·exp(b·P); other models still add linearly; beta 0 is the base."""
+    lp = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
+    prob = np.array([0.05, 0.6, 0.2, 0.9])
+    lin = np.array([0.3, -0.1, 0.4, 0.0])
+    s, w, beta = 2.5, 0.8, 1.7
+    b = beta * w * s
+    v = sampling.combine_values({"bin": prob * s, "lin": lin}, {"bin": w, "lin": 0.5}, 4,
+                                beta=beta, binary={"bin": s})
+    want = np.exp(lp) * (1 + math.expm1(b) * prob) * np.exp(beta * 0.5 * lin)
+    assert sampling.target_probs(lp, v, beta) == pytest.approx(want / want.sum())
+    linear = np.exp(lp + b * prob + beta * 0.5 * lin)
+    assert not np.allclose(sampling.target_probs(lp, v, beta), linear / linear.sum(), atol=1e-3)
+    v0 = sampling.combine_values({"bin": prob * s}, None, 4, beta=0.0, binary={"bin": s})
+    assert sampling.target_probs(lp, v0, 0.0) == pytest.approx(np.exp(lp) / np.exp(lp).sum())
+
+
 def test_bad_values_are_rejected():
     with pytest.raises(ValueError, match="3 candidates"):
         sampling.combine_values({"a": [1.0, 2.0]}, None, 3)

@@ -243,6 +243,35 @@ def test_values_are_in_units_of_the_training_reward_sd(tiny, tmp_path):
     assert reward_scale({"metadata": {"reward_std": 0.0}}) == reward_scale({}) == 1.0
 
 
+def test_binary_spec_wraps_any_value_and_knows_its_scale(tiny, tmp_path, user_module):
+    """`binary:SPEC` scores as SPEC does and carries the scale that turns its scores back into
+    probabilities (1 / reward_std for a checkpoint, 1 otherwise), for the engine's soft tilt;
+    it shares a checkpoint's backbone like the bare spec."""
+    from vas_proxy.values.binary import BinaryValue, binary_scales
+
+    model, tokenizer = tiny
+    path = save_checkpoint(model, tokenizer, tmp_path / "sd",
+                           metadata={"reward": "asks", "reward_std": 0.25})
+    wrapped = load_value(f"binary:{path}", name="asks")
+    assert isinstance(wrapped, BinaryValue) and wrapped.name == "asks"
+    assert wrapped.binary_scale == 4.0 and wrapped.batches_positions
+    assert wrapped.score(PROMPT, " Cats", CANDIDATES) == load_value(str(path)).score(
+        PROMPT, " Cats", CANDIDATES)
+    assert backbone_of(f"binary:{path}") == backbone_of(str(path)) is not None
+    py = load_value(f"binary:py:{user_module}:length")
+    assert py.binary_scale == 1.0 and py.score("p", "abc", ["", "d"]) == [3.0, 4.0]
+    assert backbone_of(f"binary:py:{user_module}:length") is None
+    assert binary_scales({"a": wrapped, "b": load_value(str(path)), "c": py}) == \
+        {"a": 4.0, "c": 1.0}
+
+
+@pytest.mark.parametrize("spec", ["binary:", "binary:binary:reward:vader", "binary:  "])
+def test_binary_spec_needs_one_inner_spec(spec):
+    with pytest.raises(ValueSpecError, match="binary: takes one inner spec") as err:
+        load_value(spec)
+    assert "\n" not in err.value.message
+
+
 def test_save_load_round_trip_lora(tiny_lora, tmp_path):
     model, tokenizer = tiny_lora
     path = save_checkpoint(model, tokenizer, tmp_path / "lora")

@@ -8,3 +8,8 @@ def char_hash(prompt: str, continuations: list[str]) -> list[float]:
 
 def wrong_length(prompt: str, continuations: list[str]) -> list[float]:
     return [1.0, 2.0]
+
+
+def char_prob(prompt: str, continuations: list[str]) -> list[float]:
+    """`char_hash` as a probability in [0, 1): the value of a 0/1 reward (`binary:` specs)."""
+    return [v / 4.0 for v in char_hash(prompt, continuations)]

@@ -109,11 +109,14 @@ async def calibrate(o: CalibrateOptions, opts, betas: list[float],
                 max_tokens=o.max_tokens, seed=o.seed,
                 stop=rt.template.stop_strings if rt.template else [], store=store,
                 concurrency=o.concurrency, progress=not o.quiet)
-            values = []
-            for s in states:
-                scores = {name: v.score(s.upstream_prompt, s.prefix, s.texts)
-                          for name, v in rt.engine.values.items()}
-                values.append(combine_values(scores, weights, len(s.texts)))
+            scores = [({name: v.score(s.upstream_prompt, s.prefix, s.texts)
+                        for name, v in rt.engine.values.items()}, len(s.texts)) for s in states]
+
+            def values_at(beta: float) -> list:
+                return [combine_values(sc, weights, k, beta=beta, binary=rt.engine.binary)
+                        for sc, k in scores]
+
+            values = values_at if rt.engine.binary else values_at(0.0)
             if not states:
                 raise ConfigError("no base response was long enough to cut a state from; "
                                   "raise --max-tokens or use other prompts")

@@ -142,7 +142,8 @@ class ChunkSource:
         out, start = [], 0
         for size in sizes:  # centred per position, as one position's scoring is
             out.append(sampling.combine_values(
-                {name: v[start:start + size] for name, v in scores.items()}, weights, size))
+                {name: v[start:start + size] for name, v in scores.items()}, weights, size,
+                beta=req.guidance.beta, binary=self.binary))
             start += size
         return out
 

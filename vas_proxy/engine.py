@@ -27,6 +27,7 @@ from .upstream.client import UpstreamClient
 from .upstream.continuation import ChatPrompt, TokenPrompt
 from .usage import Usage
 from .values import ValueFunction
+from .values.binary import binary_scales
 
 
 @dataclass
@@ -96,6 +97,7 @@ class Engine(ChunkSource):
                  overlap: bool | None = None):
         self.upstream = upstream
         self.values = dict(values or {})
+        self.binary = binary_scales(self.values)  # `binary:` values: their own tilt
         self.defaults = replace(defaults) if defaults else Guidance()
         if self.defaults.speculate is None:  # the profile's: adaptive where drafts are exact
             self.defaults.speculate = upstream.profile.default_speculate

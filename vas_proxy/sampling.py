@@ -16,11 +16,15 @@ import numpy as np
 
 
 def combine_values(values: Mapping[str, Sequence[float]], weights: Mapping[str, float] | None,
-                   k: int) -> np.ndarray:
+                   k: int, *, beta: float = 0.0,
+                   binary: Mapping[str, float] | None = None) -> np.ndarray:
     """Σ_i w_i·(V_i − mean_topk V_i) for the k candidates; missing weights default to 1.
 
     Centring each value model by its own top-k mean is what the method's code does; it leaves
     the target unchanged (a constant shift cancels in the softmax) but keeps traces readable.
+    A model named in `binary` (name → its scale s: it scores P·s, P the probability of a 0/1
+    reward) contributes `binary_tilt(P, beta·w·s) / beta` instead, so that beta times the sum
+    is the exact soft tilt (docs/design.md §1.13); at beta 0 it is linear, as nothing tilts.
     """
     total = np.zeros(k, dtype=np.float64)
     for name, v in values.items():
@@ -32,8 +36,26 @@ def combine_values(values: Mapping[str, Sequence[float]], weights: Mapping[str, 
             raise ValueError(f"value model {name!r} returned {arr.shape} scores for {k} candidates")
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"value model {name!r} returned a non-finite score")
+        scale = (binary or {}).get(name)
+        if scale and beta:
+            arr = binary_tilt(arr / scale, beta * w * scale) / beta
+            w = 1.0
         total += w * (arr - arr.mean())
     return total
+
+
+def binary_tilt(probs: np.ndarray | Sequence[float], strength: float) -> np.ndarray:
+    """log E[exp(b·r)] for a 0/1 reward r with P(r = 1) = `probs`: log(1 + (e^b − 1)·P).
+
+    p·exp(this) is the optimum of reward − KL/b one step at a time (the whole-response tilt
+    p·exp(b·r) factorised), where p·exp(b·P) agrees with it only to first order in b. P is
+    clipped to [0, 1]; computed in log space so that a large b does not overflow."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), 0.0, 1.0)
+    b = float(strength)
+    if b > 0:  # log(e^b − 1) = b + log(1 − e^−b)
+        with np.errstate(divide="ignore"):
+            return np.logaddexp(0.0, b + np.log(-np.expm1(-b)) + np.log(p))
+    return np.log1p(np.expm1(b) * p)
 
 
 def target_logits(logprobs: Sequence[float], values: np.ndarray | Sequence[float] | None,

@@ -48,16 +48,18 @@ def mean_se(x: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else 0.0
 
 
-def predicted_kl(states: list[CandidateState], values: Sequence[Sequence[float]],
-                 beta: float) -> tuple[float, float]:
+def predicted_kl(states: list[CandidateState], values, beta: float) -> tuple[float, float]:
     """Predicted KL per response at `beta` (mean over states of n × the one-step KL over all
-    listed candidates) ± its s.e.; needs no completions."""
+    listed candidates) ± its s.e.; needs no completions. `values`: each state's candidate
+    values, or a function of beta returning them (`binary:` values tilt differently at each
+    beta, `sampling.combine_values`)."""
+    per_state = values(beta) if callable(values) else values
     return mean_se([s.n_tokens * state_kl(s.logprobs, v, beta)
-                    for s, v in zip(states, values)])
+                    for s, v in zip(states, per_state)])
 
 
-def beta_for_kl(states: list[CandidateState], values: Sequence[Sequence[float]],
-                budget: float, *, tol: float = 1e-3) -> float | None:
+def beta_for_kl(states: list[CandidateState], values, budget: float, *,
+                tol: float = 1e-3) -> float | None:
     """The beta >= 0 whose predicted KL per response is `budget` (bisection: the KL of an
     exponential tilt grows with beta); None when even the largest beta stays below it."""
     def kl_at(beta: float) -> float:

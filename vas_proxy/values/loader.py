@@ -2,7 +2,8 @@
 
 Forms: `py:module:function` (a Python callable), `reward:REWARD_SPEC` (a reward read on the
 text so far), `bundled:NAME` (a checkpoint shipped under `vas_proxy/data/values/NAME`), or a
-path to a checkpoint directory. Every failure is a `ValueSpecError` naming the spec, so the CLI
+path to a checkpoint directory; `binary:` before any of them marks the value of a 0/1 reward,
+guided by its exact soft tilt (`binary.BinaryValue`). Every failure is a `ValueSpecError` naming the spec, so the CLI
 can print one actionable line.
 """
 
@@ -21,9 +22,11 @@ from .callable import CallableValue, reward_value
 PY_PREFIX = "py:"
 REWARD_PREFIX = "reward:"
 BUNDLED_PREFIX = "bundled:"
+BINARY_PREFIX = "binary:"
 # The forms, once: errors here and the --value flags' help (options.groups) both say them.
 SPEC_FORMS = ("a checkpoint dir, bundled:NAME, reward:REWARD_SPEC (the reward read on the text "
-              "so far) or py:module:function")
+              "so far) or py:module:function, each optionally after binary: (a 0/1 reward's "
+              "value, guided by its exact soft tilt)")
 FORMS = f"use {SPEC_FORMS}"
 
 
@@ -35,6 +38,14 @@ def load_value(spec: str, *, name: str | None = None, device: str = "cpu",
     if not isinstance(spec, str) or not spec.strip():
         raise ValueSpecError(f"empty value spec {spec!r}; {FORMS}")
     spec = spec.strip()
+    if spec.startswith(BINARY_PREFIX):
+        from .binary import BinaryValue
+
+        inner = spec[len(BINARY_PREFIX):].strip()
+        if not inner or inner.startswith(BINARY_PREFIX):
+            raise ValueSpecError(f"value spec {spec!r}: binary: takes one inner spec; {FORMS}")
+        return BinaryValue(load_value(inner, name=name or spec, device=device, dtype=dtype,
+                                      pool=pool, quiet=quiet), name or spec)
     if spec.startswith(PY_PREFIX):
         return CallableValue(_import_callable(spec), name or spec)
     if spec.startswith(REWARD_PREFIX):
@@ -48,11 +59,14 @@ def backbone_of(spec: str) -> str | None:
     """The backbone a checkpoint SPEC is built on (cheap: reads only its config), None for
     `py:` and `reward:` specs. Value models with the same one can share it
     (`store.BackbonePool`)."""
-    if not isinstance(spec, str) or spec.strip().startswith((PY_PREFIX, REWARD_PREFIX)):
+    if not isinstance(spec, str):
+        return None
+    spec = spec.strip().removeprefix(BINARY_PREFIX).strip()
+    if spec.startswith((PY_PREFIX, REWARD_PREFIX)) or not spec:
         return None
     from .store import backbone_identity, read_checkpoint_config
 
-    path = checkpoint_dir(spec.strip())
+    path = checkpoint_dir(spec)
     return backbone_identity(path, read_checkpoint_config(path))
 
 
