@@ -36,9 +36,12 @@ def read_dirs(dirs: list[str]) -> list[dict]:
 
 
 def by_pair(records: list[dict], setting: str, reward: str) -> dict[tuple, tuple[float, float]]:
+    """(reward, KL) per pair; the KL is `kl_path` where every record of the setting has it (as
+    the eval's summary reads it), else the chosen tokens' `kl` (or Best-of-N's bound)."""
+    rs = [r for r in records if r["setting"] == setting]
+    kl = "kl_path" if rs and all(r.get("kl_path") is not None for r in rs) else "kl"
     return {(r["dir"], r["prompt_index"], r["sample"]): (float(r["rewards"][reward]),
-                                                         float(r["kl"]))
-            for r in records if r["setting"] == setting}
+                                                         float(r[kl])) for r in rs}
 
 
 def main() -> int:
