@@ -3,8 +3,8 @@
 Forms: `py:module:function` (a Python callable), `reward:REWARD_SPEC` (a reward read on the
 text so far), `bundled:NAME` (a checkpoint shipped under `vas_proxy/data/values/NAME`), or a
 path to a checkpoint directory; `binary:` before any of them marks the value of a 0/1 reward,
-guided by its exact soft tilt (`binary.BinaryValue`). Every failure is a `ValueSpecError` naming the spec, so the CLI
-can print one actionable line.
+guided by its exact soft tilt (`binary.BinaryValue`). Every failure is a `ValueSpecError`
+naming the spec, so the CLI can print one actionable line.
 """
 
 from __future__ import annotations
