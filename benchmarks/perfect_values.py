@@ -124,18 +124,19 @@ def solve(trees: list[Tree], kind: str, budget: float) -> dict:
             "kl": float(np.mean([k for _, k in each]))}
 
 
-def noisy_binary(a, sigmas=(0.0, 0.5, 1.0)) -> list[dict]:
-    """`sparse` with values off by a log-normal factor: the linear tilt against the soft
-    0/1 form, each at Best-of-16's exact KL (addendum 1 of the plan)."""
+def noisy_binary(a, sigmas=(0.0, 0.5, 1.0), additive: bool = False) -> list[dict]:
+    """`sparse` with values off by a log-normal factor (or, `additive`, by σ·ε, addendum 2):
+    the linear tilt against the soft 0/1 form, each at Best-of-16's exact KL (addendum 1)."""
     trees, rows = make_trees("sparse", a), []
     budget = float(np.mean([t.bon(16)[1] for t in trees]))
     bon = np.array([t.bon(16)[0] for t in trees])
     for sigma in sigmas:
         rng = np.random.default_rng([a.seed, 99, int(sigma * 100)])
         for t in trees:
-            t.noisy = [np.minimum(1.0, q * np.exp(sigma * rng.standard_normal(q.shape)))
+            t.noisy = [np.clip(q + sigma * rng.standard_normal(q.shape), 0.0, 1.0) if additive
+                       else np.minimum(1.0, q * np.exp(sigma * rng.standard_normal(q.shape)))
                        for q in t.q]
-        row = {"sigma": sigma, "budget": budget, "bon": float(bon.mean())}
+        row = {"sigma": sigma, "additive": additive, "budget": budget, "bon": float(bon.mean())}
         for soft in (False, True):
             for t in trees:
                 t.pick = lambda beta, t=t, soft=soft: t.binary(beta, t.noisy, soft)
@@ -245,10 +246,10 @@ def main() -> None:
     plot(results, OUT / f"perfect{a.tag}.png")
     print(text)
     if not a.tag:
-        noisy = noisy_binary(a)
+        noisy = noisy_binary(a) + noisy_binary(a, (0.02, 0.05, 0.1), additive=True)
         (OUT / "noisy_binary.json").write_text(json.dumps(noisy, indent=1) + "\n")
         for r in noisy:
-            print(f"sparse, σ {r['sigma']}: Best-of-16 {r['bon']:.3f} at {r['budget']:.2f} nats;"
+            print(f"sparse, {'additive ' if r['additive'] else ''}σ {r['sigma']}: Best-of-16 {r['bon']:.3f} at {r['budget']:.2f} nats;"
                   + "".join(f" {k} {r[k]['gain']:.3f} ({r[k]['minus_bon']:+.3f} ±"
                             f" {r[k]['se']:.3f}, β {r[k]['beta']:.2f});"
                             for k in ("linear", "soft")))
