@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vas_proxy.eval.efficiency import effective_rho, within_sd
-from vas_proxy.eval.files import read_records
+from vas_proxy.eval.files import kl_field, read_records
 
 DRAWS = 4000
 
@@ -39,7 +39,7 @@ def by_pair(records: list[dict], setting: str, reward: str) -> dict[tuple, tuple
     """(reward, KL) per pair; the KL is `kl_path` where every record of the setting has it (as
     the eval's summary reads it), else the chosen tokens' `kl` (or Best-of-N's bound)."""
     rs = [r for r in records if r["setting"] == setting]
-    kl = "kl_path" if rs and all(r.get("kl_path") is not None for r in rs) else "kl"
+    kl = kl_field(rs)
     return {(r["dir"], r["prompt_index"], r["sample"]): (float(r["rewards"][reward]),
                                                          float(r[kl])) for r in rs}
 

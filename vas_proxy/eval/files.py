@@ -12,6 +12,13 @@ CONFIG_FILE = "eval.json"  # the EvalConfig of the run(s)
 TIMINGS_FILE = "timings.json"  # wall seconds per setting
 
 
+def kl_field(records: list[dict]) -> str:
+    """Which KL a row of records reads: `kl_path` (the lower-noise estimate) where every record
+    has it, else `kl` (chosen tokens, or Best-of-N's bound), so that one row never mixes the
+    two estimators (directories written before `kl_path` was recorded)."""
+    return "kl_path" if records and all(r.get("kl_path") is not None for r in records) else "kl"
+
+
 def read_records(path: Path) -> list[dict]:
     """The records of a results.jsonl; a line cut by a killed run is skipped (and redone)."""
     records = []

@@ -22,7 +22,7 @@ import numpy as np
 from ..prices import PriceModel, cost, parse_prices, record_calls
 from .config import weights_label
 from .efficiency import bon_pools, effective_rho, exact_bon_kl, kl_to_reach, within_sd
-from .files import CONFIG_FILE, RESULTS_FILE, TIMINGS_FILE, read_json, read_records
+from .files import CONFIG_FILE, RESULTS_FILE, TIMINGS_FILE, kl_field, read_json, read_records
 from .plots import (PLOT_COMPOSITION, PLOT_COST, PLOT_KL, PLOT_LATENCY, composition_rows,
                     cost_plot_name, plot)
 
@@ -77,9 +77,8 @@ def summarise(records: list[dict], reward_names: list[str],
             row[f"{reward}_gain"], row[f"{reward}_gain_se"] = mean_se(
                 [g for _, g in paired(rs, base, reward)] if name != "base" else [])
         # None KL (a method without an estimate or a bound, kl_kind "none") shows as "–"
-        path = [r.get("kl_path") for r in rs]  # the lower-noise estimate, where recorded
-        row["kl_mean"], row["kl_se"] = mean_se(
-            path if all(k is not None for k in path) else (r.get("kl") for r in rs))
+        kl = kl_field(rs)  # the lower-noise estimate, where recorded
+        row["kl_mean"], row["kl_se"] = mean_se(r.get(kl) for r in rs)
         if method == "bon":  # one analytic figure; guided Best-of-N's bound varies per response
             row["kl_se"] = math.nan
         row["kl_kind"] = first.get("kl_kind") or "none"
