@@ -37,6 +37,8 @@ from vas_proxy.eval.files import RESULTS_FILE, read_records
 OUT = ROOT / "docs/training/perfect"
 SHAPES = ("dense", "sparse", "uneven", "vader", "plain")
 POOLS = {"vader": "docs/results/frontier", "plain": "docs/results/frontier_plain"}
+# the two tilts compared with Best-of-N: VAS with perfect Q, and the optimum
+TILTS = {"soft": lambda t, beta: t.soft(beta), "vas": lambda t, beta: t.step(beta)}
 
 
 class Tree:
@@ -64,22 +66,13 @@ class Tree:
             self.q[t] = v.reshape(b**t, b)
             v = (self.levels[t] * self.q[t]).sum(1)
 
-    def vas(self, beta: float) -> np.ndarray:
-        """Leaf log-probabilities of VAS with perfect values: q(a|s) ∝ p(a|s)·exp(β·Q(s, a))."""
-        lq = np.zeros(1)
-        for p, q in zip(self.levels, self.q):
-            x = np.log(p) + beta * (q - q.max(1, keepdims=True))
-            x -= np.log(np.exp(x).sum(1, keepdims=True))
-            lq = (lq[:, None] + x).reshape(-1)
-        return lq
-
-    def binary(self, beta: float, qs=None, soft: bool = True) -> np.ndarray:
-        """Leaf log-probabilities of the step-wise tilt by values `qs` (default: the exact
-        ones) of a 0/1 reward: soft, p·(1 + (e^β − 1)·Q) (the optimum when Q is exact), or
-        linear, p·exp(β·Q) (VAS)."""
+    def step(self, beta: float, qs=None, soft01: bool = False) -> np.ndarray:
+        """Leaf log-probabilities of a step-wise tilt by values `qs` (default: the exact ones):
+        VAS's p·exp(β·Q), or with `soft01` the soft form of a 0/1 reward, p·(1 + (e^β − 1)·Q)
+        (the optimum when Q is exact)."""
         lq, log_eb = np.zeros(1), beta + np.log1p(-np.exp(-beta))  # log(e^β − 1)
         for p, q in zip(self.levels, qs or self.q):
-            if soft:
+            if soft01:
                 with np.errstate(divide="ignore"):
                     x = np.log(p) + np.logaddexp(0.0, log_eb + np.log(q))
             else:
@@ -109,11 +102,12 @@ class Tree:
         return float((wv - pv) @ levels), float(wv[ok] @ np.log(wv[ok] / pv[ok]))
 
 
-def solve(trees: list[Tree], kind: str, budget: float) -> dict:
-    """One β for every tree, the mean KL equal to the budget (bisection in log β)."""
+def solve(trees: list[Tree], tilt, budget: float) -> dict:
+    """One β for every tree, the mean KL equal to the budget (bisection in log β); `tilt(tree,
+    β)` gives a tree's leaf log-probabilities."""
 
     def at(beta):
-        return [t.gain_kl(getattr(t, kind)(beta)) for t in trees]
+        return [t.gain_kl(tilt(t, beta)) for t in trees]
 
     lo, hi = 1e-3, 1e4
     for _ in range(50):
@@ -132,15 +126,13 @@ def noisy_binary(a, sigmas=(0.0, 0.5, 1.0), additive: bool = False) -> list[dict
     bon = np.array([t.bon(16)[0] for t in trees])
     for sigma in sigmas:
         rng = np.random.default_rng([a.seed, 99, int(sigma * 100)])
-        for t in trees:
-            t.noisy = [np.clip(q + sigma * rng.standard_normal(q.shape), 0.0, 1.0) if additive
-                       else np.minimum(1.0, q * np.exp(sigma * rng.standard_normal(q.shape)))
-                       for q in t.q]
+        noisy = {id(t): [np.clip(q + sigma * rng.standard_normal(q.shape), 0.0, 1.0)
+                         if additive else
+                         np.minimum(1.0, q * np.exp(sigma * rng.standard_normal(q.shape)))
+                         for q in t.q] for t in trees}
         row = {"sigma": sigma, "additive": additive, "budget": budget, "bon": float(bon.mean())}
         for soft in (False, True):
-            for t in trees:
-                t.pick = lambda beta, t=t, soft=soft: t.binary(beta, t.noisy, soft)
-            s = solve(trees, "pick", budget)
+            s = solve(trees, lambda t, b, soft=soft, v=noisy: t.step(b, v[id(t)], soft), budget)
             d = np.array(s["gains"]) - bon
             row["soft" if soft else "linear"] = {
                 "beta": s["beta"], "gain": float(np.mean(s["gains"])),
@@ -167,20 +159,20 @@ def run(shape: str, a) -> dict:
         bound, exact = math.log(n) - (n - 1) / n, float(np.mean([k for _, k in bon]))
         row = {"n": n, "bound": bound, "bon_kl": exact, "bon": float(np.mean([g for g, _ in bon]))}
         for kind in ("soft", "vas"):
-            s = solve(trees, kind, bound)
+            s = solve(trees, TILTS[kind], bound)
             d = np.array(s["gains"]) - np.array([g for g, _ in bon])
             row[kind] = {"beta": s["beta"], "kl": s["kl"], "gain": float(np.mean(s["gains"])),
                          "minus_bon": float(d.mean()),
                          "se": float(d.std(ddof=1) / math.sqrt(len(d)))}
         if exact < bound - 0.01:  # ties: Best-of-N pays less than its bound; VAS at that KL too
-            s = solve(trees, "vas", exact)
+            s = solve(trees, TILTS["vas"], exact)
             d = np.array(s["gains"]) - np.array([g for g, _ in bon])
             row["vas_at_exact"] = {"beta": s["beta"], "gain": float(np.mean(s["gains"])),
                                    "minus_bon": float(d.mean()),
                                    "se": float(d.std(ddof=1) / math.sqrt(len(d)))}
         rows.append(row)
-    curves = {kind: [[t.gain_kl(getattr(t, kind)(beta)) for t in trees]
-                     for beta in np.geomspace(0.05, 60, 40)] for kind in ("soft", "vas")}
+    curves = {kind: [[t.gain_kl(tilt(t, beta)) for t in trees]
+                     for beta in np.geomspace(0.05, 60, 40)] for kind, tilt in TILTS.items()}
     bons = [[t.bon(n) for t in trees] for n in (2, 4, 8, 16, 32)]
     mean = lambda pts: [[float(np.mean([k for _, k in p])), float(np.mean([g for g, _ in p]))]
                         for p in pts]
