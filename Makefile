@@ -36,7 +36,7 @@ redis-server:
 	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q redis-server >/dev/null; }; }
 
 test: $(STAMP) redis-server
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
 
 test-all: $(STAMP) redis-server
 	$(PY) -m pytest -m ''

@@ -1,9 +1,12 @@
 """The recipe ablations' table (docs/training/ablation/RESULTS.md) from their run directories.
 
 Reads each finished variant's checkpoint metadata (its last held-out validation and verdict)
-and its train.log's wall time; nothing is re-measured here.
+and its train.log's wall time; nothing is re-measured here. Rows already in results.json whose
+run directories are gone are kept (a run on disk replaces its row), and RESULTS.md's sections
+after the generated table (its addenda) are kept.
 
     python benchmarks/ablation_results.py [--root runs/ablation] [--out docs/training/ablation]
+        [--variants epochs6,...]   # read only these variants' run directories
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ from pathlib import Path
 from vas_proxy.train.verdict import quality
 
 
-def rows(root: Path) -> list[dict]:
+def rows(root: Path, variants: set[str] | None = None) -> list[dict]:
     out = []
     for config in sorted(root.glob("*/*/vas_value.json")):
         run = config.parent
-        if run.parent.name == "samples":
+        if run.parent.name == "samples" or (variants and run.name not in variants):
             continue
         meta = json.loads(config.read_text())["metadata"]
         v, args = meta.get("validation") or {}, meta.get("args") or {}
@@ -92,22 +95,30 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", default="runs/ablation")
     ap.add_argument("--out", default="docs/training/ablation")
+    ap.add_argument("--variants", help="comma-separated: read only these variants' runs")
     a = ap.parse_args()
     root, out = Path(a.root), Path(a.out)
-    rs = rows(root)
+    fresh = rows(root, set(a.variants.split(",")) if a.variants else None)
+    rs, kept = fresh, out / "results.json"
+    if kept.is_file():
+        read = {(r["reward"], r["variant"]) for r in fresh}
+        rs = [r for r in json.loads(kept.read_text())
+              if (r["reward"], r["variant"]) not in read] + fresh
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    for r in rs:  # the runs' own logs travel with the table
+    for r in fresh:  # the runs' own logs travel with the table
         log = Path(r["dir"]) / "train.log"
         if log.is_file():
             shutil.copy2(log, out / "logs" / f"{Path(r['dir']).parent.name}__{r['variant']}.log")
     (out / "results.json").write_text(json.dumps(rs, indent=2) + "\n")
     plot(rs, out / "ablation.png")
-    (out / "RESULTS.md").write_text(
+    results = out / "RESULTS.md"
+    addenda = results.read_text().partition("\n## ")[1:] if results.is_file() else ("", "")
+    results.write_text(
         "# Recipe ablations: results\n\nMade by `python benchmarks/ablation_results.py` from the "
         "runs of `bash benchmarks/recipe_ablation.sh` (plan: PLAN.md). Held-out: 8 prompts' "
         "responses; half = V(prompt + half) against the mean reward of 4 completions of the "
         "half; ratio = MSE / the mean predictor's MSE (1 knows nothing).\n\n" + table(rs)
-        + "\n![half-response correlation per variant](ablation.png)\n")
+        + "\n![half-response correlation per variant](ablation.png)\n" + "".join(addenda))
     print(table(rs))
 
 

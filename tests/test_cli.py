@@ -153,7 +153,7 @@ BEFORE = {
         "--backbone": ("store", str, 'smollm2'), "--samples-per-prompt": ("store", int, None),
         "--budget": ("store", str, None),
         "--max-tokens": ("store", int, 48), "--no-logprobs": "switch",
-        "--concurrency": ("store", int, 4), "--epochs": ("store", int, 3),
+        "--concurrency": ("store", int, 4), "--epochs": ("store", int, 6),
         "--lora-r": ("store", int, 16), "--lora-layers": ("store", int, 8),
         "--lr": ("store", float, 0.0005), "--head-lr-mult": ("store", float, 10.0),
         "--standardize": "switch", "--rare-weight": ("store", float, 0.0),

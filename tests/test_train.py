@@ -268,6 +268,8 @@ def test_tiny_end_to_end_run_yields_a_loadable_trained_checkpoint(tiny_run):
     assert (out / "curves.png").stat().st_size > 1000
     kinds = [json.loads(line)["kind"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert kinds.count("validation") == 2 and "train" in kinds
+    from vas_proxy.train.report import heldout_corrs  # the verdict's trend: epoch 1's, not 0's
+    assert len(heldout_corrs(out / "metrics.jsonl")) == 1
 
     value = load_value(str(out), name="tiny")
     texts = [" wonderful", " awful", " the"]

@@ -158,7 +158,7 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
         prepare_out_dir(cfg.export, "--export")
 
     from .backbone import build_model
-    from .report import CURVES_FILE, first_validation, write_curves
+    from .report import CURVES_FILE, first_validation, heldout_corrs, write_curves
     from .rollouts import (BRANCHES_FILE, EXTRA_FILE, ROLLOUTS_FILE, VALIDATION_FILE,
                            HalfCompletions, JsonlStore, Rollout, read_eval_responses,
                            score_halves, score_rollouts)
@@ -239,7 +239,8 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
                       if held_rollouts else None,
                       judge=lambda metrics, losses: judge(
                           metrics, data_stats([e.reward for e in examples],
-                                              [r.prompt_index for r in train_rollouts], losses),
+                                              [r.prompt_index for r in train_rollouts], losses,
+                                              heldout_corrs(out / METRICS_FILE)),
                           samples_per_prompt=cfg.samples_per_prompt,
                           reward_alone=first_validation(out / METRICS_FILE) if cfg.residual
                           else None).to_dict())

@@ -31,6 +31,13 @@ def first_validation(path: str | Path) -> dict | None:
                  if r.get("kind") == "validation" and r.get("step") == 0), None)
 
 
+def heldout_corrs(path: str | Path) -> list[float | None]:
+    """The held-out half-response correlation after each epoch of training, in order (the
+    untrained model's step-0 validation left out): what the verdict reads its trend from."""
+    return [r.get("val_half_corr") for r in read_metrics(path)
+            if r.get("kind") == "validation" and (r.get("epoch") or 0) >= 1]
+
+
 def _ema(xs: list[float], alpha: float = 0.1) -> list[float]:
     out, acc = [], None
     for x in xs:

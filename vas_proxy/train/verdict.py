@@ -39,7 +39,12 @@ SPARSE_RARE = 200  # ...and fewer rollouts than this score anything else
 FEW_PROMPTS = 50  # training prompts: a value model must generalise across prompts
 FEW_HELDOUT = 40  # held-out half-responses behind the figures
 UNDERFIT_DROP = 0.10  # the training loss fell less than this fraction
-OVERFIT_DROP = 0.50  # the training loss fell more than this while held-out stayed at the mean
+# The held-out half-response correlation after each epoch says more than the training loss:
+# a loss that fell 60% once read as over-fitting on a model whose held-out figures 3 more
+# epochs then raised from 0.32 to 0.46 (docs/training/ablation/, `epochs6`). Epoch-to-epoch
+# moves on a plateau were within ±0.045 there (vader 0.44, 0.49, 0.46 over epochs 4-6).
+RISING = 0.05  # the last epoch raised it by at least this: still learning, train longer
+FALLING = 0.05  # it ended at least this far below its best epoch: over-fit
 # Within-prompt correlation below this earns a "guides" model a caution, not a lower label:
 # one known case sets it (the bundled personal model, 0.40 within, moved its reward by 0.9
 # s.e. at beta 4), too few to draw the line the label would need.
@@ -94,10 +99,11 @@ class DataStats:
     rare: int  # rollouts scoring anything but the most common value
     loss_start: float | None = None  # mean training loss over the first 10% of steps
     loss_end: float | None = None  # ... and over the last 10%
+    heldout_corrs: list[float | None] = field(default_factory=list)  # half-response, by epoch
 
 
-def data_stats(rewards: list[float], prompt_indices: list[int],
-               train_losses: list[float]) -> DataStats:
+def data_stats(rewards: list[float], prompt_indices: list[int], train_losses: list[float],
+               heldout_corrs: list[float | None] = ()) -> DataStats:
     r = np.round(np.asarray(rewards, dtype=float), 9)
     values, counts = np.unique(r, return_counts=True)
     top = int(np.argmax(counts)) if len(counts) else 0
@@ -108,7 +114,8 @@ def data_stats(rewards: list[float], prompt_indices: list[int],
         start, end = float(np.mean(train_losses[:k])), float(np.mean(train_losses[-k:]))
     return DataStats(len(r), len(set(prompt_indices)), share,
                      float(values[top]) if len(values) else 0.0,
-                     int(len(r) - (counts[top] if len(counts) else 0)), start, end)
+                     int(len(r) - (counts[top] if len(counts) else 0)), start, end,
+                     [None if c is None else float(c) for c in heldout_corrs])
 
 
 @dataclass
@@ -154,6 +161,8 @@ def judge(metrics: dict, stats: DataStats, *, samples_per_prompt: int | None = N
     causes, advice, cautions = [], [], []
     if label != GUIDES:
         _causes(stats, q, label, samples_per_prompt, causes, advice)
+    elif _trend(stats.heldout_corrs)[0] == "rising":
+        advice.append(_RISING_ADVICE)
     within = metrics.get("val_half_within_corr")
     if label == GUIDES and within is not None and within < WITHIN_CAUTION:
         cautions.append(f"within prompts its correlation is only {within:.2f}: much of what it "
@@ -180,16 +189,19 @@ def _causes(s: DataStats, q: dict, label: str, samples_per_prompt: int | None,
         causes.append(f"too few prompts: {s.prompts} trained on; a value model must generalise "
                       "to prompts it has not seen")
         advice.append(f"add prompts (at least {FEW_PROMPTS}, a few hundred is better)")
-    if s.loss_start and s.loss_end is not None:
+    trend, text = _trend(s.heldout_corrs)
+    if s.loss_start and s.loss_end is not None and trend != "rising":
         drop = 1 - s.loss_end / s.loss_start
         if drop < UNDERFIT_DROP:
             causes.append(f"under-fit: the training loss fell only {drop:.0%} "
                           f"({s.loss_start:.4g} → {s.loss_end:.4g})")
             advice.append("train longer (--epochs) or at a higher --lr")
-        elif drop > OVERFIT_DROP and label == MEAN:
-            causes.append(f"over-fit: the training loss fell {drop:.0%} but held-out quality "
-                          "stayed at the mean predictor's")
-            advice.append(f"more data ({more}, more prompts) or fewer --epochs")
+    if trend == "rising":
+        causes.append(f"under-fit: {text}")
+        advice.append(_RISING_ADVICE)
+    elif trend == "falling":
+        causes.append(f"over-fit: {text}")
+        advice.append(f"fewer --epochs, or more data ({more}, more prompts)")
     if q["n"] < FEW_HELDOUT:
         causes.append(f"the held-out figures rest on {q['n']} responses: they are uncertain")
         advice.append("hold out more prompts (--heldout-frac) before trusting either verdict")
@@ -197,3 +209,24 @@ def _causes(s: DataStats, q: dict, label: str, samples_per_prompt: int | None,
         causes.append("none of the data's or the fit's usual causes: the reward may depend on "
                       "what the backbone cannot see in a partial response")
         advice.append(f"more samples per prompt ({more}) or more prompts")
+
+
+_RISING_ADVICE = ("train longer: the held-out figures were still rising (a higher --epochs with "
+                  "--resume continues this run)")
+
+
+def _trend(corrs: list[float | None]) -> tuple[str | None, str]:
+    """'rising' when the last epoch raised the held-out half-response correlation by RISING,
+    'falling' when it ended FALLING below its best epoch, else None; and a line saying so."""
+    known = [(i + 1, c) for i, c in enumerate(corrs) if c is not None and math.isfinite(c)]
+    if len(known) < 2:
+        return None, ""
+    (_, before), (_, last) = known[-2:]
+    best_epoch, best = max(known, key=lambda e: e[1])
+    if last - before >= RISING:
+        return "rising", (f"the held-out correlation rose {before:.2f} → {last:.2f} over the "
+                          "last epoch")
+    if best - last >= FALLING:
+        return "falling", (f"the held-out correlation peaked at {best:.2f} (epoch {best_epoch}) "
+                           f"and ended at {last:.2f}")
+    return None, ""
