@@ -2,9 +2,10 @@
 # Issue 13: a variant of retrain64's recipe, trained on its sample and guided at the beta
 # `vas-proxy calibrate` picks for Best-of-16's KL bound (1.84 nats). Each variant's plan, fixed
 # before it ran: docs/training/residual/PLAN.md (residual, residual-words),
-# docs/training/capacity/PLAN.md (all-layers). The samples are the RL baselines'
-# (runs/rl/samples, made by `bash benchmarks/rl_baselines.sh sample`); each model trains on a
-# copy. Every step is resumable and skipped when done; run with nothing else beside it.
+# docs/training/capacity/PLAN.md (all-layers), docs/training/epochs64/PLAN.md (epochs6). The
+# samples are the RL baselines' (runs/rl/samples, made by `bash benchmarks/rl_baselines.sh
+# sample`); each model trains on a copy. Every step is resumable and skipped when done; run
+# with nothing else beside it.
 #
 #   VARIANT=V bash benchmarks/variant64.sh train vader|plain   # $ROOT/<reward>
 #   VARIANT=V bash benchmarks/variant64.sh revalidate          # held-out figures, the run's halves
@@ -14,13 +15,15 @@
 #   residual        --residual                    posRes / plainRes   asks_eval + replication
 #   residual-words  --residual --residual-words   posResW / plainResW asks_eval + replication
 #   all-layers      --lora-layers 0 (all 30)      posAll / plainAll   frontier_plain
+#   epochs6         --epochs 6 (the new default)  pos6 / plain6       asks_eval + replication
 set -euo pipefail
-case "${VARIANT:?residual, residual-words or all-layers}" in
+case "${VARIANT:?residual, residual-words, all-layers or epochs6}" in
   residual)       EXTRA="--residual"; TAG=Res; ROOT=runs/residual; DOCS=residual; JSON=revalidate ;;
   residual-words) EXTRA="--residual --residual-words"; TAG=ResW; ROOT=runs/residual/words
                   DOCS=residual; JSON=revalidate_words ;;
   all-layers)     EXTRA="--lora-layers 0"; TAG=All; ROOT=runs/capacity; DOCS=capacity
                   JSON=revalidate ;;
+  epochs6)        EXTRA="--epochs 6"; TAG=6; ROOT=runs/epochs64; DOCS=epochs64; JSON=revalidate ;;
   *) echo "unknown VARIANT $VARIANT" >&2; exit 2 ;;
 esac
 ROOT=${VARIANT_DIR:-$ROOT}
