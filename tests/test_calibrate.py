@@ -51,7 +51,8 @@ def test_no_beta_spends_a_budget_the_values_cannot_reach():
     (["--betas", "1,-2"], "--betas must be >= 0"),
     (["--betas", "1,x"], "--betas"),
     (["--check", "8"], "--check measures the beta found for --kl"),
-    (["--kl", "1", "--check", "-1"], "--check must be >= 0"),
+    (["--kl", "1", "--check", "-1"], "--check needs at least 2 responses"),
+    (["--kl", "1", "--check", "1"], "--check needs at least 2 responses"),  # no error bar
     (["--kl", "1", "--check", "8", "--rounds", "0"], "--rounds must be >= 1"),
 ])
 def test_bad_flags_fail_before_anything_starts(flags, message, tmp_path, capsys):

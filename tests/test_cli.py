@@ -383,3 +383,16 @@ def test_keys_come_from_flags_or_env(monkeypatch):
     a = p.parse_args(["generate", "hi", "--api-key", "k"])
     assert from_args(UpstreamOptions, a).api_key == "k"
     assert "theirs" not in repr(from_args(UpstreamOptions, a))  # keys stay out of reprs
+
+
+@pytest.mark.parametrize("argv", [
+    ["generate", "hi", "--max-tok", "5"],
+    ["train", "--prompts", "p", "--reward", "r", "--out", "o", "--samples-per", "4"],
+    ["baseline", "rl", "--method", "dpo", "--out", "o", "--warm", "3"],  # a nested subcommand
+])
+def test_an_abbreviated_flag_is_refused_not_guessed(argv, capsys):
+    from vas_proxy.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2 and f"unrecognized arguments: {argv[-2]}" in capsys.readouterr().err

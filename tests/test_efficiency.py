@@ -140,3 +140,15 @@ def test_summary_rates_each_row_per_nat():
     flat = [dict(r, rewards={"r": r["rewards"]["r"] - 0.2}) if r["method"] == "vas" else r
             for r in records]
     assert per_nat_lines(summarise(flat, ["r"]), ["r"]) == []
+
+
+def test_one_mean_and_standard_error_serves_the_report_and_onestep():
+    from vas_proxy.eval import report
+    from vas_proxy.stats import mean_se
+    from vas_proxy.train import onestep
+
+    assert report.mean_se is mean_se and onestep.mean_se is mean_se
+    m, se = mean_se([1.0, None, 2.0, 3.0])  # None: a record without the figure
+    assert m == 2.0 and math.isclose(se, 1 / math.sqrt(3))
+    assert math.isnan(mean_se([5.0])[1]) and mean_se([5.0])[0] == 5.0  # one value: no spread
+    assert all(math.isnan(x) for x in mean_se([]))

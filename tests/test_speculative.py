@@ -87,13 +87,17 @@ def peaked_prompt(chat_prompt):
     return chat_prompt("Complete the phrase with one word: The sky is")
 
 
-@pytest.mark.parametrize("draft", ["sample", "greedy"])
+# Greedy drafts on the real upstream and the second token (~2.5 min together) run with
+# `make test-all`: the default run keeps the first token with sampled drafts and the wrong
+# rule's power check here, and test_sampling checks the acceptance rule for both draft laws.
+@pytest.mark.parametrize("draft", ["sample", pytest.param("greedy", marks=pytest.mark.slow)])
 def test_first_token_exact(upstream, prompt, draft):
     outs, _ = _sample(upstream, prompt, 400, 1, 1, draft)
     cands, q = _target(upstream, prompt)
     assert _pvalue([o[0] for o in outs], cands, q) > ALPHA
 
 
+@pytest.mark.slow
 def test_second_token_given_first_exact(upstream, peaked_prompt):
     prompt = peaked_prompt
     outs, calls_per_token = _sample(upstream, prompt, 400, 2, 2, "sample")

@@ -66,7 +66,8 @@ def check(o: CalibrateOptions) -> tuple[list[float], dict[str, float] | None]:
              (o.max_tokens >= 2, "--max-tokens must be >= 2"),
              (o.concurrency >= 1, "--concurrency must be >= 1"),
              (o.kl is None or o.kl > 0, "--kl must be > 0 nats"),
-             (o.check >= 0, "--check must be >= 0"), (o.rounds >= 1, "--rounds must be >= 1"),
+             (o.check == 0 or o.check >= 2, "--check needs at least 2 responses (0: off)"),
+             (o.rounds >= 1, "--rounds must be >= 1"),
              (o.check == 0 or o.kl is not None, "--check measures the beta found for --kl: "
                                                 "give --kl NATS")]
     for ok, message in rules:
@@ -147,7 +148,7 @@ async def _check(o: CalibrateOptions, rt, prepared: list, weights, beta: float, 
     measured ÷ predicted, and again for `o.rounds` rounds. Every round uses the same prompts
     and seeds, so the rounds differ by beta, not by draw."""
     from .engine import GenerationRequest
-    from .train.onestep import mean_se
+    from .stats import mean_se
     from .train.rollouts import derive_seed, run_jobs
 
     seeds = [derive_seed(o.seed, i, _CHECK_STREAM) for i in range(o.check)]

@@ -133,8 +133,18 @@ async def _serve(a: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """No abbreviated flags (argparse's default takes `--samp` for `--samples-per-prompt`): an
+    abbreviation that works today would change meaning or break when a flag is added, and a
+    mistyped flag should fail, not land on its neighbour. Subcommands' parsers inherit this."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vas-proxy", description=(
+    p = _Parser(prog="vas-proxy", description=(
         "Value Augmented Sampling for hosted LLMs: steer any OpenAI-compatible endpoint that "
         "returns top-k logprobs with a small local value model."))
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

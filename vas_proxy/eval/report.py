@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..prices import PriceModel, cost, parse_prices, record_calls
+from ..stats import mean_se
 from .config import weights_label
 from .efficiency import bon_pools, effective_rho, exact_bon_kl, kl_to_reach, within_sd
 from .files import CONFIG_FILE, RESULTS_FILE, TIMINGS_FILE, kl_field, read_json, read_records
@@ -35,15 +36,6 @@ SUMMARY_MD = "summary.md"
 # base, VAS, Best-of-N: plain, value-pruned, of VAS samples
 _METHOD_ORDER = {"base": 0, "vas": 1, "bon": 2, "pbon": 3, "gbon": 4, "tuned": 5}
 _BEST_OF = ("bon", "pbon", "gbon")
-
-
-def mean_se(xs) -> tuple[float, float]:
-    """Mean and standard error (sample std / sqrt(n)); the error is nan below 2 samples."""
-    a = np.asarray([x for x in xs if x is not None], dtype=np.float64)
-    if a.size == 0:
-        return math.nan, math.nan
-    se = float(a.std(ddof=1) / math.sqrt(a.size)) if a.size > 1 else math.nan
-    return float(a.mean()), se
 
 
 def summarise(records: list[dict], reward_names: list[str],

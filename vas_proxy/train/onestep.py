@@ -20,6 +20,7 @@ import numpy as np
 
 from ..defaults import MAX_BETA
 from ..sampling import kl, kl_to_base, target_probs
+from ..stats import mean_se
 from .candidates import CandidateState
 from .validation import within_prompt_corr
 
@@ -41,11 +42,6 @@ def state_kl(logprobs: Sequence[float], values: Sequence[float], beta: float) ->
     v = np.asarray(values, dtype=np.float64)
     lp = np.asarray(logprobs, dtype=np.float64)
     return kl_to_base(target_probs(lp, v - v.mean(), beta), lp)
-
-
-def mean_se(x: list[float]) -> tuple[float, float]:
-    a = np.asarray(x, dtype=np.float64)
-    return float(a.mean()), float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else 0.0
 
 
 def predicted_kl(states: list[CandidateState], values, beta: float) -> tuple[float, float]:
