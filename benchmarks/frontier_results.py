@@ -75,8 +75,10 @@ FRONTIERS = {
               "a value model trained with `--residual` (`plainResW`: with `--residual-words`), "
               "each at its calibrated beta (docs/training/residual/), `plainAll` and "
               "`posAll`, retrain64's recipe with LoRA on all 30 layers, each at its calibrated "
-              "beta (docs/training/capacity/), and bundled plain with `plainR` again at β 1.6, "
-              "the beta `calibrate --check` measured for 1.84 nats (docs/training/check/)."),
+              "beta (docs/training/capacity/), bundled plain with `plainR` again at β 1.6, "
+              "the beta `calibrate --check` measured for 1.84 nats (docs/training/check/), and "
+              "`pos6`, retrain64's vader recipe with 6 epochs, at its calibrated beta "
+              "(docs/training/epochs64/)."),
 }
 
 
