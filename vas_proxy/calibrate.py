@@ -6,9 +6,9 @@ states that needs only the value models and the upstream's top-k logprobs (docs/
 Checked against every guided row measured at 64 tokens (docs/training/candidates/): log KL
 Pearson 0.97, within ×1.5 at every row of ≤ 3 nats; at the beta it later chose for 1.84 nats,
 rows paid 0.68 to 2.44 nats (the misses: the reward itself as a value, and one trained model,
-docs/training/epochs64/). Far beyond 3 nats, guided states drift from base ones, and the figure
-is a guide only. Comparing value models, or VAS with Best-of-N (its
-bound: log N − (N−1)/N), is fair only at equal KL: this says which beta gets there.
+docs/training/epochs64/). Far beyond 3 nats, guided states drift from base ones, and the
+figure is a guide only. Comparing value models, or VAS with Best-of-N (its bound:
+log N − (N−1)/N), is fair only at equal KL: this says which beta gets there.
 
 With the reward itself as a value, the prediction missed by up to ×2.7 (guided responses leave
 behind the base states where such a value is most spread), so `--check N` then measures: N

@@ -69,8 +69,8 @@ class TrainConfig:
                                    "each logprob it reports); training reads only the text")
     concurrency: int = opt(defaults.TRAIN_CONCURRENCY, "upstream requests in flight (and the "
                                                        "embedded llama-server's slots)")
-    epochs: int = opt(6, "passes over the training rollouts (6 beat 3 on every reward of "
-                         "docs/training/ablation/)")
+    epochs: int = opt(6, "passes over the training rollouts (6 beat 3 on 32 prompts and "
+                         "were level on 209: docs/training/ablation, epochs64)")
     lora_r: int = opt(16, "LoRA rank (0: full fine-tune)")
     lora_layers: int = opt(8, "put LoRA on the top N transformer layers only (0: all); the "
                               "backward pass then stops there, which makes CPU training faster")
