@@ -14,19 +14,31 @@ import sys
 from pathlib import Path
 
 
+def heldout_split(run: Path):
+    """A finished run's metadata, its rollouts by (prompt, sample) and its held-out prompts,
+    drawn as `train` drew them (same count, fraction and seed)."""
+    from vas_proxy.train.collect import heldout_prompts
+    from vas_proxy.train.rollouts import ROLLOUTS_FILE, JsonlStore, Rollout
+    from vas_proxy.values.store import read_checkpoint_config
+
+    meta = read_checkpoint_config(run)["metadata"]
+    rollouts = JsonlStore(run / ROLLOUTS_FILE, Rollout).load()
+    held = heldout_prompts(len({k[0] for k in rollouts}), meta["args"]["heldout_frac"],
+                           meta["args"]["seed"])
+    return meta, rollouts, held
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="*")
     ap.add_argument("--value", action="append", default=[], metavar="SPEC@RUN")
     ap.add_argument("--json")
     a = ap.parse_args()
-    from vas_proxy.train.collect import heldout_prompts
-    from vas_proxy.train.rollouts import (ROLLOUTS_FILE, VALIDATION_FILE, HalfCompletions,
-                                          JsonlStore, Rollout)
+    from vas_proxy.train.rollouts import VALIDATION_FILE, HalfCompletions, JsonlStore
     from vas_proxy.train.validation import evaluate
     from vas_proxy.values.loader import checkpoint_dir
     from vas_proxy.values.scorer import load_potential
-    from vas_proxy.values.store import load_value_model, read_checkpoint_config
+    from vas_proxy.values.store import load_value_model
 
     pairs = [(Path(r), Path(r), str(r)) for r in a.runs]
     for item in a.value:
@@ -39,11 +51,8 @@ def main() -> int:
             continue
         model, tok, config = load_value_model(model_dir)
         # the split, reward and halves are the run's own
-        meta = read_checkpoint_config(run)["metadata"]
-        args, spec = meta["args"], meta["reward"]
-        rollouts = JsonlStore(run / ROLLOUTS_FILE, Rollout).load()
-        n_prompts = len({k[0] for k in rollouts})
-        held = heldout_prompts(n_prompts, args["heldout_frac"], args["seed"])
+        meta, rollouts, held = heldout_split(run)
+        spec = meta["reward"]
         held_r = [r for k, r in sorted(rollouts.items()) if k[0] in held]
         halves = [h for k, h in sorted(JsonlStore(run / VALIDATION_FILE, HalfCompletions)
                                        .load().items()) if k[0] in held]

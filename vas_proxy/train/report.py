@@ -31,6 +31,12 @@ def first_validation(path: str | Path) -> dict | None:
                  if r.get("kind") == "validation" and r.get("step") == 0), None)
 
 
+def train_losses(path: str | Path) -> list[float]:
+    """The loss of every optimiser step, in order (metrics.jsonl survives resumes)."""
+    return [r["loss"] for r in read_metrics(path)
+            if r.get("kind") == "train" and r.get("loss") is not None]
+
+
 def heldout_corrs(path: str | Path) -> list[float | None]:
     """The held-out half-response correlation after each epoch of training, in order (the
     untrained model's step-0 validation left out): what the verdict reads its trend from."""

@@ -184,10 +184,9 @@ class Trainer:
 
     def train_losses(self) -> list[float]:
         """The loss of every optimiser step so far, in order (metrics.jsonl survives resumes)."""
-        from .report import read_metrics
+        from .report import train_losses
 
-        return [r["loss"] for r in read_metrics(self.out / METRICS_FILE)
-                if r.get("kind") == "train" and r.get("loss") is not None]
+        return train_losses(self.out / METRICS_FILE)
 
     def log(self, record: dict) -> None:
         with (self.out / METRICS_FILE).open("a", encoding="utf-8") as f:
