@@ -44,6 +44,8 @@ case "$VARIANT" in
   mc)          EXTRA=(--lambda 1) ;;
   epochs6)     EXTRA=(--epochs 6) ;;
   layers16)    EXTRA=(--lora-layers 16) ;;
+  half6)       EXTRA=(--samples-per-prompt 8 --epochs 6) ;;   # docs/training/steps/PLAN.md
+  half12)      EXTRA=(--samples-per-prompt 8 --epochs 12) ;;
   *)           EXTRA=(${VARIANT//+/ }) ;;  # flags joined by +, e.g. --standardize+--lambda+1
 esac
 NAME=$(echo "$REWARD" | tr -c 'A-Za-z0-9\n' _)
