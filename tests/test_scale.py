@@ -146,6 +146,7 @@ def test_metrics_count_requests_tokens_and_errors():
         assert _metric(text, "vas_proxy_tokens_total", kind="completion") == 3
         assert _metric(text, "vas_proxy_upstream_calls_total") >= 1
         assert _metric(text, "vas_proxy_request_seconds_count", part="total") == 1
+        assert _metric(text, "vas_proxy_kl_nats_count", kind="estimate") == 1  # one answer
         assert _metric(text, "vas_proxy_generations_in_flight") == 0
 
 

@@ -91,6 +91,12 @@ def test_stream_equals_non_stream(sdk, service):
     assert finish == [full.choices[0].finish_reason]
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == \
         full.usage.completion_tokens
+    # the KL it paid comes on the choice, and on the streamed choice's last chunk
+    kl = full.choices[0].model_extra["vas_kl"]
+    assert kl["kind"] == "estimate" and kl["nats"] > 0  # beta 1 moved q off the base
+    ends = [c.choices[0].model_extra.get("vas_kl") for c in chunks
+            if c.choices and c.choices[0].finish_reason]
+    assert ends == [kl]
     comp = list(sdk.completions.create(prompt="Once upon a time", stream=True, **kw))
     assert "".join(c.choices[0].text for c in comp if c.choices)
     assert all(c.usage is None for c in comp)  # no usage chunk unless asked
@@ -113,6 +119,15 @@ def test_trace_and_logprobs(sdk, service):
         v = np.array([c["value"] for c in cands])
         q = np.exp(lp + 2 * v)
         np.testing.assert_allclose([c["prob"] for c in cands], q / q.sum(), rtol=1e-6)
+    # vas_kl is Σ over the states of KL(q ‖ p), p the base's top-k renormalised: from the trace
+    kl = 0.0
+    for entry in trace:
+        q = np.array([c["prob"] for c in entry["candidates"]])
+        p = np.exp([c["logprob"] for c in entry["candidates"]])
+        p /= p.sum()
+        kl += float(np.sum(q[q > 0] * np.log(q[q > 0] / p[q > 0])))
+    assert choice.model_extra["vas_kl"] == {"nats": pytest.approx(kl, abs=2e-6),
+                                            "kind": "estimate"}
     lp = choice.logprobs
     assert len(lp.top_logprobs[0]) <= 3 and len(lp.tokens) == len(lp.token_logprobs)
 

@@ -258,7 +258,9 @@ def test_best_of_strategy_answers():
     gen, fields, events, outcome = asyncio.run(go())
     assert gen.text == "Hello" and fields["vas_best_of"]["chosen"] == 0
     assert [ev.text for ev in events] == ["Hello"] and outcome.usage.upstream_calls == 2
-    assert Guided(None).choice_fields(gen) == {}
+    # its KL is Best-of-2's bound, log 2 − 1/2, on both paths
+    assert fields["vas_kl"] == {"nats": round(np.log(2) - 0.5, 6), "kind": "bound"}
+    assert (outcome.kl, outcome.kl_kind) == (pytest.approx(np.log(2) - 0.5), "bound")
 
 
 # ---------------------------------------------------------------------- formats
@@ -282,12 +284,18 @@ def test_completion_format():
     assert lp["tokens"] == ["a", "b"] and lp["text_offset"] == [0, 1]
     assert list(lp["top_logprobs"][0]) == ["a", "c"]  # by q, the zero-probability one last
     assert out["usage"]["total_tokens"] == 5 and "vas" in out["usage"]
+    # a guided choice's vas_kl: Σ over its states of KL(q ‖ p), p the base top-k renormalised
+    p = np.exp([-0.5, -1.0, -2.0]) / np.exp([-0.5, -1.0, -2.0]).sum()
+    state = 0.6 * np.log(0.6 / p[0]) + 0.4 * np.log(0.4 / p[2])
+    assert Guided(None).choice_fields(gen) == {"vas_kl": {"nats": round(2 * state, 6),
+                                                          "kind": "estimate"}}
     plain = CompletionFormat(completion())
     assert plain.stream_token(0, TokenEvent("", b"x", 0.0)) is None  # nothing printable yet
     chunk = plain.stream_token(1, TokenEvent("x", b"x", 0.0))
     assert chunk["choices"] == [{"text": "x", "index": 1, "logprobs": None,
                                  "finish_reason": None}]
     assert plain.stream_finish(0, "length")["choices"][0]["finish_reason"] == "length"
+    assert plain.stream_finish(0, "stop", {"vas_kl": 1})["choices"][0]["vas_kl"] == 1
     assert plain.stream_start(2) == [] and plain.stream_usage(Usage())["choices"] == []
 
 
@@ -348,7 +356,8 @@ def events(lines):
 
 def test_pump_interleaves_choices_and_ends_with_usage():
     seen = []
-    lines = pump(Scripted([["a", "b"], ["c"]]), 2, include_usage=True, done=seen.append)
+    lines = pump(Scripted([["a", "b"], ["c"]]), 2, include_usage=True,
+                 done=lambda usage, kls: seen.append((usage, kls)))
     evs = events(lines)
     by = {i: "".join(e["choices"][0]["text"] for e in evs if e["choices"]
                      and e["choices"][0]["index"] == i) for i in (0, 1)}
@@ -357,7 +366,11 @@ def test_pump_interleaves_choices_and_ends_with_usage():
                 and e["choices"][0]["finish_reason"]]
     assert finishes == ["stop", "stop"]
     assert evs[-1]["choices"] == [] and evs[-1]["usage"]["completion_tokens"] == 3
-    assert lines[-1] == "data: [DONE]\n\n" and seen[0].completion_tokens == 3
+    assert lines[-1] == "data: [DONE]\n\n" and seen[0][0].completion_tokens == 3
+    # each choice's KL on its last chunk and to `done` (the scripted answers paid none)
+    assert [e["choices"][0]["vas_kl"] for e in evs if e["choices"]
+            and e["choices"][0]["finish_reason"]] == seen[0][1] == [
+        {"nats": 0.0, "kind": "estimate"}] * 2
 
 
 def test_pump_sends_an_error_event_then_done():

@@ -280,7 +280,7 @@ async def guided_best_of_n(engine: Engine, req: GenerationRequest, *, n: int, re
                "tokens": [g.usage.completion_tokens for g in gens],
                "kl": [float(g.kl) for g in gens], "kl_bound": hybrid_kl(n, gens[best].kl)}
     return BestOfN(gens[best].text, gens[best].finish_reason, best, texts, scores, usage,
-                   details=details)
+                   details=details, kl=details["kl_bound"], kl_kind="bound")
 
 
 async def run_best_of(engine: Engine, req: GenerationRequest, *, mode: str, n: int, reward,

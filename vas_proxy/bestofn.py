@@ -42,6 +42,10 @@ class BestOfN:
     # call's seconds: the eval derives Best-of-m for m < n from the first m samples.
     results: list = field(default_factory=list, repr=False)
     seconds: list[float] = field(default_factory=list, repr=False)
+    # The KL to the base the winner's law pays and its kind, as the eval records it: "bound"
+    # (plain: `kl_bound`; guided: `bestof_modes.hybrid_kl`), or None, "none" (pruned)
+    kl: float | None = None
+    kl_kind: str = "none"
 
     @property
     def score(self) -> float:
@@ -157,7 +161,10 @@ async def best_of_n(upstream: UpstreamClient, prompt: str | list[int] | ChatProm
     finish = "stop" if outs[best][1] == "stop" else "length"
     return BestOfN(texts[best], finish, best, texts, [float(s) for s in scores], usage,
                    details={"mode": "plain", "calls": len(results)}, results=results,
-                   seconds=[seconds[i] for i in range(len(results))])
+                   seconds=[seconds[i] for i in range(len(results))],
+                   # the bound holds against the law sampled: the base only when untempered
+                   **({"kl": kl_bound(n), "kl_kind": "bound"}
+                      if temperature == 1.0 and top_p == 1.0 else {}))
 
 
 def cut_at_stop(text: str, stop: list[str] | None) -> str:

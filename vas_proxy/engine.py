@@ -58,13 +58,26 @@ class TokenEvent:
     candidates: list[Candidate] = field(default_factory=list, repr=False)
     probs: np.ndarray | None = field(default=None, repr=False)  # the target q over candidates
 
+    @property
+    def state_kl(self) -> float:
+        """KL(q ‖ p) at the state this token was drawn in: `kl`'s expectation under q (0 where
+        there was no q: a flushed tail, a whole Best-of-N answer)."""
+        if self.probs is None:
+            return 0.0
+        return sampling.kl_to_base(self.probs, [c.logprob for c in self.candidates])
+
 
 @dataclass
 class Outcome:
-    """Filled in while `Engine.stream` runs: usage so far and, at the end, why it stopped."""
+    """Filled in while an answer streams: usage so far, the KL to the base paid so far and,
+    at the end, why it stopped. The engine's KL is Σ over the states it passed of KL(q ‖ p)
+    (kind "estimate", the eval's `kl_path`); Best-of-N sets its bound ("bound"), or None where
+    there is none ("none")."""
 
     usage: Usage = field(default_factory=Usage)
     finish_reason: str = "length"
+    kl: float | None = 0.0
+    kl_kind: str = "estimate"
 
 
 @dataclass
@@ -79,8 +92,7 @@ class Generation:
     def path_kl(self) -> float:
         """Σ over the states it passed of KL(q ‖ p): the same expectation as `kl`, without
         the noise of which token was drawn at each."""
-        return sum(sampling.kl_to_base(t.probs, [c.logprob for c in t.candidates])
-                   for t in self.tokens if t.probs is not None)
+        return sum(t.state_kl for t in self.tokens)
 
     @property
     def trace(self) -> list[dict]:
@@ -238,6 +250,7 @@ class Engine(ChunkSource):
                     if ended and cands[i].ambiguous_empty:
                         usage.ambiguous_ends += 1
                     usage.completion_tokens += 1
+                    outcome.kl += ev.state_kl
                     step += 1
                     yield ev
                     if ended:

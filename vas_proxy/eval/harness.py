@@ -291,7 +291,6 @@ async def generate(rt: Runtime, s: Setting, p: PromptItem, seed: int, rewards: d
                                   max_tokens=max_tokens, stop=stop, seed=seed,
                                   top_k=base_top_k(rt.engine.upstream, top_k), concurrency=2,
                                   **kw)
-            kl, kl_kind = kl_bound(s.best_of), "bound"
         elif s.method == "pbon":
             res = await pruned_best_of_n(rt.engine.upstream,
                                          pruning_prompt(prep.text, prep.upstream),
@@ -306,8 +305,8 @@ async def generate(rt: Runtime, s: Setting, p: PromptItem, seed: int, rewards: d
                                     guidance=rt.engine.resolve(
                                         {"beta": s.beta, "weights": s.weights_dict or None}))
             res = await guided_best_of_n(rt.engine, req, concurrency=1, **kw)
-            kl, kl_kind = res.details["kl_bound"], "bound"
         text, finish, usage = res.text, res.finish_reason, res.usage
+        kl, kl_kind = res.kl, res.kl_kind
         extra = {"bon_scores": res.scores, "bon_chosen": res.index,
                  **({"bon_details": res.details} if s.method == "pbon" else {}),
                  **({"bon_kls": res.details["kl"]} if s.method == "gbon" else {})}

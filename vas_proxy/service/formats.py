@@ -25,6 +25,12 @@ def sse_data(obj: dict) -> str:
 SSE_DONE = "data: [DONE]\n\n"
 
 
+def kl_field(kl: float | None, kind: str) -> dict:
+    """`vas_kl` of a choice: the KL to the base its answer paid, in nats, and its kind
+    ("estimate": Σ over the states it passed of KL(q ‖ p); "bound": Best-of-N's; "none")."""
+    return {"vas_kl": {"nats": None if kl is None else round(float(kl), 6), "kind": kind}}
+
+
 def top_candidates(ev: TokenEvent, m: int) -> list[tuple]:
     """The m most probable candidates under the guided target: (candidate, log q)."""
     if ev.probs is None or m <= 0:
@@ -75,7 +81,8 @@ class Format:
     def stream_token(self, i: int, ev: TokenEvent) -> dict | None:
         raise NotImplementedError
 
-    def stream_finish(self, i: int, reason: str) -> dict:
+    def stream_finish(self, i: int, reason: str, extra: dict | None = None) -> dict:
+        """The chunk that ends choice i; `extra`: further fields of that choice (`vas_kl`)."""
         raise NotImplementedError
 
     def stream_usage(self, usage: Usage) -> dict:
@@ -115,9 +122,9 @@ class CompletionFormat(Format):
             choice["vas_trace"] = [ev.trace]
         return self.envelope(self.object_chunk, [choice])
 
-    def stream_finish(self, i: int, reason: str) -> dict:
+    def stream_finish(self, i: int, reason: str, extra: dict | None = None) -> dict:
         return self.envelope(self.object_chunk, [{"text": "", "index": i, "logprobs": None,
-                                                  "finish_reason": reason}])
+                                                  "finish_reason": reason, **(extra or {})}])
 
 
 class ChatFormat(Format):
@@ -155,6 +162,6 @@ class ChatFormat(Format):
             choice["vas_trace"] = [ev.trace]
         return self.envelope(self.object_chunk, [choice])
 
-    def stream_finish(self, i: int, reason: str) -> dict:
+    def stream_finish(self, i: int, reason: str, extra: dict | None = None) -> dict:
         return self.envelope(self.object_chunk, [{"index": i, "delta": {}, "logprobs": None,
-                                                  "finish_reason": reason}])
+                                                  "finish_reason": reason, **(extra or {})}])

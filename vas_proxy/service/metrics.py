@@ -4,8 +4,9 @@ several `wrap` copies, never share counts).
 
 Per request: how it was answered (path, status), its tokens (completion, upstream prompt and
 completion), upstream calls, cache hits, and seconds in total / waiting on the upstream / scoring
-values; errors by code, mid-stream ones included; generations in flight. Paths are the routes
-we serve, anything else is "other", so a scanner cannot blow up the label set.
+values; per answer, the KL to the base it paid (to watch a beta `vas-proxy calibrate` chose);
+errors by code, mid-stream ones included; generations in flight. Paths are the routes we serve,
+anything else is "other", so a scanner cannot blow up the label set.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from ..usage import Usage
 PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/ready",
          "/metrics")
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# nats: 1.84 is Best-of-16's bound, the budget the README calibrates for
+KL_BUCKETS = (0.01, 0.1, 0.25, 0.5, 1, 1.84, 2.5, 5, 10, 25, 50)
 
 
 class Metrics:
@@ -40,6 +43,9 @@ class Metrics:
         self.seconds = Histogram("vas_proxy_request_seconds", "seconds per generation request: "
                                  "total, upstream (waiting on it) and scoring (value models)",
                                  ["part"], buckets=BUCKETS, registry=r)
+        self.kl_nats = Histogram("vas_proxy_kl_nats", "KL to the base paid per answer (nats), "
+                                 "by kind: estimate (guided) or bound (Best-of-N)", ["kind"],
+                                 buckets=KL_BUCKETS, registry=r)
         gauge = Gauge("vas_proxy_generations_in_flight", "generations admitted and running",
                       registry=r)
         gauge.set_function(in_flight)
@@ -60,6 +66,12 @@ class Metrics:
         self.seconds.labels("total").observe(time.perf_counter() - t0)
         self.seconds.labels("upstream").observe(u.upstream_seconds)
         self.seconds.labels("scoring").observe(u.scoring_seconds)
+
+    def kl(self, kls: list[dict]) -> None:
+        """Each choice's `vas_kl` (formats.kl_field); a choice with no KL is not counted."""
+        for k in kls:
+            if k["nats"] is not None:
+                self.kl_nats.labels(k["kind"]).observe(k["nats"])
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

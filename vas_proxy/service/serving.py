@@ -38,7 +38,7 @@ from ..usage import Usage
 from .errors import UnknownModel, stream_error_body
 from .limits import ClientGone, Limits, watched
 from .metrics import Metrics
-from .formats import SSE_DONE, ChatFormat, CompletionFormat, Format, sse_data
+from .formats import SSE_DONE, ChatFormat, CompletionFormat, Format, kl_field, sse_data
 from .schemas import ChatCompletionRequest, CompletionRequest
 
 log = logging.getLogger("vas_proxy.service")
@@ -54,7 +54,7 @@ class Strategy(Protocol):
     def stream(self, req: GenerationRequest, outcome: Outcome) -> AsyncIterator[TokenEvent]: ...
 
     def choice_fields(self, gen: Generation) -> dict:
-        """Further fields of a non-streamed choice."""
+        """Further fields of a non-streamed choice (`vas_kl` at least)."""
         ...
 
 
@@ -71,14 +71,15 @@ class Guided:
         return self.engine.stream(req, outcome)
 
     def choice_fields(self, gen: Generation) -> dict:
-        return {}
+        return kl_field(gen.path_kl, "estimate")
 
 
 @dataclass
 class BestOfGeneration(Generation):
-    """A Best-of-N answer, with every sample's score and which one won."""
+    """A Best-of-N answer, with every sample's score and which one won, and its KL."""
 
     best_of: dict = field(default_factory=dict)
+    best_of_kl: tuple[float | None, str] = (None, "none")
 
 
 class BestOf:
@@ -105,16 +106,18 @@ class BestOf:
         return BestOfGeneration(res.text, res.finish_reason, [_whole(res.text)], res.usage,
                                 best_of={"n": self.n, "reward": self.reward_name,
                                          "mode": self.mode, "scores": res.scores,
-                                         "chosen": res.index, "details": res.details})
+                                         "chosen": res.index, "details": res.details},
+                                best_of_kl=(res.kl, res.kl_kind))
 
     async def stream(self, req: GenerationRequest, outcome: Outcome
                      ) -> AsyncIterator[TokenEvent]:
         res = await self.run(req)  # all N must finish first: the answer comes as one chunk
         outcome.usage, outcome.finish_reason = res.usage, res.finish_reason
+        outcome.kl, outcome.kl_kind = res.kl, res.kl_kind
         yield _whole(res.text)
 
     def choice_fields(self, gen: Generation) -> dict:
-        return {"vas_best_of": gen.best_of}
+        return {"vas_best_of": gen.best_of, **kl_field(*gen.best_of_kl)}
 
 
 def _whole(text: str) -> TokenEvent:
@@ -226,9 +229,10 @@ class Serving:
         release = self.limits.admit(body.generation_count())
         t0 = time.perf_counter()
 
-        def done(usage: Usage) -> None:
+        def done(usage: Usage, kls: list[dict]) -> None:
             _log_summary(request.url.path, body, usage, t0)
             self.metrics.usage(usage, t0)
+            self.metrics.kl(kls)
 
         if body.stream:
             return StreamingResponse(sse(strategy, reqs, fmt, include_usage=body.include_usage,
@@ -248,16 +252,18 @@ class Serving:
         finally:
             release()
         usage = Usage.total([g.usage for g in gens])
-        done(usage)
-        return fmt.full(gens, usage, [strategy.choice_fields(g) for g in gens])
+        extras = [strategy.choice_fields(g) for g in gens]
+        done(usage, [e["vas_kl"] for e in extras])
+        return fmt.full(gens, usage, extras)
 
 
 async def sse(strategy: Strategy, reqs: list[GenerationRequest], fmt: Format, *,
-              include_usage: bool = False, done: Callable[[Usage], None] | None = None,
+              include_usage: bool = False,
+              done: Callable[[Usage, list[dict]], None] | None = None,
               release: Callable[[], None] | None = None, limits: Limits | None = None,
               on_error: Callable[[str | None], None] | None = None) -> AsyncIterator[str]:
     """The SSE events of one streamed response: every choice generates concurrently, its
-    tokens are sent as they come; `done(usage)` once all finished, `release()` however it
+    tokens are sent as they come; `done(usage, each choice's vas_kl)` once all finished, `release()` however it
     ends; `on_error(code)` for a failure sent as an event. Closing this generator (the client
     disconnected) cancels every generation; so does the deadline of `limits`, with an error
     event."""
@@ -288,7 +294,8 @@ async def sse(strategy: Strategy, reqs: list[GenerationRequest], fmt: Format, *,
                 i = -1
             if item is None:
                 open_ -= 1
-                yield sse_data(fmt.stream_finish(i, outcomes[i].finish_reason))
+                o = outcomes[i]
+                yield sse_data(fmt.stream_finish(i, o.finish_reason, kl_field(o.kl, o.kl_kind)))
             elif isinstance(item, Exception):
                 err = stream_error_body(item)
                 if on_error is not None:
@@ -305,7 +312,7 @@ async def sse(strategy: Strategy, reqs: list[GenerationRequest], fmt: Format, *,
             yield sse_data(fmt.stream_usage(usage))
         yield SSE_DONE
         if done is not None:
-            done(usage)
+            done(usage, [kl_field(o.kl, o.kl_kind)["vas_kl"] for o in outcomes])
     finally:  # also on client disconnect (cancellation): stop every generation
         for t in tasks:
             t.cancel()
