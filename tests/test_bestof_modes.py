@@ -416,6 +416,7 @@ def test_generate_best_of_flags(upstream, capsys):
     assert main([*base, "--best-of-mode", "guided"]) == 0
     got = capsys.readouterr()
     assert got.out.strip() and "best of 2 (guided): sample" in got.err
+    assert "KL to the base ≤ " in got.err  # guided Best-of-N's bound
     with pytest.raises(SystemExit) as exit_:  # not a mode: a bad flag
         main([*base, "--best-of-mode", "best"])
     assert exit_.value.code == 2

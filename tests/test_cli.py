@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -40,10 +41,13 @@ def test_generate_is_seeded(upstream):
     args = ["generate", "Name a colour.", "--upstream", upstream.base_url, "--model",
             upstream.model, "--chat-template", "chatml", "--value", "h=py:valuefns:char_hash",
             "--beta", "2", "--max-tokens", "8", "--seed", "11", "-q"]
-    a, b = cli(*args), cli(*args)
+    a, b = cli(*args), cli(*args[:-1])
     assert a.returncode == 0, a.stderr
     assert a.stdout == b.stdout and a.stdout.strip()
     assert a.stderr == ""  # -q: nothing but the answer
+    # without -q it says what the answer paid: beta 2 moved it off the base
+    kl = re.search(r"KL to the base ([\d.e+-]+) nats \(estimate\); \d+ upstream calls", b.stderr)
+    assert kl and float(kl.group(1)) > 0, b.stderr
 
 
 def test_unknown_value_spec():

@@ -58,9 +58,16 @@ async def _generate(a: argparse.Namespace) -> int:
                                 top_p=gen.top_p, stop=gen.stop or [], seed=gen.seed,
                                 guidance=rt.engine.defaults)
         if gen.best_of is None:
-            async for ev in rt.engine.stream(req):
+            from .engine import Outcome
+
+            outcome = Outcome()
+            async for ev in rt.engine.stream(req, outcome):
                 print(ev.text, end="", flush=True)
             print()
+            if not gen.quiet:
+                u = outcome.usage
+                print(f"KL to the base {outcome.kl:.3g} nats (estimate); {u.upstream_calls} "
+                      f"upstream calls, {u.billed_tokens} billed tokens", file=sys.stderr)
             return 0
         from .bestof_modes import run_best_of
 
@@ -72,8 +79,9 @@ async def _generate(a: argparse.Namespace) -> int:
         print(res.text, flush=True)
         if not gen.quiet:
             u = res.usage
+            kl = "" if res.kl is None else f"KL to the base ≤ {res.kl:.3g} nats; "
             print(f"best of {gen.best_of} ({mode}): sample {res.index} won, {name} "
-                  f"{res.score:.4g}; {u.upstream_calls} upstream calls, {u.billed_tokens} "
+                  f"{res.score:.4g}; {kl}{u.upstream_calls} upstream calls, {u.billed_tokens} "
                   "billed tokens", file=sys.stderr)
     return 0
 
