@@ -162,7 +162,7 @@ def test_reward_as_value_pulls_toward_its_reward(upstream):
                         chat_template=str(smollm2_gguf())) as g:
         def answers(beta: float) -> list[str]:
             return [g.chat.completions.create(
-                model=upstream.model, messages=msgs, max_tokens=20, seed=s,
+                model=upstream.model, messages=msgs, max_tokens=12, seed=s,
                 extra_body={"vas": {"beta": beta}}).choices[0].message.content
                 for s in range(10)]
         base, guided = answers(0.0), answers(8.0)
