@@ -1,12 +1,14 @@
 """The recipe ablations' table (docs/training/ablation/RESULTS.md) from their run directories.
 
 Reads each finished variant's checkpoint metadata (its last held-out validation and verdict)
-and its train.log's wall time; nothing is re-measured here. Rows already in results.json whose
-run directories are gone are kept (a run on disk replaces its row), and RESULTS.md's sections
-after the generated table (its addenda) are kept.
+and its train.log's wall time, and plots the held-out correlation of the runs it read against
+optimiser steps (curves.png, from their metrics.jsonl); nothing is re-measured here. Rows
+already in results.json whose run directories are gone are kept (a run on disk replaces its
+row), and RESULTS.md's sections after the generated table (its addenda) are kept.
 
     python benchmarks/ablation_results.py [--root runs/ablation] [--out docs/training/ablation]
         [--variants epochs6,...]   # read only these variants' run directories
+        [--title "..."]            # RESULTS.md's title (another study on the same runs)
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import re
 import shutil
 from pathlib import Path
 
+from vas_proxy.train.report import read_metrics
 from vas_proxy.train.verdict import quality
 
 
@@ -91,11 +94,52 @@ def plot(rs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def curves(rs: list[dict]) -> dict[str, dict[str, list]]:
+    """{reward: {variant: [(step, epoch, half corr, n)]}}: each run's validations after each
+    epoch (metrics.jsonl), to see whether the held-out figure follows steps or epochs."""
+    out: dict[str, dict[str, list]] = {}
+    for r in sorted(rs, key=lambda r: (r["reward"], r["variant"])):
+        m = Path(r["dir"]) / "metrics.jsonl"
+        if m.is_file():
+            out.setdefault(r["reward"], {})[r["variant"]] = [
+                (v["step"], v.get("epoch"), v.get("val_half_corr"), v.get("val_half_n"))
+                for v in read_metrics(m) if v.get("kind") == "validation"]
+    return out
+
+
+def plot_curves(data: dict, path: Path) -> None:
+    """One panel per reward: each run's held-out half-response correlation by step."""
+    if not data:
+        return
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    variants = sorted({v for runs in data.values() for v in runs})
+    colour = {v: f"C{i}" for i, v in enumerate(variants)}  # one colour per variant throughout
+    fig, axes = plt.subplots(1, len(data), figsize=(4.2 * len(data), 3.6), sharey=True,
+                             squeeze=False)
+    for ax, (reward, runs) in zip(axes[0], data.items()):
+        for v, pts in runs.items():
+            pts = [p for p in pts if p[2] is not None]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", ms=3,
+                        color=colour[v], label=f"{v} ({pts[-1][3]} halves)")
+        ax.set(title=reward, xlabel="optimiser steps")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    axes[0][0].set_ylabel("held-out half-response corr")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", default="runs/ablation")
     ap.add_argument("--out", default="docs/training/ablation")
     ap.add_argument("--variants", help="comma-separated: read only these variants' runs")
+    ap.add_argument("--title", default="Recipe ablations: results")
     a = ap.parse_args()
     root, out = Path(a.root), Path(a.out)
     fresh = rows(root, set(a.variants.split(",")) if a.variants else None)
@@ -111,10 +155,11 @@ def main() -> None:
             shutil.copy2(log, out / "logs" / f"{Path(r['dir']).parent.name}__{r['variant']}.log")
     (out / "results.json").write_text(json.dumps(rs, indent=2) + "\n")
     plot(rs, out / "ablation.png")
+    plot_curves(curves(fresh), out / "curves.png")
     results = out / "RESULTS.md"
     addenda = results.read_text().partition("\n## ")[1:] if results.is_file() else ("", "")
     results.write_text(
-        "# Recipe ablations: results\n\nMade by `python benchmarks/ablation_results.py` from the "
+        f"# {a.title}\n\nMade by `python benchmarks/ablation_results.py` from the "
         "runs of `bash benchmarks/recipe_ablation.sh` (plan: PLAN.md). Held-out: 8 prompts' "
         "responses; half = V(prompt + half) against the mean reward of 4 completions of the "
         "half; ratio = MSE / the mean predictor's MSE (1 knows nothing).\n\n" + table(rs)
