@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from vas_proxy.eval.efficiency import effective_rho, within_sd
 from vas_proxy.eval.files import kl_field, read_records
+from vas_proxy.stats import bootstrap_indices
 
 DRAWS = 4000
 
@@ -67,8 +68,7 @@ def main() -> int:
     def rho(i: int, idx: np.ndarray) -> float:
         return effective_rho(float(gains[i][idx].mean()), float(kls[i][idx].mean()), sd)
 
-    rng = np.random.default_rng(0)
-    boots = [rng.integers(0, len(keys), len(keys)) for _ in range(DRAWS)]
+    boots = bootstrap_indices(len(keys), DRAWS, seed=0)
     everything = np.arange(len(keys))
     out = {"dirs": dirs, "reward": reward, "pairs": len(keys), "sd_w": sd, "rows": []}
     for i, setting in enumerate(settings):

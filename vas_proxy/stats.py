@@ -1,5 +1,6 @@
-"""Summary statistics shared by the evaluation report, calibration and the one-step study: one
-definition of a mean and its standard error, so a "±" means the same thing everywhere."""
+"""Summary statistics shared by the evaluation report, calibration, the one-step study and the
+benchmarks' paired comparisons: one definition of a mean and its standard error, and one
+seeded bootstrap, so a "±" means the same thing everywhere."""
 
 from __future__ import annotations
 
@@ -17,3 +18,10 @@ def mean_se(xs: Iterable[float | None]) -> tuple[float, float]:
         return math.nan, math.nan
     se = float(a.std(ddof=1) / math.sqrt(a.size)) if a.size > 1 else math.nan
     return float(a.mean()), se
+
+
+def bootstrap_indices(n: int, draws: int = 4000, seed: int = 0) -> list[np.ndarray]:
+    """`draws` resamples (with replacement) of n paired items, seeded: a statistic's s.e. is
+    its sd over them, every compared row resampled alike."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, n, n) for _ in range(draws)]
