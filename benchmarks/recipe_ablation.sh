@@ -16,8 +16,9 @@ set -euo pipefail
 ROOT=${ABLATION_DIR:-runs/ablation}
 BASE=(--samples-per-prompt 16 --max-tokens 48 --heldout-frac 0.2 --val-completions 4
       --seed 0 --no-logprobs --concurrency 4 --quiet)
-# the README's recipe when the plan was fixed (epochs6 has since made 6 the default)
-RECIPE=(--epochs 3 --lr 5e-4 --lora-r 16 --lora-layers 8 --batch-size 8)
+# the README's recipe when the plan was fixed (epochs6 has since made 6 the default; these
+# runs predate --min-steps, so it is off: each variant trains exactly its --epochs)
+RECIPE=(--epochs 3 --min-steps 0 --lr 5e-4 --lora-r 16 --lora-layers 8 --batch-size 8)
 mkdir -p "$ROOT"
 [ -f "$ROOT/prompts.jsonl" ] || head -40 data/prompts/everyday.jsonl > "$ROOT/prompts.jsonl"
 TOPK=(--consistency 1 --consistency-k 6)  # rollouts store their top-6

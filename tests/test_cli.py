@@ -158,6 +158,7 @@ BEFORE = {
         "--budget": ("store", str, None),
         "--max-tokens": ("store", int, 48), "--no-logprobs": "switch",
         "--concurrency": ("store", int, 4), "--epochs": ("store", int, 6),
+        "--min-steps": ("store", int, 384),
         "--lora-r": ("store", int, 16), "--lora-layers": ("store", int, 8),
         "--lr": ("store", float, 0.0005), "--head-lr-mult": ("store", float, 10.0),
         "--standardize": "switch", "--rare-weight": ("store", float, 0.0),

@@ -158,7 +158,7 @@ def test_train_flags_become_the_config():
         "prompts", "reward", "out", "upstream", "model", "provider", "chat_template", "timeout",
         "embedded",
         "backbone", "samples_per_prompt", "budget", "max_tokens", "extra_rollouts",
-        "no_logprobs", "concurrency", "epochs",
+        "no_logprobs", "concurrency", "epochs", "min_steps",
         "lora_r", "lora_layers", "lr", "head_lr_mult", "standardize", "rare_weight",
         "consistency", "consistency_k", "consistency_states", "branches", "branch_k", "residual",
         "residual_words",
@@ -224,8 +224,8 @@ def tiny_config(tmp_path, upstream, **kw) -> TrainConfig:
     base = dict(prompts=str(prompts), reward="vader", out=str(tmp_path / "run"),
                 upstream=upstream.base_url, model=upstream.model,
                 chat_template=str(smollm2_gguf()), backbone="tiny", samples_per_prompt=2,
-                max_tokens=6, epochs=1, lora_r=4, batch_size=2, heldout_frac=0.34,
-                val_completions=2, save_every=2, quiet=True)
+                max_tokens=6, epochs=1, min_steps=0, lora_r=4, batch_size=2,
+                heldout_frac=0.34, val_completions=2, save_every=2, quiet=True)
     return TrainConfig(**{**base, **kw})
 
 
@@ -510,7 +510,7 @@ def test_standardize_fits_z_scores_and_saves_and_validates_in_reward_units(tmp_p
 
     rewards = (-1.0, -2.0, -0.5, -2.5)
     cfg = TrainConfig(prompts="-", reward="plain", out=str(tmp_path), backbone="tiny", lora_r=4,
-                      epochs=1, batch_size=2, standardize=True, quiet=True)
+                      epochs=1, min_steps=0, batch_size=2, standardize=True, quiet=True)
     model, tok = build_model(cfg)
     examples = [Example(tok(t)["input_ids"], 1, r) for t, r in
                 zip(["Hello there", "Bye now", "So it goes", "Well well"], rewards)]

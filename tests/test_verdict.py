@@ -143,6 +143,13 @@ def test_budget_plan_spends_the_budget_on_samples_per_prompt():
     heavier = plan(Budget(minutes=60), 32, **cost, extra_tokens=48)
     assert heavier.samples_per_prompt < p.samples_per_prompt
     assert minutes_for(heavier.samples_per_prompt, 32, **cost, extra_tokens=48) <= 60
+    # a step floor makes small samples cost as much training as 384 steps of 8 rollouts
+    floor = dict(cost, epochs=6, min_steps=384)
+    assert minutes_for(4, 32, **floor) > minutes_for(4, 32, **dict(cost, epochs=6))
+    assert minutes_for(64, 32, **floor) == minutes_for(64, 32, **dict(cost, epochs=6))
+    fl = plan(Budget(minutes=60), 32, **floor)
+    assert minutes_for(fl.samples_per_prompt, 32, **floor) <= 60 \
+        < minutes_for(fl.samples_per_prompt + 1, 32, **floor)
     # --branches 4 --branch-k 6: a fixed cost the samples must leave room for
     branched = plan(Budget(minutes=60), 32, **cost, branches=24)
     assert branched.samples_per_prompt < p.samples_per_prompt
@@ -183,3 +190,18 @@ def test_a_residual_model_is_measured_against_the_reward_alone():
     worse = judge(metrics(0.050, 0.187, 0.87, n=80), DENSE, reward_alone=alone)
     assert worse.label == GUIDES and any("reward:SPEC" in c for c in worse.cautions)
     assert "reward alone" not in judge(metrics(0.050, 0.187, 0.87, n=80), DENSE).quality
+
+
+@pytest.mark.parametrize("epochs,min_steps,steps_per_epoch,want", [
+    (6, 384, 32, 12),    # 256 rollouts at batch 8: the floor doubles the epochs
+    (6, 384, 64, 6),     # 512 rollouts: 6 epochs are 384 steps already
+    (6, 384, 200, 6),    # more data: --epochs rules
+    (6, 384, 50, 8),     # rounded up: 400 steps
+    (6, 0, 32, 6),       # --min-steps 0: exactly --epochs
+    (0, 384, 32, 0)])    # --epochs 0 samples only, whatever the floor
+def test_min_steps_raises_the_epochs_of_small_runs(epochs, min_steps, steps_per_epoch, want):
+    from vas_proxy.train.config import TrainConfig
+    from vas_proxy.train.trainer import epochs_for
+
+    cfg = TrainConfig(prompts="p", reward="vader", out="o", epochs=epochs, min_steps=min_steps)
+    assert epochs_for(cfg, steps_per_epoch) == want

@@ -56,38 +56,45 @@ class Plan:
 
 def minutes_for(samples: int, prompts: int, *, max_tokens: int, epochs: int,
                 heldout_frac: float, val_completions: int, extra_tokens: int = 0,
-                branches: int = 0, extra_rollouts: int = 0) -> float:
+                branches: int = 0, extra_rollouts: int = 0, min_steps: int = 0,
+                rollouts_per_step: int = 8) -> float:
     """Estimated minutes of a run: rollouts, validation completions, training. `extra_tokens`
     per rollout are trained beside its own (`--consistency`'s candidate states: about states x
     k; measured, 1.5x the step time at 8 x 6 on 48-token rollouts, as the token count says);
     `branches` rollouts per training prompt (`--branches` x `--branch-k`) are sampled from
     half-way on average and trained on at full length; `extra_rollouts` (`--extra-rollouts`)
-    are trained on, never sampled."""
+    are trained on, never sampled. Training runs at least `min_steps` optimiser steps of
+    `rollouts_per_step` (batch x accumulation) rollouts, as `trainer.epochs_for` does."""
     rollouts = samples * prompts
     sampled = rollouts * max_tokens
     sampled += heldout_frac * rollouts * val_completions * max_tokens / 2
-    trained = epochs * (1 - heldout_frac) * rollouts * (PROMPT_TOKENS + max_tokens + extra_tokens)
     branched = (1 - heldout_frac) * prompts * branches
     sampled += branched * max_tokens / 2
-    trained += epochs * (branched + extra_rollouts) * (PROMPT_TOKENS + max_tokens)
+    own, other = (1 - heldout_frac) * rollouts, branched + extra_rollouts
+    if epochs and own + other > 0:
+        epochs = max(epochs, math.ceil(min_steps / math.ceil((own + other) / rollouts_per_step)))
+    trained = epochs * (own * (PROMPT_TOKENS + max_tokens + extra_tokens)
+                        + other * (PROMPT_TOKENS + max_tokens))
     return (sampled / ROLLOUT_TOKENS_PER_S + trained / TRAIN_TOKENS_PER_S) / 60
 
 
 def plan(budget: Budget, prompts: int, *, max_tokens: int, epochs: int, heldout_frac: float,
          val_completions: int, extra_tokens: int = 0, branches: int = 0,
-         extra_rollouts: int = 0) -> Plan:
+         extra_rollouts: int = 0, min_steps: int = 0, rollouts_per_step: int = 8) -> Plan:
     """Samples per prompt for `budget` over `prompts` prompts (clamped to 4..64)."""
     cost = dict(max_tokens=max_tokens, epochs=epochs, heldout_frac=heldout_frac,
                 val_completions=val_completions, extra_tokens=extra_tokens, branches=branches,
-                extra_rollouts=extra_rollouts)
+                extra_rollouts=extra_rollouts, min_steps=min_steps,
+                rollouts_per_step=rollouts_per_step)
     if budget.rollouts is not None:
         wanted = budget.rollouts // max(prompts, 1)
         why = f"{budget.rollouts} rollouts over {prompts} prompts"
     else:
-        fixed = minutes_for(0, prompts, **cost)  # branches and extra rollouts, whatever the samples
-        per_sample = minutes_for(1, prompts, **cost) - fixed
-        wanted = (math.floor((budget.minutes - fixed) / per_sample) if per_sample > 0
-                  else MAX_SAMPLES)
+        # the most samples that fit (the cost rises with them; the step floor makes it a curve)
+        wanted = 0
+        while (wanted < MAX_SAMPLES + 1
+               and minutes_for(wanted + 1, prompts, **cost) <= budget.minutes):
+            wanted += 1
         why = f"{budget.minutes:g} minutes over {prompts} prompts"
     samples = min(max(wanted, MIN_SAMPLES), MAX_SAMPLES)
     minutes = minutes_for(samples, prompts, **cost)

@@ -48,6 +48,7 @@ def check_config(cfg: TrainConfig) -> None:
               "--budget picks --samples-per-prompt: pass one of them"),
              (cfg.max_tokens >= 1, "--max-tokens must be >= 1"),
              (cfg.epochs >= 0, "--epochs must be >= 0"),
+             (cfg.min_steps >= 0, "--min-steps must be >= 0 (0: exactly --epochs)"),
              (cfg.epochs > 0 or not cfg.export, "--export needs a trained model: --epochs >= 1 "
                                                 "(--epochs 0 only samples and scores)"),
              (cfg.batch_size >= 1, "--batch-size must be >= 1"),
@@ -104,7 +105,8 @@ def resolve_samples(cfg: TrainConfig, n_prompts: int) -> TrainConfig:
                  val_completions=cfg.val_completions,
                  extra_tokens=cfg.consistency_states * cfg.consistency_k if cfg.consistency else 0,
                  branches=cfg.branches * cfg.branch_k,
-                 extra_rollouts=_extra_count(cfg))
+                 extra_rollouts=_extra_count(cfg), min_steps=cfg.min_steps,
+                 rollouts_per_step=cfg.batch_size * cfg.grad_accum)
         _note(p.note, cfg)
         samples = p.samples_per_prompt
     return dataclasses.replace(cfg, samples_per_prompt=samples)
@@ -244,6 +246,9 @@ async def run(cfg: TrainConfig, api_key: str | None = None) -> dict:
                           samples_per_prompt=cfg.samples_per_prompt,
                           reward_alone=first_validation(out / METRICS_FILE) if cfg.residual
                           else None).to_dict())
+    if trainer.epochs > cfg.epochs:
+        _note(f"--min-steps {cfg.min_steps}: {trainer.epochs} epochs of "
+              f"{trainer.steps_per_epoch} steps instead of --epochs {cfg.epochs}", cfg)
     if cfg.resume and trainer.restore():
         _note(f"resuming at step {trainer.progress.step} (epoch {trainer.progress.epoch})", cfg)
     validation = trainer.train()

@@ -70,7 +70,11 @@ class TrainConfig:
     concurrency: int = opt(defaults.TRAIN_CONCURRENCY, "upstream requests in flight (and the "
                                                        "embedded llama-server's slots)")
     epochs: int = opt(6, "passes over the training rollouts (6 beat 3 on 32 prompts and "
-                         "were level on 209: docs/training/ablation, epochs64)")
+                         "were level on 209: docs/training/ablation, epochs64); more when "
+                         "--min-steps asks for them")
+    min_steps: int = opt(384, "train at least this many optimiser steps: a run with few "
+                              "rollouts takes more epochs than --epochs (384: 6 epochs of 512 "
+                              "rollouts; docs/training/steps; 0: exactly --epochs)")
     lora_r: int = opt(16, "LoRA rank (0: full fine-tune)")
     lora_layers: int = opt(8, "put LoRA on the top N transformer layers only (0: all); the "
                               "backward pass then stops there, which makes CPU training faster")

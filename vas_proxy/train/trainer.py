@@ -52,6 +52,13 @@ class Progress:
     batch: int = 0
 
 
+def epochs_for(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """--epochs, or more where --min-steps needs them (never from 0: sampling only)."""
+    if cfg.epochs == 0 or steps_per_epoch <= 0:
+        return cfg.epochs
+    return max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
+
+
 def check_resume(cfg: TrainConfig, out: Path) -> None:
     """`check_fit` before anything is sampled or written, where a saved state exists."""
     path = out / STATE_FILE
@@ -60,7 +67,7 @@ def check_resume(cfg: TrainConfig, out: Path) -> None:
 
 
 class Trainer:
-    """Fits `model` to the lambda-returns of `examples` for cfg.epochs epochs.
+    """Fits `model` to the lambda-returns of `examples` for `epochs_for(cfg)` epochs.
 
     The "old values" of the targets are the values of the parameters before the current
     optimiser step: the forward pass's own values, detached. With no dropout (LoRA dropout 0,
@@ -94,7 +101,8 @@ class Trainer:
         self.pad_id = pad if pad is not None else (tokenizer.eos_token_id or 0)
         self.micro_per_epoch = math.ceil(len(examples) / cfg.batch_size)
         self.steps_per_epoch = math.ceil(self.micro_per_epoch / cfg.grad_accum)
-        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.epochs = epochs_for(cfg, self.steps_per_epoch)
+        self.total_steps = self.steps_per_epoch * self.epochs
         self.params = trainable(model)
         head = [p for n, p in self.params if n.startswith("head.")]
         body = [p for n, p in self.params if not n.startswith("head.")]
@@ -236,7 +244,7 @@ class Trainer:
                    unit="step", disable=cfg.quiet, dynamic_ncols=True)
         self.model.train()
         try:
-            while p.epoch < cfg.epochs:
+            while p.epoch < self.epochs:
                 batches = self.epoch_batches(p.epoch)
                 while p.batch < len(batches):
                     group = batches[p.batch:p.batch + cfg.grad_accum]
