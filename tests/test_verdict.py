@@ -79,7 +79,7 @@ def test_the_fit_is_read_from_the_training_loss_and_the_held_out_trend():
     falling = data_stats(rewards, prompts, steep, [0.30, 0.45, 0.38])
     text = judge(metrics(0.1, 0.1, 0.38, n=128), falling).text()
     assert "over-fit: the held-out correlation peaked at 0.45 (epoch 2) and ended at 0.38" in text
-    assert "fewer --epochs" in text and "under-fit" not in text
+    assert "fewer epochs (a lower --epochs and --min-steps)" in text and "under-fit" not in text
     # a model that guides and was still rising is told it could do better
     guides = judge(metrics(0.066, 0.119, 0.71), data_stats(rewards, prompts, steep,
                                                            [0.5, 0.64, 0.71]))

@@ -201,7 +201,8 @@ def _causes(s: DataStats, q: dict, label: str, samples_per_prompt: int | None,
         advice.append(_RISING_ADVICE)
     elif trend == "falling":
         causes.append(f"over-fit: {text}")
-        advice.append(f"fewer --epochs, or more data ({more}, more prompts)")
+        advice.append(f"fewer epochs (a lower --epochs and --min-steps), or more data ({more}, "
+                      "more prompts)")
     if q["n"] < FEW_HELDOUT:
         causes.append(f"the held-out figures rest on {q['n']} responses: they are uncertain")
         advice.append("hold out more prompts (--heldout-frac) before trusting either verdict")
