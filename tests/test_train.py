@@ -237,6 +237,17 @@ def tiny_run(upstream, tmp_path_factory):
     return cfg, summary
 
 
+def test_min_steps_trains_more_epochs_than_asked_on_few_rollouts(upstream, tmp_path):
+    """4 training rollouts at batch 2 are 2 steps an epoch: --epochs 1 with --min-steps 5
+    trains 3 epochs (6 steps), validating after each."""
+    cfg = tiny_config(tmp_path, upstream, min_steps=5, save_every=0)
+    summary = asyncio.run(run(cfg))
+    assert summary["steps"] == 6
+    vals = [json.loads(line) for line in (Path(cfg.out) / "metrics.jsonl").read_text()
+            .splitlines() if json.loads(line)["kind"] == "validation"]
+    assert [v["epoch"] for v in vals] == [0, 1, 2, 3]
+
+
 def test_tiny_end_to_end_run_yields_a_loadable_trained_checkpoint(tiny_run):
     from vas_proxy.train.backbone import build_model
     from vas_proxy.train.validation import predict_last
