@@ -263,10 +263,10 @@ async def sse(strategy: Strategy, reqs: list[GenerationRequest], fmt: Format, *,
               release: Callable[[], None] | None = None, limits: Limits | None = None,
               on_error: Callable[[str | None], None] | None = None) -> AsyncIterator[str]:
     """The SSE events of one streamed response: every choice generates concurrently, its
-    tokens are sent as they come; `done(usage, each choice's vas_kl)` once all finished, `release()` however it
-    ends; `on_error(code)` for a failure sent as an event. Closing this generator (the client
-    disconnected) cancels every generation; so does the deadline of `limits`, with an error
-    event."""
+    tokens are sent as they come; `done(usage, each choice's vas_kl)` once all finished,
+    `release()` however it ends; `on_error(code)` for a failure sent as an event. Closing this
+    generator (the client disconnected) cancels every generation; so does the deadline of
+    `limits`, with an error event."""
     queue: asyncio.Queue = asyncio.Queue()
     outcomes = [Outcome() for _ in reqs]
     deadline = limits.deadline if limits is not None else None
