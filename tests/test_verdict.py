@@ -89,6 +89,24 @@ def test_the_fit_is_read_from_the_training_loss_and_the_held_out_trend():
                                                                   [None, 0.2])).text()
 
 
+def test_the_trend_bars_grow_on_few_held_out_halves():
+    """The bars were read on 128 halves; on 64 (docs/training/steps/, measured trajectories)
+    they are 0.05·√2: vader's 6-epoch wobble (peak 0.17, end 0.12) is not called over-fit,
+    plain's 12-epoch fall (0.59 → 0.46) still is; more halves never lower them below 0.05."""
+    rewards, prompts = [0.1 * (i % 7) for i in range(700)], [i % 100 for i in range(700)]
+    steep = [1.0] * 50 + [0.4] * 50
+    wobble = data_stats(rewards, prompts, steep, [0.167, 0.005, 0.127, 0.117, 0.117, 0.116])
+    assert "over-fit" not in judge(metrics(0.1, 0.1, 0.116, n=64), wobble).text()
+    assert "over-fit: the held-out correlation peaked at 0.17" in judge(
+        metrics(0.1, 0.1, 0.116, n=128), wobble).text()
+    fall = data_stats(rewards, prompts, steep, [-0.012, 0.358, 0.557, 0.429, 0.587, 0.535,
+                                                0.588, 0.522, 0.476, 0.497, 0.477, 0.459])
+    assert "over-fit: the held-out correlation peaked at 0.59 (epoch 7)" in judge(
+        metrics(0.1, 0.1, 0.459, n=64), fall).text()
+    rise = data_stats(rewards, prompts, steep, [0.40, 0.44])  # +0.04: under 0.05 at any n
+    assert "under-fit" not in judge(metrics(0.1, 0.1, 0.44, n=10_000), rise).text()
+
+
 def test_the_trend_is_read_per_epoch_from_the_metrics_file(tmp_path):
     from vas_proxy.train.report import heldout_corrs
 

@@ -45,6 +45,10 @@ UNDERFIT_DROP = 0.10  # the training loss fell less than this fraction
 # moves on a plateau were within ±0.045 there (vader 0.44, 0.49, 0.46 over epochs 4-6).
 RISING = 0.05  # the last epoch raised it by at least this: still learning, train longer
 FALLING = 0.05  # it ended at least this far below its best epoch: over-fit
+# Both were read on 128 held-out halves; a correlation's noise grows as 1/√n, so on fewer
+# halves they grow alike (64 halves: 0.071; epoch-to-epoch moves of ±0.09 were seen there,
+# docs/training/steps/), and never fall below the measured 0.05 on more.
+TREND_HALVES = 128
 # Within-prompt correlation below this earns a "guides" model a caution, not a lower label:
 # one known case sets it (the bundled personal model, 0.40 within, moved its reward by 0.9
 # s.e. at beta 4), too few to draw the line the label would need.
@@ -161,7 +165,7 @@ def judge(metrics: dict, stats: DataStats, *, samples_per_prompt: int | None = N
     causes, advice, cautions = [], [], []
     if label != GUIDES:
         _causes(stats, q, label, samples_per_prompt, causes, advice)
-    elif _trend(stats.heldout_corrs)[0] == "rising":
+    elif _trend(stats.heldout_corrs, q["n"])[0] == "rising":
         advice.append(_RISING_ADVICE)
     within = metrics.get("val_half_within_corr")
     if label == GUIDES and within is not None and within < WITHIN_CAUTION:
@@ -189,7 +193,7 @@ def _causes(s: DataStats, q: dict, label: str, samples_per_prompt: int | None,
         causes.append(f"too few prompts: {s.prompts} trained on; a value model must generalise "
                       "to prompts it has not seen")
         advice.append(f"add prompts (at least {FEW_PROMPTS}, a few hundred is better)")
-    trend, text = _trend(s.heldout_corrs)
+    trend, text = _trend(s.heldout_corrs, q["n"])
     if s.loss_start and s.loss_end is not None and trend != "rising":
         drop = 1 - s.loss_end / s.loss_start
         if drop < UNDERFIT_DROP:
@@ -216,18 +220,20 @@ _RISING_ADVICE = ("train longer: the held-out figures were still rising (a highe
                   "--resume continues this run)")
 
 
-def _trend(corrs: list[float | None]) -> tuple[str | None, str]:
+def _trend(corrs: list[float | None], n: int) -> tuple[str | None, str]:
     """'rising' when the last epoch raised the held-out half-response correlation by RISING,
-    'falling' when it ended FALLING below its best epoch, else None; and a line saying so."""
+    'falling' when it ended FALLING below its best epoch, else None; and a line saying so.
+    On fewer than TREND_HALVES halves (n) both bars grow as 1/√n."""
     known = [(i + 1, c) for i, c in enumerate(corrs) if c is not None and math.isfinite(c)]
     if len(known) < 2:
         return None, ""
+    scale = max(1.0, math.sqrt(TREND_HALVES / n)) if n > 0 else 1.0
     (_, before), (_, last) = known[-2:]
     best_epoch, best = max(known, key=lambda e: e[1])
-    if last - before >= RISING:
+    if last - before >= RISING * scale:
         return "rising", (f"the held-out correlation rose {before:.2f} → {last:.2f} over the "
                           "last epoch")
-    if best - last >= FALLING:
+    if best - last >= FALLING * scale:
         return "falling", (f"the held-out correlation peaked at {best:.2f} (epoch {best_epoch}) "
                            f"and ended at {last:.2f}")
     return None, ""
