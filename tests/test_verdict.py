@@ -65,6 +65,9 @@ def test_the_fit_is_read_from_the_training_loss_and_the_held_out_trend():
     flat = data_stats(rewards, prompts, [1.0] * 50 + [0.95] * 50)
     assert "under-fit: the training loss fell only 5%" in judge(metrics(0.1, 0.1, 0.05),
                                                                 flat).text()
+    worse = data_stats(rewards, prompts, [1.0] * 50 + [1.5] * 50)  # a loss that rose
+    assert "under-fit: the training loss rose 50% (1 → 1.5)" in judge(metrics(0.1, 0.1, 0.05),
+                                                                      worse).text()
     # the trajectories measured in docs/training/ablation/: `asks` at the recipe's 3 epochs
     # was still rising; vader's 6 epochs moved ±0.045 on a plateau; a loss that fell 60%
     # says nothing on its own (it fired "over-fit" on a model 3 more epochs improved)

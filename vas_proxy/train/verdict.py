@@ -197,7 +197,8 @@ def _causes(s: DataStats, q: dict, label: str, samples_per_prompt: int | None,
     if s.loss_start and s.loss_end is not None and trend != "rising":
         drop = 1 - s.loss_end / s.loss_start
         if drop < UNDERFIT_DROP:
-            causes.append(f"under-fit: the training loss fell only {drop:.0%} "
+            moved = f"rose {-drop:.0%}" if drop < 0 else f"fell only {drop:.0%}"
+            causes.append(f"under-fit: the training loss {moved} "
                           f"({s.loss_start:.4g} → {s.loss_end:.4g})")
             advice.append("train longer (--epochs) or at a higher --lr")
     if trend == "rising":
