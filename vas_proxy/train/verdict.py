@@ -217,8 +217,8 @@ def _causes(s: DataStats, q: dict, label: str, samples_per_prompt: int | None,
         advice.append(f"more samples per prompt ({more}) or more prompts")
 
 
-_RISING_ADVICE = ("train longer: the held-out figures were still rising (a higher --epochs with "
-                  "--resume continues this run)")
+_RISING_ADVICE = ("train longer: the held-out figures were still rising (a higher --epochs or "
+                  "--min-steps with --resume continues this run)")
 
 
 def _trend(corrs: list[float | None], n: int) -> tuple[str | None, str]:
