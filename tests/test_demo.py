@@ -20,6 +20,8 @@ def test_demo_runs_side_by_side(capsys):
     header = next(line for line in out.splitlines() if line.startswith("base"))
     assert "VAS β=4 (positivity)" in header and "Best-of-2 (vader)" in header
     assert out.count("vader ") >= 3 and out.count(" calls, ") == 3
+    # what each answer paid: the base nothing, Best-of-2 its bound log 2 − 1/2
+    assert out.count(" nats") == 3 and "s, KL 0.00 nats" in out and "s, KL ≤ 0.19 nats" in out
 
 
 def test_bundled_objectives_fall_back_to_the_heuristic(monkeypatch, tmp_path):

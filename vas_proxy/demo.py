@@ -163,17 +163,22 @@ class Cell:
     billed_tokens: int
     seconds: float
     scores: dict
+    kl: str = ""  # what the answer paid: "KL 1.2 nats" (guided), "KL ≤ 0.64 nats" (Best-of-N)
 
     @classmethod
     def of(cls, record: dict) -> "Cell":
-        """From a `vas-proxy eval` record."""
+        """From a `vas-proxy eval` record (its lower-noise `kl_path` where it has one)."""
+        kl = record.get("kl_path", record.get("kl"))
+        paid = ("" if kl is None else  # (a base answer's 0 may be -1e-17: shown as 0.00)
+                f", KL {'≤ ' if record.get('kl_kind') == 'bound' else ''}"
+                f"{0.0 if abs(kl) < 0.005 else kl:.2f} nats")
         return cls(record["response"], record["upstream_calls"], record["billed_tokens"],
-                   record["seconds"], record["rewards"])
+                   record["seconds"], record["rewards"], paid)
 
     def footer(self) -> list[str]:
         return ["  ".join(f"{k} {v:+.2f}" for k, v in self.scores.items()),
                 f"{self.upstream_calls} calls, {self.billed_tokens} billed tok",
-                f"{self.seconds:.1f} s"]
+                f"{self.seconds:.1f} s{self.kl}"]
 
 
 def print_row(prompt: str, headers: list[str], cells: list[Cell], width: int | None,
