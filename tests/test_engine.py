@@ -143,11 +143,13 @@ def _pvalue(samples, cands, probs):
 
 
 def test_guided_first_token_is_exact(upstream, chat_prompt):
-    """600 first tokens over seeds follow the docs/design.md §1 target, computed here independently
-    from the upstream's logprobs and the value function; a wrong target is rejected."""
+    """300 first tokens over seeds follow the docs/design.md §1 target, computed here independently
+    from the upstream's logprobs and the value function; a wrong target is rejected. (Measured
+    on these seeds: the base is rejected at p 4e-25 with 300, 2e-58 with 600; the target kept at
+    0.76 and 0.93: 300 keep the power at half the time.)"""
     prompt = chat_prompt("Give me one word that describes the sea.")
     beta = 1.0
-    samples, cands = _first_token_counts(upstream, prompt, 600, beta)
+    samples, cands = _first_token_counts(upstream, prompt, 300, beta)
     lp = np.array([c.logprob for c in cands])
     v = np.array(char_hash(prompt, [c.bytes.decode("utf-8", "ignore") for c in cands]))
     q = np.exp(lp + beta * (v - v.mean()))
