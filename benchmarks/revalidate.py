@@ -37,7 +37,7 @@ def half_predictions(model_dir: Path, run: Path) -> dict[tuple, tuple[int, float
     """{(prompt, sample): (prompt, V(prompt + half), mean reward of its completions)} of the
     model in `model_dir` on RUN's held-out halves, as `train` validates them."""
     from vas_proxy.train.rollouts import VALIDATION_FILE, HalfCompletions, JsonlStore
-    from vas_proxy.train.validation import predict_last
+    from vas_proxy.train.validation import half_predictions as predict
     from vas_proxy.values.scorer import load_potential
     from vas_proxy.values.store import load_value_model
 
@@ -45,14 +45,9 @@ def half_predictions(model_dir: Path, run: Path) -> dict[tuple, tuple[int, float
     meta, rollouts, held = heldout_split(run)
     halves = [h for k, h in sorted(JsonlStore(run / VALIDATION_FILE, HalfCompletions)
                                    .load().items()) if k[0] in held]
-    prompts = [rollouts[h.key].upstream_prompt for h in halves]
-    preds = predict_last(model, tok, [p + h.half for p, h in zip(prompts, halves)])
-    phi = load_potential(model_dir, config)
-    if phi is not None:
-        preds = [u + f for u, f in zip(preds, phi(prompts, [h.half for h in halves]))]
-    spec = meta["reward"]
-    return {h.key: (h.prompt_index, v, float(np.mean(h.rewards[spec])))
-            for h, v in zip(halves, preds)}
+    preds, targets = predict(model, tok, list(rollouts.values()), halves, meta["reward"],
+                             potential=load_potential(model_dir, config))
+    return {h.key: (h.prompt_index, v, t) for h, v, t in zip(halves, preds, targets)}
 
 
 def paired(a: Path, b: Path) -> dict:

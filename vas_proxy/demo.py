@@ -168,10 +168,9 @@ class Cell:
     @classmethod
     def of(cls, record: dict) -> "Cell":
         """From a `vas-proxy eval` record (its lower-noise `kl_path` where it has one)."""
-        kl = record.get("kl_path", record.get("kl"))
-        paid = ("" if kl is None else  # (a base answer's 0 may be -1e-17: shown as 0.00)
-                f", KL {'≤ ' if record.get('kl_kind') == 'bound' else ''}"
-                f"{0.0 if abs(kl) < 0.005 else kl:.2f} nats")
+        kl = record.get("kl_path", record.get("kl"))  # a sum of KLs or a bound: ≥ 0
+        paid = ("" if kl is None else  # (max: a base answer's 0 may be summed as -1e-17)
+                f", KL {'≤ ' if record.get('kl_kind') == 'bound' else ''}{max(kl, 0.0):.2f} nats")
         return cls(record["response"], record["upstream_calls"], record["billed_tokens"],
                    record["seconds"], record["rewards"], paid)
 

@@ -87,12 +87,14 @@ class Generation:
     tokens: list[TokenEvent]
     usage: Usage
     kl: float = 0.0  # Σ log q − log p over the chosen tokens (p = base top-k renormalised)
+    # Σ over the states it passed of KL(q ‖ p): the same expectation as `kl`, without the noise
+    # of which token was drawn at each. The engine passes the sum its stream kept (`Outcome.kl`);
+    # otherwise it is summed from the tokens once, here.
+    path_kl: float | None = None
 
-    @property
-    def path_kl(self) -> float:
-        """Σ over the states it passed of KL(q ‖ p): the same expectation as `kl`, without
-        the noise of which token was drawn at each."""
-        return sum(t.state_kl for t in self.tokens)
+    def __post_init__(self):
+        if self.path_kl is None:
+            self.path_kl = sum(t.state_kl for t in self.tokens)
 
     @property
     def trace(self) -> list[dict]:
@@ -312,4 +314,5 @@ class Engine(ChunkSource):
         events = [ev async for ev in self.stream(req, outcome)]
         return Generation(text="".join(ev.text for ev in events),
                           finish_reason=outcome.finish_reason, tokens=events,
-                          usage=outcome.usage, kl=sum(ev.kl for ev in events))
+                          usage=outcome.usage, kl=sum(ev.kl for ev in events),
+                          path_kl=outcome.kl)

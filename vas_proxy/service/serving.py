@@ -269,6 +269,7 @@ async def sse(strategy: Strategy, reqs: list[GenerationRequest], fmt: Format, *,
     `limits`, with an error event."""
     queue: asyncio.Queue = asyncio.Queue()
     outcomes = [Outcome() for _ in reqs]
+    kls: list[dict] = [{}] * len(reqs)  # each choice's vas_kl, made when it finishes
     deadline = limits.deadline if limits is not None else None
     until = None if deadline is None else time.monotonic() + deadline
 
@@ -294,8 +295,8 @@ async def sse(strategy: Strategy, reqs: list[GenerationRequest], fmt: Format, *,
                 i = -1
             if item is None:
                 open_ -= 1
-                o = outcomes[i]
-                yield sse_data(fmt.stream_finish(i, o.finish_reason, kl_field(o.kl, o.kl_kind)))
+                kls[i] = kl_field(outcomes[i].kl, outcomes[i].kl_kind)
+                yield sse_data(fmt.stream_finish(i, outcomes[i].finish_reason, kls[i]))
             elif isinstance(item, Exception):
                 err = stream_error_body(item)
                 if on_error is not None:
@@ -312,7 +313,7 @@ async def sse(strategy: Strategy, reqs: list[GenerationRequest], fmt: Format, *,
             yield sse_data(fmt.stream_usage(usage))
         yield SSE_DONE
         if done is not None:
-            done(usage, [kl_field(o.kl, o.kl_kind)["vas_kl"] for o in outcomes])
+            done(usage, [k["vas_kl"] for k in kls])
     finally:  # also on client disconnect (cancellation): stop every generation
         for t in tasks:
             t.cancel()

@@ -74,27 +74,40 @@ def within_prompt_corr(pred: list[float], target: list[float], groups: list[int]
     return {f"{prefix}_within_corr": corr, f"{prefix}_within_n": int(keep.sum())}
 
 
+def _values(model: ValueModel, tokenizer, prompts: list[str], texts: list[str],
+            potential=None) -> list[float]:
+    """V(prompt + text) as the model is used: plus `potential` (a `--residual` model's reward
+    read on the text so far) where there is one."""
+    out = predict_last(model, tokenizer, [p + t for p, t in zip(prompts, texts)])
+    if potential is None:
+        return out
+    return [u + phi for u, phi in zip(out, potential(prompts, texts))]
+
+
+def half_predictions(model: ValueModel, tokenizer, rollouts: list[Rollout],
+                     halves: list[HalfCompletions], spec: str, *,
+                     potential=None) -> tuple[list[float], list[float]]:
+    """Each held-out half's value and its target (the mean reward of its completions)."""
+    by_key = {r.key: r for r in rollouts}
+    preds = _values(model, tokenizer, [by_key[h.key].upstream_prompt for h in halves],
+                    [h.half for h in halves], potential)
+    return preds, [float(np.mean(h.rewards[spec])) for h in halves]
+
+
 def evaluate(model: ValueModel, tokenizer, rollouts: list[Rollout],
              halves: list[HalfCompletions], spec: str, *, potential=None) -> dict:
     """Validation metrics on held-out rollouts and their half-completions. `potential`: the
     reward a `--residual` model's output is added to, read on the text so far."""
-    by_key = {r.key: r for r in rollouts}
     metrics: dict = {}
-
-    def values(prompts: list[str], texts: list[str]) -> list[float]:
-        out = predict_last(model, tokenizer, [p + t for p, t in zip(prompts, texts)])
-        if potential is None:
-            return out
-        return [u + phi for u, phi in zip(out, potential(prompts, texts))]
-
     if halves:
-        preds = values([by_key[h.key].upstream_prompt for h in halves], [h.half for h in halves])
-        targets = [float(np.mean(h.rewards[spec])) for h in halves]
+        preds, targets = half_predictions(model, tokenizer, rollouts, halves, spec,
+                                          potential=potential)
         metrics.update(regression_metrics(preds, targets, "val_half"))
         metrics.update(within_prompt_corr(preds, targets, [h.prompt_index for h in halves],
                                           "val_half"))
     if rollouts:
-        preds = values([r.upstream_prompt for r in rollouts], [r.response for r in rollouts])
+        preds = _values(model, tokenizer, [r.upstream_prompt for r in rollouts],
+                        [r.response for r in rollouts], potential)
         targets = [r.rewards[spec] for r in rollouts]
         metrics.update(regression_metrics(preds, targets, "val_final"))
         metrics.update(within_prompt_corr(preds, targets, [r.prompt_index for r in rollouts],
